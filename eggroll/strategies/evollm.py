@@ -1,0 +1,445 @@
+"""EvoLLM: a language model as the recombination operator of an evolution strategy.
+
+Lange, Tian & Tang (2024), "Large Language Models As Evolution Strategies". Each
+generation:
+
+1. the best members of the generation join a first-in-first-out archive (so it
+   holds the best solutions of the recent generations);
+2. the archive is discretised to integers at a fixed resolution and written one
+   solution per line with its fitness, sorted worst -> best ("least to most"), so
+   the best solutions sit right above the query line;
+3. the language model completes the query line with a new mean, which is parsed
+   back to floats and clipped to the bounds; in more than ``block_size``
+   dimensions the coordinates are split into blocks and each block is its own
+   prompt (all prompts of a generation go to the backend as one batch);
+4. the next population is sampled around that mean with an isotropic sigma that
+   follows a schedule (sigma never comes from the model).
+
+Unparseable answers are retried (sampled, with a new seed); a block that still
+fails keeps the best-so-far solution's coordinates. ``metrics`` report the
+parse-failure and fallback rates of the generation.
+
+How it composes with ``jit`` and ``lax.scan``: ``ask`` is ordinary traceable JAX.
+``tell`` updates the archive in JAX and calls the language model on the host
+through :func:`jax.experimental.io_callback` (ordered), so ``jax.jit(es.tell)``
+and a whole run inside ``lax.scan`` work; the jitted program waits for the host
+while the model answers. ``jax.vmap`` over ``tell`` is not supported (an ordered
+host callback cannot be batched): run seeds in a Python loop instead.
+:func:`run` is a ready loop with a progress bar.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import io_callback
+
+from eggroll.types import Strategy
+
+
+class PromptFormat(NamedTuple):
+    """How the archive is written and where the model continues.
+
+    The default is a plain completion prompt (no instructions), one solution per
+    line, e.g. for a 2-D block::
+
+        x: 412,630 f: 31.52
+        x: 480,571 f: 4.09
+        x:
+
+    Attributes:
+        header: text placed before the solution lines (may be empty; ``{dims}``
+            is replaced by the number of coordinates in the block).
+        line: one archive entry; must contain ``{x}`` then ``{f}``.
+        query: the last line, which the model completes with integers; ``{f}``
+            in it is replaced by the best fitness in the archive.
+        separator: between the integers of one solution.
+        fitness_format: ``str.format`` spec for fitness values.
+    """
+
+    header: str = ""
+    line: str = "x: {x} f: {f}"
+    query: str = "x:"
+    separator: str = ","
+    fitness_format: str = "{:.2f}"
+
+
+class EvoLLMParams(NamedTuple):
+    """Traceable numbers: sigma at generation t is ``max(sigma_init * sigma_decay**t, sigma_min)``."""
+
+    sigma_init: jax.Array
+    sigma_decay: jax.Array
+    sigma_min: jax.Array
+
+
+class EvoLLMState(NamedTuple):
+    """State of an EvoLLM run (every field a JAX array; fitness kept in the minimisation sign)."""
+
+    mean: jax.Array  # (D,)
+    archive_x: jax.Array  # (A, D), newest first
+    archive_f: jax.Array  # (A,), +inf where empty
+    best_x: jax.Array  # (D,)
+    best_f: jax.Array  # ()
+    generation: jax.Array  # () int32
+    llm_queries: jax.Array  # () int32, prompts answered so far
+    llm_failures: jax.Array  # () int32, answers that could not be parsed
+    fallbacks: jax.Array  # () int32, blocks that kept the best-so-far coordinates
+
+
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+def encode(x: np.ndarray, lower: np.ndarray, upper: np.ndarray, resolution: int) -> np.ndarray:
+    """Maps coordinates in ``[lower, upper]`` to integers in ``[0, resolution]``."""
+    z = (np.asarray(x, np.float64) - lower) / (upper - lower)
+    return np.rint(np.clip(z, 0.0, 1.0) * resolution).astype(np.int64)
+
+
+def decode(ints: np.ndarray, lower: np.ndarray, upper: np.ndarray, resolution: int) -> np.ndarray:
+    """Inverse of :func:`encode` (integers outside ``[0, resolution]`` are clipped)."""
+    z = np.clip(np.asarray(ints, np.float64), 0, resolution) / resolution
+    return lower + z * (upper - lower)
+
+
+def block_indices(dim: int, block_size: int) -> list[np.ndarray]:
+    """Splits ``range(dim)`` into ``ceil(dim / block_size)`` contiguous, near-equal blocks."""
+    n_blocks = -(-dim // block_size)
+    return [b for b in np.array_split(np.arange(dim), n_blocks)]
+
+
+def format_solution(ints: Sequence[int], fmt: PromptFormat) -> str:
+    """Writes integers with the format's separator, e.g. ``412,630``."""
+    return fmt.separator.join(str(int(i)) for i in ints)
+
+
+def build_prompt(ints: np.ndarray, fitness: np.ndarray, fmt: PromptFormat = PromptFormat()) -> str:
+    """Builds one prompt: solutions sorted worst -> best (for minimisation: descending fitness).
+
+    Args:
+        ints: ``(K, B)`` discretised archive entries (one block of coordinates).
+        fitness: ``(K,)`` fitness in the sign shown to the model; *lower is better*
+            (pass ``-fitness`` to sort a maximisation problem, and show it with
+            ``shown_fitness``).
+        fmt: the prompt format.
+
+    Returns:
+        The prompt text, ending with the query line (no trailing newline).
+    """
+    return _build(ints, fitness, fitness, fmt)
+
+
+def _build(ints: np.ndarray, order_key: np.ndarray, shown: np.ndarray, fmt: PromptFormat) -> str:
+    order = np.argsort(-np.asarray(order_key), kind="stable")  # worst first, best last
+    lines = []
+    if fmt.header:
+        lines.append(fmt.header.replace("{dims}", str(ints.shape[1])))
+    for k in order:
+        f = fmt.fitness_format.format(float(shown[k]))
+        lines.append(fmt.line.replace("{x}", format_solution(ints[k], fmt)).replace("{f}", f))
+    best_shown = fmt.fitness_format.format(float(shown[order[-1]])) if len(order) else ""
+    lines.append(fmt.query.replace("{f}", best_shown))
+    return "\n".join(lines)
+
+
+def parse_answer(text: str, n: int, fmt: PromptFormat = PromptFormat()) -> np.ndarray | None:
+    """Reads ``n`` integers from a completion of the query line.
+
+    The answer is cut at the first newline and at the fitness marker of
+    ``fmt.line`` (what separates ``{x}`` from ``{f}``, e.g. ``f:``); decimals are
+    rounded. Extra numbers after the first ``n`` are ignored.
+
+    Returns:
+        An int array of shape ``(n,)``, or ``None`` when fewer than ``n`` numbers
+        were found (a malformed or partial answer).
+    """
+    text = text.split("\n", 1)[0]
+    marker = _fitness_marker(fmt)
+    if marker and marker in text:
+        text = text.split(marker, 1)[0]
+    numbers = _NUMBER.findall(text)
+    if len(numbers) < n:
+        return None
+    return np.rint(np.array([float(v) for v in numbers[:n]])).astype(np.int64)
+
+
+def _fitness_marker(fmt: PromptFormat) -> str:
+    between = fmt.line.split("{x}", 1)[-1].split("{f}", 1)[0]
+    return between.strip()
+
+
+def sigma_at(params: EvoLLMParams, generation: jax.Array) -> jax.Array:
+    """The isotropic sigma of the schedule at a generation."""
+    return jnp.maximum(params.sigma_init * params.sigma_decay ** generation.astype(jnp.float32), params.sigma_min)
+
+
+def evollm(
+    population_size: int,
+    solution: jax.Array,
+    backend: Any = None,
+    *,
+    maximize: bool = False,
+    bounds: tuple[Any, Any] = (-5.0, 5.0),
+    resolution: int = 1000,
+    archive_size: int = 10,
+    elites_per_generation: int = 2,
+    block_size: int = 4,
+    prompt_format: PromptFormat = PromptFormat(),
+    temperature: float = 0.0,
+    retry_temperature: float = 0.8,
+    max_tokens: int | None = None,
+    num_retries: int = 2,
+    on_backend_error: str = "raise",
+    sigma_init: float | None = None,
+    sigma_decay: float = 0.95,
+    sigma_min: float | None = None,
+) -> Strategy:
+    """Builds the EvoLLM strategy for a 1-D vector solution.
+
+    Args:
+        population_size: members sampled per generation around the model's mean.
+        solution: a template / starting vector of shape ``(D,)``.
+        backend: an :class:`eggroll.llm.base.LLMBackend`; ``None`` loads the local
+            SmolLM2-135M-Instruct (:class:`eggroll.llm.local.LocalBackend`) on first use.
+        maximize: treat fitness as a reward (metrics stay in your sign).
+        bounds: ``(lower, upper)``, scalars or ``(D,)`` arrays; the mean and the
+            samples are clipped to them and the integers span them.
+        resolution: the integers of the prompt run from 0 (``lower``) to
+            ``resolution`` (``upper``).
+        archive_size: solutions kept in the prompt.
+        elites_per_generation: best members of each generation added to the archive.
+        block_size: the most coordinates per prompt.
+        prompt_format: see :class:`PromptFormat`.
+        temperature: sampling temperature of the first query (0 = greedy).
+        retry_temperature: temperature of retries (a greedy retry would repeat itself).
+        max_tokens: new tokens per answer; default fits ``block_size`` integers.
+        num_retries: extra queries for answers that could not be parsed.
+        on_backend_error: ``"raise"`` (default) propagates backend errors (an
+            unreachable endpoint, a timeout); ``"fallback"`` keeps the best-so-far
+            mean for that generation and counts every block as a fallback.
+        sigma_init: first sigma; default 10% of the bounds' mean width.
+        sigma_decay: sigma multiplier per generation.
+        sigma_min: sigma floor; default 0.1% of the bounds' mean width.
+
+    Returns:
+        A :class:`eggroll.types.Strategy`.
+
+    Raises:
+        ValueError: for a solution that is not a vector or inconsistent options.
+    """
+    solution = jnp.asarray(solution)
+    if solution.ndim != 1 or solution.shape[0] < 1:
+        raise ValueError(
+            f"evollm works on a 1-D vector solution, got shape {solution.shape}; flatten a pytree "
+            "with jax.flatten_util.ravel_pytree and unflatten inside your fitness function"
+        )
+    if not jnp.issubdtype(solution.dtype, jnp.floating):
+        solution = solution.astype(jnp.float32)
+    dim, dtype = solution.shape[0], solution.dtype
+    lower = np.broadcast_to(np.asarray(bounds[0], np.float64), (dim,)).copy()
+    upper = np.broadcast_to(np.asarray(bounds[1], np.float64), (dim,)).copy()
+    if not np.all(upper > lower):
+        raise ValueError(f"bounds must satisfy lower < upper in every coordinate, got {bounds}")
+    for name, value in [
+        ("population_size", population_size),
+        ("resolution", resolution),
+        ("archive_size", archive_size),
+        ("elites_per_generation", elites_per_generation),
+        ("block_size", block_size),
+    ]:
+        if int(value) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+    if elites_per_generation > min(archive_size, population_size):
+        raise ValueError("elites_per_generation must be <= archive_size and <= population_size")
+    if on_backend_error not in ("raise", "fallback"):
+        raise ValueError(f"on_backend_error must be 'raise' or 'fallback', got {on_backend_error!r}")
+    if "{x}" not in prompt_format.line or "{f}" not in prompt_format.line:
+        raise ValueError("prompt_format.line must contain '{x}' and '{f}'")
+    width = float(np.mean(upper - lower))
+    blocks = block_indices(dim, block_size)
+    if max_tokens is None:
+        max_tokens = block_size * (len(str(resolution)) + 2) + 4
+    stop = ("\n",) + ((_fitness_marker(prompt_format),) if _fitness_marker(prompt_format) else ())
+    lower_j, upper_j = jnp.asarray(lower, dtype), jnp.asarray(upper, dtype)
+    sign = -1.0 if maximize else 1.0
+    holder: dict[str, Any] = {"backend": backend}
+
+    def get_backend():
+        if holder["backend"] is None:
+            from eggroll.llm.local import LocalBackend
+
+            holder["backend"] = LocalBackend()
+        return holder["backend"]
+
+    def propose(archive_x, archive_f, best_x, seed):
+        """Host side: prompts, LLM, parsing, retries, fallback. Returns (mean, [queries, failures, fallbacks])."""
+        archive_x, archive_f, best_x = np.asarray(archive_x), np.asarray(archive_f), np.asarray(best_x)
+        seed = int(seed)
+        keep = np.isfinite(archive_f)
+        mean = best_x.astype(np.float64).copy()
+        if not keep.any():
+            return mean.astype(dtype), np.array([0, 0, len(blocks)], np.int32)
+        ints = encode(archive_x[keep], lower, upper, resolution)
+        f_min = archive_f[keep]
+        prompts = [_build(ints[:, b], f_min, sign * f_min, prompt_format) for b in blocks]
+        answers: list[np.ndarray | None] = [None] * len(blocks)
+        queries = failures = 0
+        pending = list(range(len(blocks)))
+        try:
+            for attempt in range(num_retries + 1):
+                texts = get_backend().generate(
+                    [prompts[i] for i in pending],
+                    temperature=temperature if attempt == 0 else max(temperature, retry_temperature),
+                    max_tokens=max_tokens,
+                    stop=stop,
+                    seed=seed + 7919 * attempt,
+                )
+                queries += len(pending)
+                for i, text in zip(pending, texts, strict=True):
+                    answers[i] = parse_answer(text, len(blocks[i]), prompt_format)
+                    failures += answers[i] is None
+                pending = [i for i in pending if answers[i] is None]
+                if not pending:
+                    break
+        except Exception:
+            if on_backend_error == "raise":
+                raise
+            return mean.astype(dtype), np.array([queries, failures, len(blocks)], np.int32)
+        for b, ans in zip(blocks, answers, strict=True):
+            if ans is not None:
+                mean[b] = decode(ans, lower[b], upper[b], resolution)
+        return mean.astype(dtype), np.array([queries, failures, len(pending)], np.int32)
+
+    def init(key, mean=None, params=None):
+        del key, params
+        mean = solution if mean is None else jnp.asarray(mean, dtype).reshape(dim)
+        mean = jnp.clip(mean, lower_j, upper_j)
+        zero = jnp.zeros((), jnp.int32)
+        return EvoLLMState(
+            mean=mean,
+            archive_x=jnp.zeros((archive_size, dim), dtype),
+            archive_f=jnp.full((archive_size,), jnp.inf, dtype),
+            best_x=mean,
+            best_f=jnp.asarray(jnp.inf, dtype),
+            generation=zero,
+            llm_queries=zero,
+            llm_failures=zero,
+            fallbacks=zero,
+        )
+
+    def ask(key, state, params):
+        sigma = sigma_at(params, state.generation).astype(dtype)
+        eps = jax.random.normal(key, (population_size, dim), dtype)
+        return jnp.clip(state.mean[None, :] + sigma * eps, lower_j, upper_j), state
+
+    def tell(key, population, fitness, state, params):
+        f = sign * jnp.asarray(fitness, dtype).reshape(population_size)
+        f = jnp.where(jnp.isnan(f), jnp.inf, f)
+        order = jnp.argsort(f)[:elites_per_generation]
+        archive_x = jnp.concatenate([population[order], state.archive_x])[:archive_size]
+        archive_f = jnp.concatenate([f[order], state.archive_f])[:archive_size]
+        improved = f[order[0]] < state.best_f
+        best_x = jnp.where(improved, population[order[0]], state.best_x)
+        best_f = jnp.where(improved, f[order[0]], state.best_f)
+        seed = jax.random.randint(key, (), 0, 2**30, jnp.int32)
+        shapes = (jax.ShapeDtypeStruct((dim,), dtype), jax.ShapeDtypeStruct((3,), jnp.int32))
+        mean, stats = io_callback(propose, shapes, archive_x, archive_f, best_x, seed, ordered=True)
+        mean = jnp.where(jnp.isfinite(mean), jnp.clip(mean, lower_j, upper_j), best_x)
+        new = EvoLLMState(
+            mean=mean,
+            archive_x=archive_x,
+            archive_f=archive_f,
+            best_x=best_x,
+            best_f=best_f,
+            generation=state.generation + 1,
+            llm_queries=state.llm_queries + stats[0],
+            llm_failures=state.llm_failures + stats[1],
+            fallbacks=state.fallbacks + stats[2],
+        )
+        finite = jnp.isfinite(f)
+        metrics = {
+            "best_fitness": sign * best_f,
+            "best_solution": best_x,
+            "generation_best_fitness": sign * f[order[0]],
+            "mean_fitness": sign * jnp.sum(jnp.where(finite, f, 0.0)) / jnp.maximum(finite.sum(), 1),
+            "sigma": sigma_at(params, state.generation),
+            "llm_queries": stats[0],
+            "parse_failure_rate": stats[1] / jnp.maximum(stats[0], 1),
+            "fallback_rate": stats[2] / len(blocks),
+        }
+        return new, metrics
+
+    default_params = EvoLLMParams(
+        sigma_init=jnp.asarray(0.1 * width if sigma_init is None else sigma_init, jnp.float32),
+        sigma_decay=jnp.asarray(sigma_decay, jnp.float32),
+        sigma_min=jnp.asarray(1e-3 * width if sigma_min is None else sigma_min, jnp.float32),
+    )
+    return Strategy(
+        init=init,
+        ask=ask,
+        tell=tell,
+        default_params=default_params,
+        population_size=population_size,
+        name="evollm",
+        get_mean=lambda state: state.mean,
+        materialize=lambda population: population,
+    )
+
+
+def run(
+    strategy: Strategy,
+    fitness_fn: Callable[[jax.Array], jax.Array],
+    key: jax.Array,
+    num_generations: int,
+    mean: jax.Array | None = None,
+    params: Any = None,
+    progress: bool = False,
+    description: str = "EvoLLM",
+) -> tuple[Any, dict[str, np.ndarray]]:
+    """Runs ``num_generations`` of ask / evaluate / tell with jitted steps.
+
+    Args:
+        strategy: built by :func:`evollm` (any Strategy works).
+        fitness_fn: scores one solution; it is vmapped over the population.
+        key: PRNG key.
+        num_generations: generations to run.
+        mean: starting mean (default: the strategy's template solution).
+        params: strategy params (default: ``strategy.default_params``).
+        progress: show a rich progress bar with the best fitness.
+        description: label of the progress bar.
+
+    Returns:
+        ``(state, history)`` where ``history`` maps each scalar metric to a NumPy
+        array over generations.
+    """
+    params = strategy.default_params if params is None else params
+    key, sub = jax.random.split(key)
+    state = strategy.init(sub, mean, params)
+    ask, tell = jax.jit(strategy.ask), jax.jit(strategy.tell)
+    evaluate = jax.jit(jax.vmap(fitness_fn))
+    history: dict[str, list] = {}
+    bar = None
+    if progress:
+        from rich.progress import Progress
+
+        bar = Progress(*Progress.get_default_columns(), "{task.fields[best]}", transient=False)
+        task = bar.add_task(description, total=num_generations, best="")
+        bar.start()
+    try:
+        for _ in range(num_generations):
+            key, k_ask, k_tell = jax.random.split(key, 3)
+            population, state = ask(k_ask, state, params)
+            state, metrics = tell(k_tell, population, evaluate(population), state, params)
+            for name, value in metrics.items():
+                if np.ndim(value) == 0:
+                    history.setdefault(name, []).append(float(value))
+            if bar is not None:
+                bar.update(task, advance=1, best=f"best {float(metrics['best_fitness']):.4g}")
+    finally:
+        if bar is not None:
+            bar.stop()
+    return state, {k: np.asarray(v) for k, v in history.items()}
