@@ -1,0 +1,177 @@
+"""Evolve an existing Flax model with EGGROLL, without rewriting it.
+
+:func:`apply_flax` runs a Flax **linen** module on one member's parameters
+(as :func:`eggroll.member` builds them: matrix leaves are
+:class:`~eggroll.lowrank.LowRank`). Calls of ``nn.Dense``, ``nn.DenseGeneral``
+and ``nn.Embed`` (``__call__`` and ``attend``) are intercepted with
+``nn.intercept_methods``: the layer runs on the shared base kernel and the
+rank-``r`` correction is added, so under ``vmap`` over members the base matmul
+is one GEMM for the whole population and no per-member matrix exists.
+
+:func:`apply_nnx` does the same for **NNX** models split into
+``(graphdef, state)``: ``nnx.Linear`` and ``nnx.Embed`` instances of the merged
+copy are switched to low-rank-aware subclasses for that call only.
+
+A low-rank leaf that no supported layer consumed raises an error instead of
+silently running unperturbed; mark such leaves full-rank with the strategy's
+``lowrank=`` filter, or use ``es.materialize``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from eggroll import lowrank as lr
+
+_UNUSED_HINT = (
+    "These leaves carry low-rank noise but no supported layer (linen Dense / DenseGeneral / Embed, "
+    "nnx Linear / Embed) used them, so the members would run unperturbed. Pass "
+    "`lowrank=lambda path, leaf: ...` to the strategy to give them full-rank noise, or evaluate "
+    "`es.materialize(population)` instead."
+)
+
+
+def _lowrank_leaves(tree: Any) -> dict[tuple, lr.LowRank]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lr.is_lowrank)
+    out = {}
+    for path, leaf in flat:
+        if isinstance(leaf, lr.LowRank):
+            names = tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+            if names and names[-1] == "value":  # an NNX Variable's array
+                names = names[:-1]
+            out[names] = leaf
+    return out
+
+
+def _dense_general_delta(module, x, w: lr.LowRank):
+    axes = module.axis if isinstance(module.axis, tuple) else (module.axis,)
+    if getattr(module, "batch_dims", ()):
+        raise NotImplementedError("eggroll.apply_flax does not support DenseGeneral with batch_dims.")
+    axes = tuple(a % x.ndim for a in axes)
+    k = len(axes)
+    x = jnp.moveaxis(x, axes, tuple(range(x.ndim - k, x.ndim)))
+    xa = jnp.tensordot(x.astype(w.a.dtype), w.a, axes=(tuple(range(x.ndim - k, x.ndim)), tuple(range(k))))
+    return xa @ w.b.T
+
+
+def apply_flax(model: Any, variables: Any, *args: Any, method: Any = None, **kwargs: Any) -> Any:
+    """``model.apply(variables, *args)`` where ``variables`` may hold LowRank leaves.
+
+    Args:
+        model: a ``flax.linen.Module``.
+        variables: one member's variables, e.g. ``eggroll.member(population, i)``
+            (either the full ``{"params": ...}`` dict or just the params).
+        *args, **kwargs: passed to ``model.apply``.
+        method: as in ``model.apply``.
+
+    Returns:
+        The model's output for this member.
+    """
+    import flax.linen as nn
+
+    wrapped = not (isinstance(variables, dict) and "params" in variables)
+    if wrapped:
+        variables = {"params": variables}
+    lows = _lowrank_leaves(variables)
+    base = lr.base_tree(variables)
+    used: set[tuple] = set()
+
+    def interceptor(next_fun, args, kwargs, context):
+        mod, name = context.module, context.method_name
+        if isinstance(mod, nn.Embed):
+            w = lows.get(("params", *mod.path, "embedding"))
+            if w is None or name not in ("__call__", "attend"):
+                return next_fun(*args, **kwargs)
+            used.add(("params", *mod.path, "embedding"))
+            y = next_fun(*args, **kwargs)
+            if name == "__call__":
+                d = jnp.take(w.a, args[0], axis=0) @ w.b.T
+            else:
+                d = (args[0].astype(w.b.dtype) @ w.b) @ w.a.T
+            return y + d.astype(y.dtype)
+        if isinstance(mod, nn.Dense | nn.DenseGeneral) and name == "__call__":
+            key = ("params", *mod.path, "kernel")
+            w = lows.get(key)
+            if w is None:
+                return next_fun(*args, **kwargs)
+            used.add(key)
+            y = next_fun(*args, **kwargs)
+            x = args[0] if args else kwargs["inputs"]
+            d = lr.delta(x, w.a, w.b) if isinstance(mod, nn.Dense) else _dense_general_delta(mod, x, w)
+            return y + d.astype(y.dtype)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        out = model.apply(base, *args, method=method, **kwargs)
+    _check_used(lows, used)
+    return out
+
+
+def _check_used(lows: dict, used: set) -> None:
+    unused = sorted("/".join(map(str, k)) for k in set(lows) - used)
+    if unused:
+        raise ValueError(f"Low-rank leaves not consumed: {unused}. {_UNUSED_HINT}")
+
+
+def _nnx_classes():
+    from flax import nnx
+
+    class LowRankLinear(nnx.Linear):
+        def __call__(self, inputs, out_sharding=None):
+            y = super().__call__(inputs)
+            w = self._eggroll_lowrank
+            return y + lr.delta(inputs, w.a, w.b).astype(y.dtype)
+
+    class LowRankEmbed(nnx.Embed):
+        def __call__(self, inputs, out_sharding=None):
+            y = super().__call__(inputs)
+            w = self._eggroll_lowrank
+            return y + (jnp.take(w.a, inputs, axis=0) @ w.b.T).astype(y.dtype)
+
+        def attend(self, query, out_sharding=None):
+            y = super().attend(query)
+            w = self._eggroll_lowrank
+            return y + ((query.astype(w.b.dtype) @ w.b) @ w.a.T).astype(y.dtype)
+
+    return {nnx.Linear: (LowRankLinear, "kernel"), nnx.Embed: (LowRankEmbed, "embedding")}
+
+
+_NNX_CLASSES: dict | None = None
+
+
+def apply_nnx(graphdef: Any, state: Any, *args: Any, method: str = "__call__", **kwargs: Any) -> Any:
+    """Call an NNX model given as ``(graphdef, state)`` where ``state`` may hold LowRank leaves.
+
+    Args:
+        graphdef: from ``nnx.split(model)``.
+        state: one member's state, e.g. ``eggroll.member(population, i)`` with a
+            strategy built on ``solution=nnx.split(model)[1]``.
+        *args, **kwargs: passed to the model's method.
+        method: name of the method to call.
+
+    Returns:
+        The method's output for this member.
+    """
+    global _NNX_CLASSES
+    from flax import nnx
+
+    if _NNX_CLASSES is None:
+        _NNX_CLASSES = _nnx_classes()
+    lows = _lowrank_leaves(state)
+    model = nnx.merge(graphdef, lr.base_tree(state))
+    used: set[tuple] = set()
+    for path, module in nnx.iter_graph(model):
+        spec = _NNX_CLASSES.get(type(module))
+        if spec is None:
+            continue
+        cls, leaf = spec
+        key = (*path, leaf)
+        if key in lows:
+            object.__setattr__(module, "_eggroll_lowrank", lows[key])
+            module.__class__ = cls
+            used.add(key)
+    _check_used(lows, used)
+    return getattr(model, method)(*args, **kwargs)

@@ -1,0 +1,79 @@
+"""Fitness shaping: pure functions from raw fitness to update weights.
+
+Every function takes fitness in the *minimisation* sign (lower is better;
+strategies flip rewards first when built with ``maximize=True``) and returns
+weights in the same sign: the ES gradient estimate is
+``g = 1 / (N sigma) * sum_i w_i eps_i`` and the optimizer descends along it.
+Non-finite values (NaN, +-inf) are ranked worst by :func:`sanitize` before
+shaping, so they can never push the parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def sanitize(fitness: jax.Array) -> jax.Array:
+    """Replace NaN / inf by the worst finite value (all non-finite -> zeros)."""
+    finite = jnp.isfinite(fitness)
+    worst = jnp.max(jnp.where(finite, fitness, -jnp.inf))
+    worst = jnp.where(jnp.isfinite(worst), worst, 0.0)
+    return jnp.where(finite, fitness, worst)
+
+
+def centered_rank(fitness: jax.Array) -> jax.Array:
+    """Ranks scaled to [-0.5, 0.5] (OpenAI-ES); ties broken by position."""
+    n = fitness.shape[0]
+    ranks = jnp.argsort(jnp.argsort(fitness)).astype(jnp.float32)
+    return ranks / jnp.maximum(n - 1, 1) - 0.5
+
+
+def z_score(fitness: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """``(f - mean) / std`` over the population."""
+    f = fitness.astype(jnp.float32)
+    return (f - f.mean()) / (f.std() + eps)
+
+
+def identity(fitness: jax.Array) -> jax.Array:
+    """No shaping (raw fitness minus nothing): use with care."""
+    return fitness.astype(jnp.float32)
+
+
+def group_z_score(fitness: jax.Array, group_size: int, eps: float = 1e-8) -> jax.Array:
+    """Subtract each group's mean, divide by the global std (EGGROLL).
+
+    Members ``[g * group_size, (g + 1) * group_size)`` share an input (a
+    prompt, a text chunk, an environment seed); comparing them only with each
+    other removes the input's difficulty from the signal.
+    """
+    f = fitness.astype(jnp.float32).reshape(-1, group_size)
+    centered = f - f.mean(axis=1, keepdims=True)
+    return (centered / (f.std() + eps)).reshape(-1)
+
+
+SHAPERS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "centered_rank": centered_rank,
+    "z_score": z_score,
+    "identity": identity,
+}
+
+
+def resolve(shaping: str | Callable, group_size: int | None = None) -> Callable[[jax.Array], jax.Array]:
+    """Turn a shaping name (or callable) into a function ``fitness -> weights``."""
+    if group_size is not None:
+        if shaping not in ("z_score", "group_z_score"):
+            raise ValueError(
+                f"group_size={group_size} uses group-wise z-scores; set fitness_shaping='z_score' "
+                f"(got {shaping!r}) or leave group_size=None."
+            )
+        return lambda f: group_z_score(f, group_size)
+    if callable(shaping):
+        return shaping
+    if shaping not in SHAPERS:
+        raise ValueError(
+            f"Unknown fitness_shaping {shaping!r}; choose one of {sorted(SHAPERS)} or a callable."
+        )
+    return SHAPERS[shaping]

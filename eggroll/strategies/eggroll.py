@@ -1,0 +1,115 @@
+"""EGGROLL: evolution strategies with low-rank ``A B^T`` perturbations.
+
+Each matrix leaf ``W`` (shape ``(*rows, cols)``) of member ``i`` is perturbed
+by ``sigma * A_i B_i^T / sqrt(r)`` with ``A_i (*rows, r)`` and ``B_i (cols, r)``
+standard Gaussian; other floating leaves get full-rank Gaussian noise. The
+population holds only the factors, and the update is formed from them,
+``(diag(w) A)^T B``, never from per-member matrices.
+
+References:
+    Sarkar et al. "Evolution Strategies at the Hyperscale", arXiv:2511.16652, 2025.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from eggroll import population as pop_lib
+from eggroll.strategies import _core
+from eggroll.types import Strategy
+
+
+def eggroll(
+    population_size: int,
+    solution: Any,
+    *,
+    rank: int = 1,
+    optimizer: optax.GradientTransformation | None = None,
+    sigma_init: float = 0.05,
+    antithetic: bool = True,
+    fitness_shaping: str | Callable = "centered_rank",
+    group_size: int | None = None,
+    maximize: bool = False,
+    noise_reuse: int = 1,
+    weight_decay: float = 0.0,
+    lowrank: Callable | None = None,
+    trainable: Any = None,
+) -> Strategy:
+    """Build an EGGROLL strategy.
+
+    ``ask`` returns a :class:`~eggroll.population.LowRankPopulation`; score it
+    with :func:`eggroll.evaluate` (your function receives matrix leaves as
+    :class:`~eggroll.lowrank.LowRank`), :func:`eggroll.apply_flax` for Flax
+    models, or ``es.materialize(population)`` for small problems.
+
+    Args:
+        population_size: members per generation (even with ``antithetic``).
+        solution: a template pytree (dict, Flax variables, NNX state ...).
+        rank: rank ``r`` of each matrix perturbation.
+        optimizer: any optax transformation; default ``optax.adam(0.01)``.
+        sigma_init: default initial perturbation scale (``params.sigma_init``).
+        antithetic: members ``2k`` and ``2k + 1`` share factors, sign flipped.
+        fitness_shaping: ``"centered_rank"`` (default), ``"z_score"``,
+            ``"identity"`` or a callable ``fitness -> weights``.
+        group_size: members ``[g*G, (g+1)*G)`` share an input; their fitness is
+            centred per group and divided by the global std (needs ``"z_score"``).
+        maximize: fitness is a reward to maximise (default: minimise).
+        noise_reuse: generations that share one draw of noise (>= 1).
+        weight_decay: default L2 coefficient (``params.weight_decay``).
+        lowrank: ``callable(path, leaf) -> bool`` choosing which ``ndim >= 2``
+            leaves get low-rank noise (default: all of them).
+        trainable: which leaves evolve: pytree of bools or ``callable(path, leaf)``.
+
+    Returns:
+        A :class:`~eggroll.types.Strategy`.
+    """
+    if group_size is not None and fitness_shaping == "centered_rank":
+        fitness_shaping = "z_score"
+    cfg = _core.make_config(
+        population_size=population_size,
+        solution=solution,
+        optimizer=optax.adam(0.01) if optimizer is None else optimizer,
+        antithetic=antithetic,
+        noise_reuse=noise_reuse,
+        maximize=maximize,
+        fitness_shaping=fitness_shaping,
+        group_size=group_size,
+        rank=rank,
+        lowrank=lowrank,
+        trainable=trainable,
+    )
+
+    def ask(key, state, params):
+        del key, params
+        pairs = jnp.arange(cfg.num_noise, dtype=jnp.int32)
+        noise = [
+            None
+            if spec.kind == "frozen"
+            else _core.leaf_noise(cfg, state.key, spec, state.generation_counter, pairs)
+            for spec in cfg.specs
+        ]
+        population = pop_lib.LowRankPopulation(
+            mean=state.mean,
+            noise=jax.tree.unflatten(cfg.treedef, noise),
+            sigma=state.sigma,
+            index=jnp.arange(population_size, dtype=jnp.int32),
+            antithetic=antithetic,
+            rank=rank,
+        )
+        return population, state
+
+    return Strategy(
+        init=jax.jit(lambda key, mean, params: _core.init(cfg, key, mean, params)),
+        ask=jax.jit(ask),
+        tell=jax.jit(lambda key, pop, fit, state, params: _core.tell(cfg, key, pop, fit, state, params)),
+        default_params=_core.Params(sigma_init=sigma_init, weight_decay=weight_decay),
+        population_size=population_size,
+        name="eggroll",
+        get_mean=lambda state: state.mean,
+        materialize=jax.jit(pop_lib.materialize),
+    )

@@ -1,0 +1,103 @@
+"""OpenAI-ES (Salimans et al. 2017): full-rank Gaussian ES with an optax optimizer.
+
+References:
+    Salimans, Ho, Chen, Sidor, Sutskever. "Evolution Strategies as a Scalable
+    Alternative to Reinforcement Learning", arXiv:1703.03864, 2017.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from eggroll.strategies import _core
+from eggroll.types import Strategy
+
+
+def open_es(
+    population_size: int,
+    solution: Any,
+    *,
+    optimizer: optax.GradientTransformation | None = None,
+    sigma_init: float = 0.05,
+    antithetic: bool = True,
+    fitness_shaping: str | Callable = "centered_rank",
+    maximize: bool = False,
+    noise_reuse: int = 1,
+    weight_decay: float = 0.0,
+    trainable: Any = None,
+) -> Strategy:
+    """Build an OpenAI-ES strategy.
+
+    Every floating leaf gets Gaussian noise of its own shape; ``ask`` returns the
+    population as a stacked pytree (leading axis = member), as evosax does, so
+    ``jax.vmap(fitness_fn)(population)`` scores it. ``tell`` regenerates the
+    noise from counters, so the population passed back is not read.
+
+    Args:
+        population_size: members per generation (even with ``antithetic``).
+        solution: a template pytree (dict, Flax variables, NNX state ...).
+        optimizer: any optax transformation; default ``optax.adam(0.01)``.
+        sigma_init: default initial perturbation scale (``params.sigma_init``).
+        antithetic: mirrored pairs ``(+eps, -eps)``.
+        fitness_shaping: ``"centered_rank"`` (default), ``"z_score"``,
+            ``"identity"`` or a callable ``fitness -> weights``.
+        maximize: fitness is a reward to maximise (default: minimise).
+        noise_reuse: generations that share one draw of noise.
+        weight_decay: default L2 coefficient (``params.weight_decay``).
+        trainable: which leaves evolve: pytree of bools or ``callable(path, leaf)``.
+
+    Returns:
+        A :class:`~eggroll.types.Strategy`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> es = open_es(population_size=8, solution=jnp.zeros(3))
+        >>> state = es.init(jax.random.key(0), jnp.ones(3), es.default_params)
+        >>> pop, state = es.ask(jax.random.key(1), state, es.default_params)
+        >>> pop.shape
+        (8, 3)
+    """
+    cfg = _core.make_config(
+        population_size=population_size,
+        solution=solution,
+        optimizer=optax.adam(0.01) if optimizer is None else optimizer,
+        antithetic=antithetic,
+        noise_reuse=noise_reuse,
+        maximize=maximize,
+        fitness_shaping=fitness_shaping,
+        group_size=None,
+        rank=1,
+        lowrank=False,
+        trainable=trainable,
+    )
+
+    def ask(key, state, params):
+        del key, params
+        pairs = jnp.arange(cfg.num_noise, dtype=jnp.int32)
+        leaves = jax.tree.leaves(state.mean)
+        out = []
+        for spec, m in zip(cfg.specs, leaves, strict=True):
+            if spec.kind == "frozen":
+                out.append(jnp.broadcast_to(m, (population_size, *m.shape)))
+                continue
+            eps = _core.leaf_noise(cfg, state.key, spec, state.generation_counter, pairs) * state.sigma
+            if antithetic:  # members 2k, 2k+1 = mean + eps_k, mean - eps_k
+                eps = jnp.stack([eps, -eps], axis=1).reshape(population_size, *m.shape)
+            out.append((m.astype(jnp.float32) + eps).astype(m.dtype))
+        return jax.tree.unflatten(cfg.treedef, out), state
+
+    return Strategy(
+        init=jax.jit(lambda key, mean, params: _core.init(cfg, key, mean, params)),
+        ask=jax.jit(ask),
+        tell=jax.jit(lambda key, pop, fit, state, params: _core.tell(cfg, key, pop, fit, state, params)),
+        default_params=_core.Params(sigma_init=sigma_init, weight_decay=weight_decay),
+        population_size=population_size,
+        name="open_es",
+        get_mean=lambda state: state.mean,
+        materialize=lambda population: population,
+    )
