@@ -53,7 +53,8 @@ class LLMBackend(Protocol):
             max_tokens: the most new tokens per completion.
             stop: strings that end a completion; the returned text stops before
                 the first of them.
-            seed: seed for sampling, so a run can be repeated.
+            seed: seed for sampling, so a run can be repeated; prompt ``i`` of
+                the batch is sampled with ``seed + i`` (ignored when greedy).
 
         Returns:
             One completion per prompt, without the prompt itself.

@@ -1,0 +1,118 @@
+"""A response cache in front of any backend: in memory, optionally saved as JSON.
+
+::
+
+    from eggroll.llm.cache import CachedBackend
+    llm = CachedBackend(OpenAIBackend(...), path="evollm_cache.json")
+
+The key of one answer is a SHA-256 of (backend name, prompt, temperature,
+max_tokens, stop strings, per-prompt seed). The seed only enters when
+``temperature > 0``: a greedy answer does not depend on it. Repeating a run with
+the same seeds therefore costs no model calls, and a sampled retry (new seed)
+is never served a cached failure.
+
+The JSON file is read when the cache is created and rewritten atomically
+(temporary file + rename) after every batch that added answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from eggroll.llm.base import LLMBackend, check_generate_args
+
+
+def cache_key(
+    backend_name: str, prompt: str, temperature: float, max_tokens: int, stop: Sequence[str], seed: int
+) -> str:
+    """The cache key of one prompt's answer under the given settings."""
+    settings = [
+        backend_name,
+        prompt,
+        round(float(temperature), 6),
+        int(max_tokens),
+        list(stop),
+        int(seed) if temperature > 0 else None,
+    ]
+    return hashlib.sha256(json.dumps(settings, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+class CachedBackend:
+    """Wraps a backend and remembers its answers.
+
+    Args:
+        backend: any :class:`eggroll.llm.base.LLMBackend`.
+        path: optional JSON file to load from and save to.
+
+    Attributes:
+        hits: answers served from the cache.
+        misses: answers asked from the wrapped backend.
+    """
+
+    def __init__(self, backend: LLMBackend, path: str | os.PathLike | None = None):
+        self.backend = backend
+        self.name = backend.name
+        self.path = Path(path) if path is not None else None
+        self.entries: dict[str, str] = {}
+        self.hits = 0
+        self.misses = 0
+        if self.path is not None and self.path.exists():
+            try:
+                loaded = json.loads(self.path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"the cache file {self.path} is not valid JSON ({err}); delete it or pass another path"
+                ) from err
+            if not isinstance(loaded, dict):
+                raise ValueError(f"the cache file {self.path} must hold a JSON object of key -> text")
+            self.entries = {str(k): str(v) for k, v in loaded.items()}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 32,
+        stop: Sequence[str] = (),
+        seed: int = 0,
+    ) -> list[str]:
+        """Answers from the cache where possible, asks the wrapped backend for the rest."""
+        prompts = check_generate_args(prompts, temperature, max_tokens)
+        keys = [cache_key(self.name, p, temperature, max_tokens, stop, seed + i) for i, p in enumerate(prompts)]
+        missing = [i for i, k in enumerate(keys) if k not in self.entries]
+        self.hits += len(prompts) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            if temperature == 0:  # the seed does not matter: one batch
+                texts = self.backend.generate(
+                    [prompts[i] for i in missing], temperature=0.0, max_tokens=max_tokens, stop=stop, seed=seed
+                )
+            else:  # keep each prompt's own seed (seed + i), as without the cache
+                texts = [
+                    self.backend.generate(
+                        [prompts[i]], temperature=temperature, max_tokens=max_tokens, stop=stop, seed=seed + i
+                    )[0]
+                    for i in missing
+                ]
+            for i, text in zip(missing, texts, strict=True):
+                self.entries[keys[i]] = text
+            self.save()
+        return [self.entries[k] for k in keys]
+
+    def save(self) -> None:
+        """Writes the cache to ``path`` (no-op without a path)."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(self.entries, f, ensure_ascii=False)
+        os.replace(tmp, self.path)
