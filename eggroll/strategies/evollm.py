@@ -174,7 +174,8 @@ def _fitness_marker(fmt: PromptFormat) -> str:
 
 def sigma_at(params: EvoLLMParams, generation: jax.Array) -> jax.Array:
     """The isotropic sigma of the schedule at a generation."""
-    return jnp.maximum(params.sigma_init * params.sigma_decay ** generation.astype(jnp.float32), params.sigma_min)
+    decayed = params.sigma_init * params.sigma_decay ** generation.astype(jnp.float32)
+    return jnp.maximum(decayed, params.sigma_min)
 
 
 def evollm(
@@ -276,7 +277,7 @@ def evollm(
         return holder["backend"]
 
     def propose(archive_x, archive_f, best_x, seed):
-        """Host side: prompts, LLM, parsing, retries, fallback. Returns (mean, [queries, failures, fallbacks])."""
+        """Host side: prompts, LLM, retries, fallback -> (mean, [queries, failures, fallbacks])."""
         archive_x, archive_f, best_x = np.asarray(archive_x), np.asarray(archive_f), np.asarray(best_x)
         seed = int(seed)
         keep = np.isfinite(archive_f)
