@@ -1,0 +1,47 @@
+"""The 24 noiseless COCO BBOB functions in JAX, identical to ``cocoex``, and a benchmark runner.
+
+Quick start::
+
+    from eggroll.problems import bbob
+
+    f = bbob.bbob_function(8, instance=1, dimension=10)    # jitted x -> f(x)
+    suite = bbob.BBOBSuite("1-24", "1-5", dimension=10)       # 120 problems
+    values = suite.evaluate(points)                           # (120, N) in one call
+
+See ``docs/bbob.md`` for the design and the runner.
+"""
+
+from eggroll.problems.bbob.coco_rng import fopt, gauss, rotation, unif, xopt
+from eggroll.problems.bbob.functions import delta, delta_static
+from eggroll.problems.bbob.instances import (
+    FUNCTION_IDS,
+    FUNCTION_NAMES,
+    MAX_DIMENSION,
+    BBOBInstance,
+    make_instance,
+    stack_instances,
+    validate_ids,
+)
+from eggroll.problems.bbob.suite import BBOBSuite, bbob_function, check_points, evaluate, parse_ids
+
+__all__ = [
+    "BBOBInstance",
+    "BBOBSuite",
+    "FUNCTION_IDS",
+    "FUNCTION_NAMES",
+    "MAX_DIMENSION",
+    "bbob_function",
+    "check_points",
+    "delta",
+    "delta_static",
+    "evaluate",
+    "fopt",
+    "gauss",
+    "make_instance",
+    "parse_ids",
+    "rotation",
+    "stack_instances",
+    "unif",
+    "validate_ids",
+    "xopt",
+]

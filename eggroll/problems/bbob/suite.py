@@ -1,0 +1,299 @@
+"""Evaluating BBOB problems: single functions and whole suites in one compiled call."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from eggroll.problems.bbob import functions as _fn
+from eggroll.problems.bbob.instances import (
+    FUNCTION_NAMES,
+    BBOBInstance,
+    make_instance,
+    stack_instances,
+    validate_ids,
+)
+
+__all__ = ["BBOBSuite", "bbob_function", "check_points", "evaluate", "parse_ids"]
+
+
+def check_points(x: object, dimension: int, *, what: str = "x") -> jax.Array:
+    """Validates points for a ``dimension``-D BBOB problem and returns them as a JAX array.
+
+    Args:
+        x: array-like of shape ``(..., dimension)`` with a floating dtype.
+        dimension: the problem dimension ``D``.
+        what: the argument name used in error messages.
+
+    Raises:
+        ValueError: for a non-floating dtype or a last axis that is not ``D``.
+    """
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        x = np.asarray(x)
+        dtype = x.dtype
+        if dtype.kind in "iu":  # plain Python lists of numbers are accepted as floats
+            x = x.astype(np.float64)
+            dtype = x.dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"BBOB {what} must have a floating dtype, got {dtype}: convert it first, "
+            f"e.g. jnp.asarray({what}, jnp.float32)."
+        )
+    shape = tuple(np.shape(x))
+    if len(shape) == 0 or shape[-1] != dimension:
+        raise ValueError(
+            f"BBOB {what} has shape {shape} but this problem is {dimension}-dimensional: "
+            f"pass points of shape ({dimension},) or (n, {dimension})."
+        )
+    return jnp.asarray(x)
+
+
+def _delta_points(p: BBOBInstance, x: jax.Array, fid: int | None) -> jax.Array:
+    """``f - fopt`` over any leading batch axes of ``x``."""
+    flat = x.reshape((-1, x.shape[-1]))
+    if fid is None:
+        vals = jax.vmap(_fn.delta, in_axes=(None, 0))(p, flat)
+    else:
+        vals = jax.vmap(functools.partial(_fn.delta_static, fid), in_axes=(None, 0))(p, flat)
+    return vals.reshape(x.shape[:-1])
+
+
+def evaluate(instance: BBOBInstance, x: jax.Array, *, subtract_fopt: bool = False) -> jax.Array:
+    """Evaluates one BBOB instance at a point or a batch of points.
+
+    Pure and jittable; ``instance`` may be traced (its function id is then
+    dispatched with :func:`jax.lax.switch`), so ``jax.vmap(evaluate)`` over a
+    stacked batch of instances of different functions works too.
+
+    Args:
+        instance: a :class:`BBOBInstance` (e.g. from :func:`make_instance`).
+        x: shape ``(..., D)``, floating.
+        subtract_fopt: return ``f(x) - fopt`` (the precision COCO's targets use)
+            instead of ``f(x)``.
+
+    Returns:
+        Values of shape ``x.shape[:-1]``.
+    """
+    x = check_points(x, instance.xopt.shape[-1])
+    fid = None
+    if isinstance(instance.fid, np.ndarray | int | np.integer) and np.ndim(instance.fid) == 0:
+        fid = int(instance.fid)  # concrete id: trace only the function's own branch
+    vals = _delta_points(instance, x, fid)
+    if subtract_fopt:
+        return vals
+    return vals + jnp.asarray(instance.fopt, vals.dtype)
+
+
+def bbob_function(
+    function: int, instance: int, dimension: int, *, subtract_fopt: bool = False
+) -> Callable[[jax.Array], jax.Array]:
+    """A jitted ``x -> f(x)`` for one COCO BBOB problem.
+
+    Example::
+
+        f = bbob_function(21, instance=3, dimension=10)
+        f(jnp.zeros(10))            # a scalar, equal to cocoex's value
+        f(jnp.zeros((4096, 10)))    # (4096,)
+
+    Args:
+        function: 1..24.
+        instance: COCO instance id.
+        dimension: 2..40.
+        subtract_fopt: return ``f(x) - fopt`` instead of ``f(x)``.
+
+    Raises:
+        ValueError: for an unknown function, instance or dimension; the returned
+            function raises for points of the wrong size or dtype.
+    """
+    data = make_instance(function, instance, dimension)
+    fid = int(data.fid)
+    device_data = jax.tree.map(jnp.asarray, data)
+
+    @jax.jit
+    def _run(p: BBOBInstance, x: jax.Array) -> jax.Array:
+        vals = _delta_points(p, x, fid)
+        return vals if subtract_fopt else vals + p.fopt.astype(vals.dtype)
+
+    def f(x: jax.Array) -> jax.Array:
+        return _run(device_data, check_points(x, dimension))
+
+    f.__doc__ = f"BBOB f{fid} ({FUNCTION_NAMES[fid]}), instance {instance}, {dimension}-D."
+    f.instance = data  # type: ignore[attr-defined]
+    return f
+
+
+def parse_ids(spec: str | int | Iterable[int]) -> list[int]:
+    """Parses ``"1-5,7,10-12"`` (or an int, or an iterable of ints) into a sorted unique list.
+
+    Raises:
+        ValueError: for a malformed specification.
+    """
+    if isinstance(spec, int | np.integer):
+        return [int(spec)]
+    if not isinstance(spec, str):
+        out = sorted({int(v) for v in spec})
+        if not out:
+            raise ValueError("Empty id list: give at least one id, e.g. '1-5'.")
+        return out
+    ids: set[int] = set()
+    for part in spec.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                a, b = int(lo), int(hi)
+                if b < a:
+                    raise ValueError
+                ids.update(range(a, b + 1))
+            else:
+                ids.add(int(part))
+        except ValueError:
+            raise ValueError(
+                f"Cannot parse id range {part!r} in {spec!r}: use comma-separated ints and ranges like '1-5,7'."
+            ) from None
+    if not ids:
+        raise ValueError(f"Empty id list {spec!r}: give at least one id, e.g. '1-5'.")
+    return sorted(ids)
+
+
+class BBOBSuite:
+    """A set of BBOB problems of one dimension, evaluated together in one compiled call.
+
+    The problems are every ``(function, instance)`` pair of the given lists, in
+    function-major order (like cocoex). Their data is stacked into one
+    :class:`BBOBInstance` with a leading problem axis (``suite.data``); at
+    evaluation the problems are grouped by function (a static grouping, known at
+    trace time), and each group is ``vmap``-ed over its instances and the points,
+    so every point costs only its own function.
+
+    Example::
+
+        suite = BBOBSuite(functions=range(1, 25), instances=[1], dimension=10)
+        f = suite.evaluate(jnp.zeros((4096, 10)))           # (24, 4096)
+        g = suite.evaluate_each(jnp.zeros((24, 64, 10)))     # (24, 64): own points per problem
+
+    Args:
+        functions: function ids (1..24) or a spec string like ``"1-24"``.
+        instances: COCO instance ids or a spec string like ``"1-15"``.
+        dimension: 2..40.
+
+    Raises:
+        ValueError: for unknown ids or dimensions.
+    """
+
+    def __init__(
+        self,
+        functions: str | Iterable[int] = range(1, 25),
+        instances: str | Iterable[int] = (1,),
+        dimension: int = 10,
+    ) -> None:
+        fids = parse_ids(functions)
+        iids = parse_ids(instances)
+        for f in fids:
+            for i in iids:
+                validate_ids(f, i, dimension)
+        self.dimension = int(dimension)
+        self.problems: list[tuple[int, int]] = [(f, i) for f in fids for i in iids]
+        self.data: BBOBInstance = stack_instances([make_instance(f, i, dimension) for f, i in self.problems])
+        groups: dict[int, list[int]] = {}
+        for k, (f, _) in enumerate(self.problems):
+            groups.setdefault(f, []).append(k)
+        self.groups: tuple[tuple[int, tuple[int, ...]], ...] = tuple((f, tuple(ix)) for f, ix in groups.items())
+        self._device_data: BBOBInstance | None = None
+
+    def __len__(self) -> int:
+        return len(self.problems)
+
+    def __repr__(self) -> str:
+        return f"BBOBSuite({len(self)} problems, dimension={self.dimension})"
+
+    @property
+    def fopt(self) -> np.ndarray:
+        """Optimal values, shape ``(P,)``."""
+        return self.data.fopt
+
+    @property
+    def xopt(self) -> np.ndarray:
+        """Optimum locations, shape ``(P, D)``."""
+        return self.data.xopt
+
+    def device_data(self) -> BBOBInstance:
+        """The stacked data as JAX arrays (in the current default float precision)."""
+        if self._device_data is None or self._device_data.xopt.dtype != jnp.asarray(1.0).dtype:
+            self._device_data = jax.tree.map(jnp.asarray, self.data)
+        return self._device_data
+
+    def evaluate(self, x: jax.Array, *, subtract_fopt: bool = False) -> jax.Array:
+        """Evaluates every problem of the suite at the same points.
+
+        Args:
+            x: ``(N, D)`` (or ``(D,)``) floating points.
+            subtract_fopt: return ``f - fopt`` instead of ``f``.
+
+        Returns:
+            ``(P, N)`` (or ``(P,)``) values.
+        """
+        x = check_points(x, self.dimension)
+        return suite_evaluate(self.device_data(), x, self.groups, shared=True, subtract_fopt=subtract_fopt)
+
+    def evaluate_each(self, x: jax.Array, *, subtract_fopt: bool = False) -> jax.Array:
+        """Evaluates each problem at its own points.
+
+        Args:
+            x: ``(P, N, D)``: ``x[k]`` are the points for problem ``k``.
+            subtract_fopt: return ``f - fopt`` instead of ``f``.
+
+        Returns:
+            ``(P, N)`` values.
+        """
+        x = check_points(x, self.dimension)
+        if x.ndim < 2 or x.shape[0] != len(self):
+            raise ValueError(
+                f"evaluate_each() needs one batch of points per problem, shape ({len(self)}, N, "
+                f"{self.dimension}); got {tuple(x.shape)}. Use evaluate() to share points."
+            )
+        return suite_evaluate(self.device_data(), x, self.groups, shared=False, subtract_fopt=subtract_fopt)
+
+
+@functools.partial(jax.jit, static_argnames=("groups", "shared", "subtract_fopt"))
+def suite_evaluate(
+    data: BBOBInstance,
+    x: jax.Array,
+    groups: Sequence[tuple[int, tuple[int, ...]]],
+    *,
+    shared: bool,
+    subtract_fopt: bool = False,
+) -> jax.Array:
+    """Evaluates stacked problems grouped by function (the engine of :class:`BBOBSuite`).
+
+    Args:
+        data: stacked instances, leading axis ``P``.
+        x: ``(..., D)`` shared points if ``shared``, else ``(P, ..., D)`` per problem.
+        groups: ``((fid, (problem indices...)), ...)`` covering ``0..P-1``; static.
+        shared: whether all problems see the same points.
+        subtract_fopt: return ``f - fopt`` instead of ``f``.
+
+    Returns:
+        ``(P, ...)`` values.
+    """
+    n_problems = data.fopt.shape[0]
+    batch = x.shape[:-1] if shared else x.shape[1:-1]
+    out = jnp.zeros((n_problems, *batch), dtype=jnp.result_type(x, jnp.float32))
+    for fid, idx_tuple in groups:
+        idx = np.asarray(idx_tuple)
+        sub = jax.tree.map(lambda a, idx=idx: a[idx], data)
+        if shared:
+            vals = jax.vmap(lambda p, fid=fid: _delta_points(p, x, fid))(sub)
+        else:
+            vals = jax.vmap(lambda p, xs, fid=fid: _delta_points(p, xs, fid))(sub, x[idx])
+        if not subtract_fopt:
+            fo = sub.fopt.astype(vals.dtype).reshape((-1,) + (1,) * (vals.ndim - 1))
+            vals = vals + jnp.broadcast_to(fo, vals.shape)
+        out = out.at[idx].set(vals)
+    return out
