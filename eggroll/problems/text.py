@@ -1,0 +1,338 @@
+"""Byte-level language modelling as an ES problem: corpus, baselines, fitness, training loop.
+
+* :func:`load_corpus` reads a text file, or by default the English help topics
+  that ship with every CPython (``pydoc_data.topics``, about 466 KB), so nothing
+  is downloaded. :func:`split_bytes` keeps the last ``valid_fraction`` as the
+  held-out validation split.
+* :func:`unigram_bits` / :func:`bigram_bits` are the count-based baselines of
+  the same split (additive smoothing), in bits per byte.
+* :func:`bits_per_byte` is the fitness: the mean negative log2-likelihood of the
+  next byte under the model's ``int8`` logits (``p ∝ 2**(logit/16)``). It is the
+  one floating-point computation in a training generation: a log-sum-exp over
+  256 logits per byte, in ``float32``; the model and the update stay integer,
+  and integer EGGROLL only uses the sign of the pairwise difference.
+* :func:`train_lm` trains an :mod:`eggroll.models.egg` model with
+  :func:`eggroll.strategies.int_eggroll.int_eggroll`.
+
+Data layout: the training bytes are cut into ``S = N / (2 G)`` contiguous
+streams (``N`` members, groups of ``G`` antithetic pairs); at generation ``g``
+every stream supplies its next chunk of ``chunk`` bytes, all ``2G`` members of a
+group read the same chunk, and every member carries its hidden state from the
+previous chunk (reset to zero when the streams wrap around).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from eggroll.models import egg
+from eggroll.strategies import int_eggroll as ie
+
+LN2 = math.log(2.0)
+
+
+# --------------------------------------------------------------------------- corpus and baselines
+
+
+def default_corpus() -> bytes:
+    """The ``pydoc_data.topics`` help texts (every CPython ships them), UTF-8, topics sorted."""
+    from pydoc_data import topics
+
+    return "".join(topics.topics[k] for k in sorted(topics.topics)).encode("utf-8")
+
+
+def load_corpus(path: str | Path | None = None) -> bytes:
+    """Read a corpus as raw bytes.
+
+    Args:
+        path: a file to read; ``None`` for :func:`default_corpus`.
+
+    Returns:
+        The bytes.
+    """
+    if path is None:
+        return default_corpus()
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"corpus file {str(p)!r} does not exist; pass an existing text file or omit it.")
+    data = p.read_bytes()
+    if len(data) < 4096:
+        raise ValueError(f"corpus {str(p)!r} has only {len(data)} bytes; need at least 4096 to train and validate.")
+    return data
+
+
+def split_bytes(data: bytes, valid_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Split bytes into ``(train, valid)`` ``uint8`` arrays; validation is the tail."""
+    if not 0 < valid_fraction < 1:
+        raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}.")
+    arr = np.frombuffer(data, np.uint8)
+    cut = int(round(len(arr) * (1 - valid_fraction)))
+    return arr[:cut].copy(), arr[cut:].copy()
+
+
+def unigram_bits(train: np.ndarray, evaluate: np.ndarray, smoothing: float = 1.0) -> float:
+    """Bits per byte of ``evaluate`` under the byte frequencies of ``train`` (add-``smoothing``)."""
+    counts = np.bincount(train, minlength=256).astype(np.float64) + smoothing
+    logp = np.log2(counts / counts.sum())
+    return float(-logp[evaluate].mean())
+
+
+def bigram_bits(train: np.ndarray, evaluate: np.ndarray, smoothing: float = 0.1) -> float:
+    """Bits per byte of ``evaluate[1:]`` given the previous byte, counts from ``train`` (add-``smoothing``)."""
+    counts = np.full((256, 256), smoothing, np.float64)
+    np.add.at(counts, (train[:-1], train[1:]), 1.0)
+    logp = np.log2(counts / counts.sum(axis=1, keepdims=True))
+    return float(-logp[evaluate[:-1], evaluate[1:]].mean())
+
+
+def bits_per_byte(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean ``-log2 p(target)`` over the last-but-one axis, with ``p ∝ 2**(logit/16)``.
+
+    Args:
+        logits: ``int8`` (or integer-valued float) ``(..., T, 256)``.
+        targets: byte ids ``(..., T)``.
+
+    Returns:
+        ``float32`` bits per byte, shape ``(...)``.
+    """
+    z = logits.astype(jnp.float32) * (LN2 / egg.ONE)
+    nats = jax.nn.logsumexp(z, axis=-1) - jnp.take_along_axis(z, targets[..., None].astype(jnp.int32), -1)[..., 0]
+    return jnp.mean(nats, axis=-1) / LN2
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+    """Everything that defines a training run (a JSON-able record for checkpoints).
+
+    Attributes:
+        width: model width ``D``.
+        depth: number of blocks.
+        mlp_ratio: MLP hidden width / ``D``.
+        population: ES population ``N`` (even).
+        rank: rank of the matrix perturbations.
+        sigma_shift: ``sigma = 2**-sigma_shift``.
+        chunk: bytes per member per generation.
+        group_pairs: antithetic pairs that share one chunk (``G``).
+        generations: length of the threshold schedule (and default run length).
+        alpha_start: z-test level at generation 0 (1 = move every weight with ``Z != 0``).
+        alpha_end: z-test level at the last generation.
+        noise_reuse: generations that share the same perturbations.
+        valid_fraction: tail of the corpus held out.
+        seed: seed of the model and the noise.
+    """
+
+    width: int = 64
+    depth: int = 2
+    mlp_ratio: int = 4
+    population: int = 512
+    rank: int = 1
+    sigma_shift: int = 4
+    chunk: int = 64
+    group_pairs: int = 1
+    generations: int = 1000
+    alpha_start: float = 1.0
+    alpha_end: float = 1 / 16
+    noise_reuse: int = 1
+    valid_fraction: float = 0.1
+    seed: int = 0
+
+    def validate(self) -> LMConfig:
+        """Raise a ``ValueError`` naming the bad setting; return ``self`` otherwise."""
+        egg.EggConfig(self.width, self.depth, self.mlp_ratio).validate()
+        if self.population < 2 or self.population % (2 * self.group_pairs):
+            raise ValueError(
+                f"population ({self.population}) must be a positive multiple of 2 * group_pairs "
+                f"({2 * self.group_pairs})."
+            )
+        for name in ("chunk", "group_pairs", "generations", "noise_reuse"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        return self
+
+    @property
+    def model(self) -> egg.EggConfig:
+        return egg.EggConfig(self.width, self.depth, self.mlp_ratio)
+
+    @property
+    def streams(self) -> int:
+        return self.population // (2 * self.group_pairs)
+
+
+class Carry(NamedTuple):
+    """What a training run carries from one generation to the next (checkpointed)."""
+
+    es_state: ie.IntEggrollState
+    hidden: jax.Array  # (N, depth, width) int8
+    generation: jax.Array  # int32
+
+
+class LMTask(NamedTuple):
+    """The pieces of a run, built by :func:`make_task`."""
+
+    config: LMConfig
+    strategy: Any
+    train_streams: np.ndarray  # (S, L) uint8
+    valid_streams: np.ndarray  # (V, Lv) uint8
+    init: Callable[[], Carry]
+    step: Callable[[Carry, jax.Array, jax.Array, jax.Array], tuple[Carry, dict]]
+    validate: Callable[[Any], jax.Array]
+
+    @property
+    def chunks_per_pass(self) -> int:
+        return (self.train_streams.shape[1] - 1) // self.config.chunk
+
+    def batch(self, generation: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """``(inputs, targets, reset)`` for a generation: ``(S, chunk)`` each; reset at a wrap."""
+        t = self.config.chunk
+        pos = (generation % self.chunks_per_pass) * t
+        window = self.train_streams[:, pos : pos + t + 1]
+        return window[:, :-1], window[:, 1:], pos == 0
+
+
+def _streams(data: np.ndarray, count: int, min_len: int, what: str) -> np.ndarray:
+    length = len(data) // count
+    if length < min_len:
+        raise ValueError(
+            f"the {what} split ({len(data)} bytes) is too short for {count} streams of at least {min_len} bytes; "
+            "use a smaller population / larger group_pairs / shorter chunk, or a bigger corpus."
+        )
+    return data[: count * length].reshape(count, length)
+
+
+def make_task(config: LMConfig, train: np.ndarray, valid: np.ndarray, valid_streams: int = 16) -> LMTask:
+    """Build the strategy, the data streams and the jitted step / validation functions.
+
+    Args:
+        config: the run's settings.
+        train: training bytes.
+        valid: validation bytes.
+        valid_streams: the validation split is scored as this many contiguous
+            streams, each from a zero state.
+
+    Returns:
+        An :class:`LMTask`.
+    """
+    config.validate()
+    mcfg = config.model
+    template = jax.eval_shape(lambda: egg.init(jax.random.key(0), mcfg))
+    template = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), template)
+    es = ie.int_eggroll(
+        config.population,
+        template,
+        rank=config.rank,
+        sigma_shift=config.sigma_shift,
+        z_thresholds=ie.z_threshold_schedule(config.generations, config.alpha_start, config.alpha_end),
+        noise_reuse=config.noise_reuse,
+    )
+    train_s = _streams(train, config.streams, config.chunk + 1, "training")
+    valid_s = _streams(valid, valid_streams, 2, "validation")
+    group = 2 * config.group_pairs
+    rank = config.rank
+
+    def init() -> Carry:
+        key = jax.random.key(config.seed)
+        params = egg.init(jax.random.fold_in(key, 0), mcfg)
+        state = es.init(jax.random.fold_in(key, 1), params, es.default_params)
+        hidden = jnp.zeros((config.population, mcfg.depth, mcfg.width), jnp.int8)
+        return Carry(state, hidden, jnp.int32(0))
+
+    def step(carry: Carry, inputs, targets, reset):
+        params = es.default_params
+        pop, state = es.ask(jax.random.key(0), carry.es_state, params)
+        hidden = jnp.where(reset, jnp.zeros_like(carry.hidden), carry.hidden)
+        x = jnp.repeat(inputs, group, axis=0)
+        y = jnp.repeat(targets, group, axis=0)
+
+        def one(i, h, xi, yi):
+            logits, h = egg.apply(ie.member(pop, i, rank), xi, h)
+            return bits_per_byte(logits, yi), h
+
+        fitness, hidden = jax.vmap(one)(pop.index, hidden, x, y)
+        state, metrics = es.tell(jax.random.key(0), pop, fitness, state, params)
+        return Carry(state, hidden, carry.generation + 1), metrics
+
+    def validate(mean) -> jax.Array:
+        zero = jnp.zeros((mcfg.depth, mcfg.width), jnp.int8)
+        xs = jnp.asarray(valid_s[:, :-1])
+        ys = jnp.asarray(valid_s[:, 1:])
+        logits = jax.vmap(lambda t: egg.apply(mean, t, zero)[0])(xs)
+        return jnp.mean(bits_per_byte(logits, ys))
+
+    return LMTask(config, es, train_s, valid_s, init, jax.jit(step, donate_argnums=0), jax.jit(validate))
+
+
+def train_lm(
+    task: LMTask,
+    carry: Carry | None = None,
+    *,
+    generations: int | None = None,
+    time_budget: float | None = None,
+    valid_every: int = 25,
+    callback: Callable[[dict], None] | None = None,
+) -> tuple[Carry, list[dict]]:
+    """Run integer EGGROLL on a text task.
+
+    Args:
+        task: from :func:`make_task`.
+        carry: where to continue from (a restored checkpoint); ``None`` starts fresh.
+        generations: stop after this generation number (default ``task.config.generations``).
+        time_budget: also stop after this many seconds of wall time (compile included).
+        valid_every: score the mean on the validation split every this many generations
+            (and at the first and last).
+        callback: called with every log record (a dict with ``generation``, ``train_bpb``,
+            ``tokens_per_s``, ``elapsed`` and, when scored, ``valid_bpb``); return value ignored.
+
+    Returns:
+        ``(carry, history)``: the final carry and the list of log records.
+    """
+    if valid_every < 1:
+        raise ValueError(f"valid_every must be >= 1, got {valid_every}.")
+    carry = task.init() if carry is None else carry
+    end = task.config.generations if generations is None else generations
+    start_time = time.perf_counter()
+    tokens_per_gen = task.config.population * task.config.chunk
+    history: list[dict] = []
+    gen = int(carry.generation)
+    if gen < end:
+        record = {"generation": gen, "valid_bpb": float(task.validate(carry.es_state.mean)), "elapsed": 0.0}
+        history.append(record)
+        if callback is not None:
+            callback(record)
+    first = False
+    while gen < end:
+        inputs, targets, reset = task.batch(gen)
+        t0 = time.perf_counter()
+        carry, metrics = task.step(carry, jnp.asarray(inputs), jnp.asarray(targets), jnp.asarray(reset))
+        mean_fit = float(metrics["mean_fitness"])
+        dt = time.perf_counter() - t0
+        gen += 1
+        elapsed = time.perf_counter() - start_time
+        over = time_budget is not None and elapsed >= time_budget
+        record = {
+            "generation": gen,
+            "train_bpb": mean_fit,
+            "tokens_per_s": tokens_per_gen / dt,
+            "num_moved": int(metrics["num_moved"]),
+            "elapsed": elapsed,
+        }
+        if first or gen % valid_every == 0 or gen >= end or over:
+            record["valid_bpb"] = float(task.validate(carry.es_state.mean))
+        first = False
+        history.append(record)
+        if callback is not None:
+            callback(record)
+        if over:
+            break
+    return carry, history
