@@ -53,8 +53,10 @@ class LLMBackend(Protocol):
             max_tokens: the most new tokens per completion.
             stop: strings that end a completion; the returned text stops before
                 the first of them.
-            seed: seed for sampling, so a run can be repeated; prompt ``i`` of
-                the batch is sampled with ``seed + i`` (ignored when greedy).
+            seed: seed for sampling (ignored when greedy): the same prompts with
+                the same seed give the same answers. The HTTP client sends
+                ``seed + i`` for prompt ``i``; the local model samples the batch
+                from one key.
 
         Returns:
             One completion per prompt, without the prompt itself.

@@ -7,9 +7,10 @@
 
 The key of one answer is a SHA-256 of (backend name, prompt, temperature,
 max_tokens, stop strings, per-prompt seed). The seed only enters when
-``temperature > 0``: a greedy answer does not depend on it. Repeating a run with
-the same seeds therefore costs no model calls, and a sampled retry (new seed)
-is never served a cached failure.
+``temperature > 0`` (as ``seed + i`` for prompt ``i`` of a batch): a greedy
+answer does not depend on it. Repeating a run with the same seeds therefore
+costs no model calls, and a sampled retry (new seed) is never served a cached
+failure. Prompts not in the cache go to the wrapped backend as one batch.
 
 The JSON file is read when the cache is created and rewritten atomically
 (temporary file + rename) after every batch that added answers.
@@ -91,17 +92,13 @@ class CachedBackend:
         self.hits += len(prompts) - len(missing)
         self.misses += len(missing)
         if missing:
-            if temperature == 0:  # the seed does not matter: one batch
-                texts = self.backend.generate(
-                    [prompts[i] for i in missing], temperature=0.0, max_tokens=max_tokens, stop=stop, seed=seed
-                )
-            else:  # keep each prompt's own seed (seed + i), as without the cache
-                texts = [
-                    self.backend.generate(
-                        [prompts[i]], temperature=temperature, max_tokens=max_tokens, stop=stop, seed=seed + i
-                    )[0]
-                    for i in missing
-                ]
+            texts = self.backend.generate(
+                [prompts[i] for i in missing],
+                temperature=temperature,
+                max_tokens=max_tokens,
+                stop=stop,
+                seed=seed + missing[0],
+            )
             for i, text in zip(missing, texts, strict=True):
                 self.entries[keys[i]] = text
             self.save()

