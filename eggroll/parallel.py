@@ -1,0 +1,535 @@
+"""Scale out: split the population over a device mesh, on one host or many.
+
+Noise in eggroll is a pure function of counters (see :mod:`eggroll.noise`), so
+a generation needs only one exchange between devices: the fitness vector.
+
+* ``ask`` runs with the population axis sharded: every device draws the noise
+  of its own members only (threefry is partitionable, so the bits do not depend
+  on the number of devices).
+* evaluation runs under :func:`jax.shard_map`: every device scores its slice of
+  members with the user's unchanged fitness function.
+* the ``N`` fitness values are all-gathered (``N`` floats, the only collective).
+* ``tell`` runs replicated: every device regenerates all the noise and forms
+  the same update, so nothing of the size of the parameters is ever sent.
+
+The switch is one argument::
+
+    step = eggroll.parallel.generation_step(es, fitness_fn, mesh=eggroll.parallel.make_mesh())
+    state, fn_state, metrics = step(key, state, params)
+
+or, in a hand-written ask / evaluate / tell loop, wrap the strategy with
+:func:`sharded` and score with :func:`evaluate` instead of
+:func:`eggroll.evaluate`. Several hosts join with :func:`init_distributed`
+before anything else touches JAX; the mesh then spans every process's devices.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from eggroll import population as pop_lib
+from eggroll.types import Strategy
+
+DEFAULT_AXIS = "population"
+
+__all__ = [
+    "DEFAULT_AXIS",
+    "Collective",
+    "check_population_size",
+    "collectives",
+    "evaluate",
+    "generation_step",
+    "init_distributed",
+    "make_mesh",
+    "replicate",
+    "sharded",
+    "to_host",
+]
+
+
+# ----------------------------------------------------------------------------- mesh
+
+
+def make_mesh(
+    num_devices: int | None = None, *, axis_name: str = DEFAULT_AXIS, devices: Sequence[Any] | None = None
+) -> Mesh:
+    """A 1-D mesh over which the population axis is split.
+
+    Args:
+        num_devices: how many devices to use (default: all of them, across all
+            processes after :func:`init_distributed`).
+        axis_name: the mesh axis name.
+        devices: explicit devices (default ``jax.devices()``).
+
+    Returns:
+        A :class:`jax.sharding.Mesh` with one ``Auto`` axis.
+
+    Raises:
+        ValueError: more devices asked for than exist.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices) if num_devices is None else num_devices
+    if not 1 <= n <= len(devices):
+        raise ValueError(
+            f"num_devices={num_devices} but {len(devices)} device(s) are available "
+            f"({devices[0].platform}). On CPU, fake devices come from "
+            "XLA_FLAGS=--xla_force_host_platform_device_count=8 set before JAX is imported."
+        )
+    return Mesh(np.array(devices[:n]), (axis_name,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _auto_mesh(mesh: Mesh) -> Mesh:
+    """The same mesh with ``Auto`` axis types (sharding constraints need them)."""
+    types = getattr(mesh, "axis_types", None)
+    if types is None or all(t == jax.sharding.AxisType.Auto for t in types):
+        return mesh
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
+
+
+def _axis(mesh: Mesh, axis_name: str | None) -> str:
+    if axis_name is None:
+        if len(mesh.axis_names) != 1:
+            raise ValueError(
+                f"The mesh has axes {mesh.axis_names}; pass axis_name= to say which one splits the population."
+            )
+        return mesh.axis_names[0]
+    if axis_name not in mesh.axis_names:
+        raise ValueError(f"axis_name={axis_name!r} is not an axis of the mesh {mesh.axis_names}.")
+    return axis_name
+
+
+# ----------------------------------------------------------------------------- multi-host
+
+
+def _env_int(names: Sequence[str]) -> int | None:
+    for name in names:
+        if os.environ.get(name, "").strip():
+            try:
+                return int(os.environ[name])
+            except ValueError:
+                raise ValueError(f"Environment variable {name}={os.environ[name]!r} must be an integer.") from None
+    return None
+
+
+def init_distributed(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    local_device_ids: Sequence[int] | None = None,
+    cpu_collectives: str | None = "gloo",
+    timeout_s: int = 300,
+) -> bool:
+    """Join a multi-process (multi-host) JAX run; call before any other JAX work.
+
+    Arguments left as ``None`` are read from ``EGGROLL_COORDINATOR``,
+    ``EGGROLL_NUM_PROCESSES`` and ``EGGROLL_PROCESS_ID``, then from JAX's own
+    ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``. If
+    no coordinator is known and ``num_processes`` is unset, nothing happens
+    (a single-process run) and ``False`` is returned; cluster auto-detection
+    (SLURM, Cloud TPU ...) is then still available by calling
+    :func:`jax.distributed.initialize` yourself.
+
+    Args:
+        coordinator: ``"host:port"`` of process 0.
+        num_processes: total number of processes.
+        process_id: this process's id in ``[0, num_processes)``.
+        local_device_ids: restrict this process to these local devices.
+        cpu_collectives: collectives backend for CPU devices (``"gloo"`` or
+            ``"mpi"``); ``None`` keeps JAX's default. Needed for CPU-only runs.
+        timeout_s: how long to wait for the other processes.
+
+    Returns:
+        ``True`` if this process joined a multi-process run.
+
+    Raises:
+        ValueError: a partial or inconsistent configuration.
+    """
+    if jax.distributed.is_initialized():
+        return jax.process_count() > 1
+    coordinator = coordinator or os.environ.get("EGGROLL_COORDINATOR") or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if num_processes is None:
+        num_processes = _env_int(["EGGROLL_NUM_PROCESSES", "JAX_NUM_PROCESSES"])
+    if process_id is None:
+        process_id = _env_int(["EGGROLL_PROCESS_ID", "JAX_PROCESS_ID"])
+    if coordinator is None and num_processes is None:
+        return False
+    if num_processes == 1 and coordinator is None:
+        return False
+    missing = [
+        n
+        for n, v in (("coordinator", coordinator), ("num_processes", num_processes), ("process_id", process_id))
+        if v is None
+    ]
+    if missing:
+        raise ValueError(
+            f"Multi-process run is missing {', '.join(missing)}. Set EGGROLL_COORDINATOR=host:port, "
+            "EGGROLL_NUM_PROCESSES=<total> and EGGROLL_PROCESS_ID=<0..total-1> on every process "
+            "(or pass them as arguments / CLI options)."
+        )
+    if not 0 <= process_id < num_processes:
+        raise ValueError(f"process_id={process_id} must be in [0, {num_processes}).")
+    if cpu_collectives is not None:
+        jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    jax.distributed.initialize(
+        coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+        local_device_ids=local_device_ids,
+        initialization_timeout=timeout_s,
+    )
+    return True
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Place a host pytree on every device of ``mesh`` (works across processes).
+
+    Every process must pass the same values (e.g. built from the same seed).
+    Typed PRNG keys are supported.
+    """
+    sharding = NamedSharding(_auto_mesh(mesh), P())
+
+    def put(x):
+        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            impl = jax.random.key_impl(x)
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=impl)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree.map(put, tree)
+
+
+def to_host(tree: Any) -> Any:
+    """NumPy copy of a pytree of (possibly multi-process) arrays.
+
+    Replicated arrays are read from a local shard; sharded ones spanning other
+    processes are all-gathered. Typed keys come back as their key data.
+    """
+    from jax.experimental import multihost_utils
+
+    def get(x):
+        if not isinstance(x, jax.Array):
+            return x
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(get, tree)
+
+
+# ----------------------------------------------------------------------------- population layout
+
+
+def _strategy_config(es: Strategy) -> Any:
+    """The static config the core factories close over (``None`` if not found)."""
+    fn = getattr(es.tell, "__wrapped__", es.tell)
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            obj = cell.cell_contents
+        except ValueError:
+            continue
+        if hasattr(obj, "population_size") and hasattr(obj, "antithetic"):
+            return obj
+    return None
+
+
+def _antithetic(es: Strategy) -> bool:
+    cfg = _strategy_config(es)
+    return bool(cfg.antithetic) if cfg is not None else False
+
+
+def check_population_size(population_size: int, num_devices: int, *, antithetic: bool) -> None:
+    """Raise a clear error if the population cannot be split evenly.
+
+    Each device must hold the same number of members, and with antithetic
+    sampling whole mirrored pairs (so a device draws the noise of its own
+    members only).
+    """
+    unit = 2 * num_devices if antithetic else num_devices
+    if population_size % unit:
+        lo = max(unit, population_size // unit * unit)
+        hi = (population_size // unit + 1) * unit
+        what = f"2 x {num_devices} devices = {unit} (antithetic pairs stay on one device)" if antithetic else unit
+        raise ValueError(
+            f"population_size={population_size} cannot be split over {num_devices} devices: it must be a multiple "
+            f"of {what}. Use population_size={lo} or {hi}, or a mesh with fewer devices."
+        )
+
+
+def _population_sharding(population: Any, mesh: Mesh, axis: str) -> Any:
+    """Shardings for a population pytree: member / noise axis split, the rest replicated."""
+    split, rep = NamedSharding(mesh, P(axis)), NamedSharding(mesh, P())
+    if isinstance(population, pop_lib.LowRankPopulation):
+        return population.replace(
+            mean=jax.tree.map(lambda _: rep, population.mean),
+            noise=jax.tree.map(lambda _: split, population.noise),
+            sigma=rep,
+            index=split,
+        )
+    return jax.tree.map(lambda _: split, population)
+
+
+def _population_specs(population: Any, axis: str) -> Any:
+    """``PartitionSpec`` pytree of a population for :func:`jax.shard_map`."""
+    if isinstance(population, pop_lib.LowRankPopulation):
+        return population.replace(
+            mean=jax.tree.map(lambda _: P(), population.mean),
+            noise=jax.tree.map(lambda _: P(axis), population.noise),
+            sigma=P(),
+            index=P(axis),
+        )
+    return jax.tree.map(lambda _: P(axis), population)
+
+
+def _constrain(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(jax.lax.with_sharding_constraint, tree, shardings)
+
+
+def _replicated(tree: Any, mesh: Mesh) -> Any:
+    rep = NamedSharding(mesh, P())
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, rep), tree)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(
+    fn: Callable[..., jax.Array], population: Any, *args: Any, mesh: Mesh, axis_name: str | None = None
+) -> jax.Array:
+    """Sharded :func:`eggroll.evaluate`: each device scores its own members.
+
+    ``fn(member_params, *args) -> scalar`` is the same function you give
+    :func:`eggroll.evaluate`; ``args`` are replicated (shared by all members).
+    EGGROLL members are rebuilt from the device's local factors, so no noise
+    crosses devices.
+
+    Args:
+        fn: scores one member.
+        population: what a (sharded) ``ask`` returned.
+        *args: extra arguments passed unchanged to ``fn``.
+        mesh: the device mesh.
+        axis_name: the mesh axis that splits the population.
+
+    Returns:
+        ``float[N]`` fitness, sharded over ``axis_name``.
+    """
+    mesh = _auto_mesh(mesh)
+    axis = _axis(mesh, axis_name)
+    n = pop_lib.member_ids(population).shape[0]
+    if n % mesh.shape[axis]:
+        raise ValueError(
+            f"The population has {n} members, not a multiple of the {mesh.shape[axis]} devices of mesh axis "
+            f"{axis!r}; choose a population size that is a multiple of the device count."
+        )
+    if isinstance(population, pop_lib.LowRankPopulation):
+        pairs = jax.tree.leaves(population.noise)[0].shape[0]
+        if pairs % mesh.shape[axis]:
+            raise ValueError(
+                f"{n} members form {pairs} antithetic pairs, not a multiple of {mesh.shape[axis]} devices; "
+                f"use a population size that is a multiple of {2 * mesh.shape[axis]}."
+            )
+
+    def local(pop, *a):
+        if isinstance(pop, pop_lib.LowRankPopulation):
+            # Local member ids: with whole pairs per device, member j of this
+            # slice uses local noise index j // 2 and sign (-1)**j, as globally.
+            pop = pop.replace(index=jnp.arange(pop.index.shape[0], dtype=jnp.int32))
+        return pop_lib.evaluate(fn, pop, *a).astype(jnp.float32)
+
+    in_specs = (_population_specs(population, axis), *(jax.tree.map(lambda _: P(), a) for a in args))
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P(axis))(population, *args)
+
+
+# ----------------------------------------------------------------------------- sharded strategy
+
+
+def sharded(es: Strategy, mesh: Mesh, axis_name: str | None = None) -> Strategy:
+    """Wrap a strategy so its population axis is split over ``mesh``.
+
+    ``init`` / ``tell`` return replicated state; ``ask`` returns a population
+    whose member (and noise) axis is sharded, drawn locally on each device;
+    ``tell`` all-gathers the fitness (``N`` floats) and regenerates the noise
+    on every device. Score the population with :func:`evaluate` (same
+    fitness function as for :func:`eggroll.evaluate`).
+
+    Args:
+        es: any strategy built by :func:`eggroll.eggroll` or :func:`eggroll.open_es`.
+        mesh: the device mesh (see :func:`make_mesh`).
+        axis_name: the mesh axis for the population (default: the only axis).
+
+    Returns:
+        A :class:`~eggroll.types.Strategy` with the same call signatures.
+
+    Raises:
+        ValueError: the population does not split evenly over the devices.
+    """
+    mesh = _auto_mesh(mesh)
+    axis = _axis(mesh, axis_name)
+    check_population_size(es.population_size, mesh.shape[axis], antithetic=_antithetic(es))
+    rep = NamedSharding(mesh, P())
+
+    def ask(key, state, params):
+        population, state = es.ask(key, state, params)
+        return _constrain(population, _population_sharding(population, mesh, axis)), _replicated(state, mesh)
+
+    def tell(key, population, fitness, state, params):
+        fitness = jax.lax.with_sharding_constraint(jnp.asarray(fitness), rep)  # the all-gather: N floats
+        state, metrics = es.tell(key, population, fitness, state, params)
+        return _replicated(state, mesh), _replicated(metrics, mesh)
+
+    def materialize(population):
+        stacked = es.materialize(population)
+        return _constrain(stacked, jax.tree.map(lambda _: NamedSharding(mesh, P(axis)), stacked))
+
+    return Strategy(
+        init=jax.jit(lambda key, mean, params: _replicated(es.init(key, mean, params), mesh)),
+        ask=jax.jit(ask),
+        tell=jax.jit(tell),
+        default_params=es.default_params,
+        population_size=es.population_size,
+        name=f"{es.name}[sharded x{mesh.shape[axis]}]",
+        get_mean=es.get_mean,
+        materialize=jax.jit(materialize),
+    )
+
+
+def generation_step(
+    es: Strategy,
+    fitness_fn: Callable[..., Any],
+    *,
+    mesh: Mesh | None = None,
+    axis_name: str | None = None,
+    population_level: bool = False,
+) -> Callable[..., tuple[Any, Any, dict[str, Any]]]:
+    """One jitted generation (ask, evaluate, tell), on one device or over a mesh.
+
+    Args:
+        es: the strategy.
+        fitness_fn: either a member-level function
+            ``fitness_fn(member_params, key, *args) -> scalar`` (vmapped, and
+            split over the mesh with :func:`evaluate`), or, with
+            ``population_level=True``, a stateful evaluator
+            ``fitness_fn(key, population, fn_state, *args) -> (fitness[N], fn_state)``
+            (e.g. ``RLFitness.evaluate``, which updates observation statistics);
+            under a mesh the latter runs in the same program with the
+            population sharded and XLA placing its collectives.
+        mesh: ``None`` for a single device; a mesh to split the population.
+        axis_name: mesh axis of the population (default: the only one).
+        population_level: see ``fitness_fn``.
+
+    Returns:
+        ``step(key, state, params, fn_state=None, *args) -> (state, fn_state, metrics)``;
+        ``key`` is the evaluation key of this generation (shared by all
+        members), ``metrics`` is what ``tell`` returned.
+    """
+    if mesh is None:
+        ask, tell = es.ask, es.tell
+
+        def score(key, population, fn_state, args):
+            if population_level:
+                return fitness_fn(key, population, fn_state, *args)
+            return pop_lib.evaluate(fitness_fn, population, key, *args), fn_state
+
+        out_shardings = None
+    else:
+        mesh = _auto_mesh(mesh)
+        axis = _axis(mesh, axis_name)
+        ses = sharded(es, mesh, axis)
+        ask, tell = ses.ask, ses.tell
+
+        def score(key, population, fn_state, args):
+            if population_level:
+                fitness, fn_state = fitness_fn(key, population, fn_state, *args)
+                return fitness, _replicated(fn_state, mesh)
+            return evaluate(fitness_fn, population, key, *args, mesh=mesh, axis_name=axis), fn_state
+
+        out_shardings = NamedSharding(mesh, P())
+
+    def step(key, state, params, fn_state=None, *args):
+        population, state = ask(key, state, params)
+        fitness, fn_state = score(key, population, fn_state, args)
+        state, metrics = tell(key, population, fitness, state, params)
+        return state, fn_state, metrics
+
+    return jax.jit(step, out_shardings=out_shardings)
+
+
+# ----------------------------------------------------------------------------- HLO inspection
+
+_COLLECTIVE_OPS = (
+    "all-gather",
+    "all-reduce",
+    "reduce-scatter",
+    "all-to-all",
+    "collective-permute",
+    "collective-broadcast",
+    "ragged-all-to-all",
+)
+_OP_RE = re.compile(
+    r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<shape>.+?)\s+(?P<op>" + "|".join(_COLLECTIVE_OPS) + r")(?P<start>-start)?\("
+)
+_ARRAY_RE = re.compile(r"(?P<dtype>[a-z]+[0-9]*)\[(?P<dims>[0-9,]*)\]")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4}
+_DTYPE_BYTES.update({"s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1, "s4": 1, "u4": 1})
+
+
+class Collective(NamedTuple):
+    """One cross-device operation in a compiled program.
+
+    Attributes:
+        op: the HLO op (``all-gather``, ``all-reduce`` ...).
+        shapes: the result array shapes (a tuple op has several).
+        dtypes: their dtypes.
+        bytes: total bytes of the result per device (for an all-gather, the
+            gathered size; for an all-reduce, the reduced size).
+        line: the HLO line.
+    """
+
+    op: str
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]
+    bytes: int
+    line: str
+
+    @property
+    def elements(self) -> int:
+        return sum(math.prod(s) for s in self.shapes)
+
+
+def collectives(hlo_text: str) -> list[Collective]:
+    """The collectives of a compiled program's text.
+
+    Args:
+        hlo_text: ``jax.jit(f).lower(...).compile().as_text()``.
+
+    Returns:
+        One :class:`Collective` per collective instruction (async pairs counted once).
+    """
+    out = []
+    for line in hlo_text.splitlines():
+        m = _OP_RE.match(line)
+        if not m:
+            continue
+        shape = m.group("shape")
+        arrays = _ARRAY_RE.findall(shape)
+        if m.group("start"):  # async start: the result tuple holds (operand, result); keep the result
+            arrays = arrays[-1:]
+        shapes = tuple(tuple(int(d) for d in dims.split(",") if d) for _, dims in arrays)
+        dtypes = tuple(dt for dt, _ in arrays)
+        nbytes = sum(math.prod(s) * _DTYPE_BYTES.get(dt, 4) for s, dt in zip(shapes, dtypes, strict=True))
+        out.append(Collective(m.group("op"), shapes, dtypes, nbytes, line.strip()))
+    return out
