@@ -25,9 +25,16 @@ def sanitize(fitness: jax.Array) -> jax.Array:
 
 
 def centered_rank(fitness: jax.Array) -> jax.Array:
-    """Ranks scaled to [-0.5, 0.5] (OpenAI-ES); ties broken by position."""
+    """Ranks scaled to [-0.5, 0.5] (OpenAI-ES); tied values share their average rank.
+
+    Sharing ranks matters: a flat fitness landscape (or a group of members that
+    all failed) must give zero weights, not an arbitrary order.
+    """
     n = fitness.shape[0]
-    ranks = jnp.argsort(jnp.argsort(fitness)).astype(jnp.float32)
+    ordered = jnp.sort(fitness)
+    lo = jnp.searchsorted(ordered, fitness, side="left")
+    hi = jnp.searchsorted(ordered, fitness, side="right") - 1
+    ranks = (lo + hi).astype(jnp.float32) / 2
     return ranks / jnp.maximum(n - 1, 1) - 0.5
 
 
@@ -43,15 +50,18 @@ def identity(fitness: jax.Array) -> jax.Array:
 
 
 def group_z_score(fitness: jax.Array, group_size: int, eps: float = 1e-8) -> jax.Array:
-    """Subtract each group's mean, divide by the global std (EGGROLL).
+    """Subtract each group's mean, divide by one population-wide scale (EGGROLL).
 
     Members ``[g * group_size, (g + 1) * group_size)`` share an input (a
     prompt, a text chunk, an environment seed); comparing them only with each
-    other removes the input's difficulty from the signal.
+    other removes the input's difficulty from the signal. The scale is the std
+    of the *centred* values (the pooled within-group spread). The official
+    EGGROLL code divides by the std of the raw fitness instead, which lets
+    differences in difficulty between inputs shrink the step; we do not.
     """
     f = fitness.astype(jnp.float32).reshape(-1, group_size)
     centered = f - f.mean(axis=1, keepdims=True)
-    return (centered / (f.std() + eps)).reshape(-1)
+    return (centered / (centered.std() + eps)).reshape(-1)
 
 
 SHAPERS: dict[str, Callable[[jax.Array], jax.Array]] = {

@@ -278,7 +278,7 @@ def tell(cfg: Config, key, population, fitness, state: State, params: Params):
     finite = jnp.isfinite(fitness)
     n_finite = jnp.maximum(finite.sum(), 1)
     mean_fitness = jnp.where(finite, fitness, 0.0).sum() / n_finite
-    update_norm = optax.global_norm([u * params.lr_scale for u in updates])
+    update_norm = optax.tree.norm([u * params.lr_scale for u in updates])
     new_state = state.replace(
         mean=new_mean,
         opt_state=opt_state,
@@ -297,6 +297,6 @@ def tell(cfg: Config, key, population, fitness, state: State, params: Params):
         "num_nonfinite": (~finite).sum(),
         "sigma": state.sigma,
         "update_norm": update_norm,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
     }
     return new_state, metrics

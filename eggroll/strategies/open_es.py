@@ -88,7 +88,7 @@ def open_es(
             eps = _core.leaf_noise(cfg, state.key, spec, state.generation_counter, pairs) * state.sigma
             if antithetic:  # members 2k, 2k+1 = mean + eps_k, mean - eps_k
                 eps = jnp.stack([eps, -eps], axis=1).reshape(population_size, *m.shape)
-            out.append((m.astype(jnp.float32) + eps).astype(m.dtype))
+            out.append((m.astype(jnp.float32)[None] + eps).astype(m.dtype))
         return jax.tree.unflatten(cfg.treedef, out), state
 
     return Strategy(
