@@ -45,3 +45,11 @@ __all__ = [
     "validate_ids",
     "xopt",
 ]
+
+
+def __getattr__(name: str):  # lazy: the runner pulls in optax/evosax only when used
+    if name in ("run_benchmark", "make_competitor", "Competitor", "BenchmarkResult", "TARGETS", "BUILTIN_STRATEGIES"):
+        from eggroll.problems.bbob import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'eggroll.problems.bbob' has no attribute {name!r}")

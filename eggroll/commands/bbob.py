@@ -1,0 +1,61 @@
+"""``eggroll bbob``: run strategies on COCO's BBOB functions and write tables, an ECDF plot and COCO data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="Benchmark evolution strategies on the 24 noiseless COCO BBOB functions (identical to cocoex).",
+    no_args_is_help=False,
+)
+
+
+@app.callback(invoke_without_command=True)
+def bbob(
+    strategies: str = typer.Option(
+        "open_es,eggroll,cma_es",
+        "--strategies",
+        "-s",
+        help="Comma-separated: open_es, eggroll, cma_es, evosax_open_es, or evosax:<Class> (e.g. evosax:SNES).",
+    ),
+    functions: str = typer.Option("1-24", "--functions", "-f", help="Function ids, e.g. '1-24' or '1,8,21'."),
+    dims: str = typer.Option("2,10", "--dims", "-d", help="Dimensions (2..40), e.g. '2,5,10'."),
+    instances: str = typer.Option("1-5", "--instances", "-i", help="COCO instance ids, e.g. '1-15'."),
+    budget: float = typer.Option(1000.0, "--budget", "-b", help="Evaluations per dimension (budget = budget x D)."),
+    out: Path = typer.Option(Path("runs/bbob"), "--out", "-o", help="Output folder."),
+    seed: int = typer.Option(0, "--seed", help="Seed for initial means and strategies."),
+    x0: str = typer.Option("uniform", "--x0", help="Initial mean: 'uniform' in [-4,4]^D or 'origin'."),
+    coco: bool = typer.Option(False, "--coco/--no-coco", help="Also write COCO's data format (for cocopp)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress display."),
+) -> None:
+    """Run the benchmark and write bbob_results.csv/.md, bbob_runtimes.npz and bbob_ecdf.png into --out."""
+    from rich.console import Console
+
+    from eggroll.problems.bbob.runner import run_benchmark
+
+    console = Console()
+    try:
+        result = run_benchmark(
+            strategies,
+            functions=functions,
+            dimensions=dims,
+            instances=instances,
+            budget_multiplier=budget,
+            out_dir=out,
+            seed=seed,
+            x0=x0,
+            coco_observer=coco,
+            progress=progress,
+        )
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(code=2) from None
+    console.print(f"[bold]{len(result.records)} runs[/bold] written to {out}:")
+    for kind, path in result.files.items():
+        console.print(f"  {kind:9s} {path}")
+    if coco:
+        console.print(
+            f"  compare with the COCO archive: python -m cocopp {out / 'coco'}/* bbob/2009/BFGS_ros_noiseless"
+        )

@@ -1,0 +1,106 @@
+"""The BBOB benchmark runner: real strategies (evosax CMA-ES, eggroll's OpenAI-ES and EGGROLL), real cocoex."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from eggroll.problems.bbob import report, runner
+
+
+def test_runner_tables_plot_and_coco_data(tmp_path: Path) -> None:
+    result = runner.run_benchmark(
+        ["cma_es", "open_es", "eggroll"],
+        functions="1,21",
+        dimensions=[2, 3],
+        instances="1-2",
+        budget_multiplier=250,
+        out_dir=tmp_path,
+        coco_observer=True,
+        progress=False,
+        chunk_generations=7,
+    )
+    assert result.strategies == ["cma_es", "open_es", "eggroll"]
+    assert len(result.records) == 3 * 2 * 2 * 2
+    # CMA-ES solves the 2-D sphere to 1e-8 within its 500 evaluations, on both instances
+    sphere = [r for r in result.records if r["strategy"] == "cma_es" and r["function"] == 1 and r["dimension"] == 2]
+    assert all(0 < r["evals_to_1e-8"] <= 500 for r in sphere)
+    for r in result.records:
+        assert r["evaluations"] <= r["budget"]
+        hits = result.hits[(r["strategy"], r["dimension"])][result.problems[r["dimension"]].index((1, 1))]
+        assert np.all(np.diff(np.where(hits >= 0, hits, np.iinfo(np.int32).max)) >= 0)  # easier targets first
+    # files
+    with (tmp_path / "bbob_results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(result.records) and rows[0]["strategy"] == "cma_es"
+    md = (tmp_path / "bbob_results.md").read_text()
+    assert "f21 Gallagher 101 peaks" in md and "| **all** |" in md
+    assert (tmp_path / "bbob_ecdf.png").stat().st_size > 10_000
+    npz = np.load(tmp_path / "bbob_runtimes.npz")
+    np.testing.assert_array_equal(npz["hits__eggroll__3"], result.hits[("eggroll", 3)])
+    # COCO data: one folder per algorithm, .info files per function, data for both dimensions
+    for name in ("cma_es", "open_es", "eggroll"):
+        infos = sorted((tmp_path / "coco" / name).glob("*.info"))
+        assert [p.name for p in infos] == ["bbobexp_f1.info", "bbobexp_f21.info"], infos
+        text = infos[0].read_text()
+        assert "DIM = 2" in text and "DIM = 3" in text and f"algId = '{name}'" in text
+    # the best f - fopt COCO logged equals what the runner recorded (cocoex recomputes f itself)
+    dat = sorted((tmp_path / "coco" / "cma_es").glob("data_f1/*_DIM2.dat"))[0].read_text()
+    last_best = [float(line.split()[2]) for line in dat.splitlines() if line and not line.startswith("%")]
+    rec = [r for r in sphere if r["instance"] == 2][0]
+    assert min(last_best) == pytest.approx(rec["final_delta"], rel=1e-2, abs=1e-9)
+
+
+def test_ecdf_curve_counts_pairs() -> None:
+    hits = np.array([[10, 20, -1], [5, -1, -1]])
+    x, y = report.ecdf_curve(hits, dimension=5)
+    np.testing.assert_allclose(x, np.log10(np.array([5, 10, 20]) / 5))
+    np.testing.assert_allclose(y, [1 / 6, 2 / 6, 3 / 6])
+
+
+def test_runner_bad_input() -> None:
+    with pytest.raises(ValueError, match="Unknown strategy 'nope'"):
+        runner.run_benchmark(["nope"], functions="1", dimensions=[2], instances="1", progress=False)
+    with pytest.raises(ValueError, match="Unknown evosax algorithm"):
+        runner.make_competitor("evosax:NotThere", 2, 100)
+    with pytest.raises(ValueError, match="Unknown BBOB function id 30"):
+        runner.run_benchmark(["cma_es"], functions="30", dimensions=[2], instances="1", progress=False)
+    with pytest.raises(ValueError, match="smaller than one generation"):
+        runner.run_benchmark(
+            ["open_es"], functions="1", dimensions=[2], instances="1", budget_multiplier=1, progress=False
+        )
+    with pytest.raises(ValueError, match="needs an out_dir"):
+        runner.run_benchmark(["cma_es"], functions="1", dimensions=[2], coco_observer=True, progress=False)
+
+
+def test_cli_runs_and_writes(tmp_path: Path) -> None:
+    from eggroll.commands.bbob import app
+
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(
+        app,
+        [
+            "--strategies",
+            "cma_es,evosax:SNES",
+            "--functions",
+            "1-2",
+            "--dims",
+            "2",
+            "--instances",
+            "1",
+            "--budget",
+            "50",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert (out / "bbob_results.md").exists() and (out / "bbob_ecdf.png").exists()
+    assert "SNES" in (out / "bbob_results.md").read_text()
+    bad = CliRunner().invoke(app, ["--strategies", "cma_es", "--dims", "50", "--out", str(out)])
+    assert bad.exit_code != 0 and "Unsupported BBOB dimension 50" in bad.output
