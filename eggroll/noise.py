@@ -1,13 +1,23 @@
 """Counter-based noise: every perturbation is a pure function of counters.
 
-The noise of one leaf for one member is drawn from the key
-``fold_in(fold_in(leaf_key, generation // noise_reuse), member // 2)`` (with
-antithetic sampling; ``member`` without it), where ``leaf_key`` is the
-strategy's base key folded with a stable hash of the leaf's path. Nothing is
-stored or sent: ``tell`` rebuilds exactly what ``ask`` drew, and every device
-or host can rebuild any member's noise, so only fitness values need to move.
-The sign of member ``i`` with antithetic sampling is ``+1`` for even ``i``
-and ``-1`` for odd ``i``.
+The noise of one leaf for one member is a pure function of
+``(key, leaf, generation // noise_reuse, member // 2)`` (``member`` without
+antithetic sampling); the leaf enters as a stable hash of its pytree path.
+Nothing is stored or sent: ``tell`` rebuilds exactly what ``ask`` drew, and
+every device or host can rebuild any member's noise, so only fitness values
+need to move. The sign of member ``i`` with antithetic sampling is ``+1`` for
+even ``i`` and ``-1`` for odd ``i``.
+
+Two generators are available:
+
+* ``"hash"`` (default): a counter hash (MurmurHash3's 32-bit finaliser, two
+  rounds keyed by 64 bits of seed) feeding Box-Muller with a polynomial
+  sine/cosine. On a CPU it draws Gaussians about 9x faster than JAX's
+  threefry, which otherwise costs as much as the forward pass it perturbs
+  (see benchmarks/core_throughput.py). Statistically it passes moment and
+  Kolmogorov-Smirnov checks (tests/test_noise.py); it is not cryptographic,
+  which ES does not need.
+* ``"threefry"``: ``jax.random.normal`` on ``fold_in``-derived keys.
 """
 
 from __future__ import annotations
@@ -107,6 +117,65 @@ def leaf_specs(solution: Any, lowrank: Any = None, trainable: Any = None) -> lis
     return specs
 
 
+_GOLDEN = 0x9E3779B9
+
+
+def _fmix(x: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finaliser: a bijective avalanche mix of uint32."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def _u32(x) -> jax.Array:
+    return jnp.asarray(x).astype(jnp.uint32)
+
+
+def hash_seeds(key, pid: int, period, pair) -> tuple[jax.Array, jax.Array]:
+    """Two independent uint32 seeds for one (key, leaf, period, pair)."""
+    kd = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
+    k0, k1 = kd[0], kd[-1]
+    s = _fmix(k0 ^ _fmix(k1 + jnp.uint32(pid) * jnp.uint32(_GOLDEN)))
+    s = _fmix(s ^ _fmix(_u32(period) + jnp.uint32(0x632BE5AB)))
+    s = _fmix(s ^ _fmix(_u32(pair) + jnp.uint32(0x85157AF5)))
+    return s, _fmix(s ^ jnp.uint32(0x68E31DA4))
+
+
+def _sincos_quarter(f: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """sin and cos of ``f * pi / 2`` for ``f`` in [0, 1) (Taylor, error < 2e-6)."""
+    x = f * (math.pi / 2)
+    x2 = x * x
+    s = x * (1 + x2 * (-1 / 6 + x2 * (1 / 120 + x2 * (-1 / 5040 + x2 * (1 / 362880)))))
+    c = 1 + x2 * (-0.5 + x2 * (1 / 24 + x2 * (-1 / 720 + x2 * (1 / 40320 + x2 * (-1 / 3628800)))))
+    return s, c
+
+
+def hash_normal(seeds: tuple[jax.Array, jax.Array], n: int) -> jax.Array:
+    """``n`` standard normals (float32) from counters ``0..n`` and two seeds."""
+    half = (n + 1) // 2
+    c = jnp.arange(half, dtype=jnp.uint32)
+    h1 = _fmix(_fmix(c ^ seeds[0]) + seeds[1])
+    h2 = _fmix(h1 ^ jnp.uint32(0x68E31DA4))
+    u1 = ((h1 >> 8).astype(jnp.float32) + 0.5) * (1.0 / 16777216.0)
+    radius = jnp.sqrt(-2.0 * jnp.log(u1))
+    quadrant = h2 >> 30
+    sn, cs = _sincos_quarter(((h2 >> 6) & 0xFFFFFF).astype(jnp.float32) * (1.0 / 16777216.0))
+    cos_t = jnp.where(quadrant == 0, cs, jnp.where(quadrant == 1, -sn, jnp.where(quadrant == 2, -cs, sn)))
+    sin_t = jnp.where(quadrant == 0, sn, jnp.where(quadrant == 1, cs, jnp.where(quadrant == 2, -sn, -cs)))
+    return jnp.concatenate([radius * cos_t, radius * sin_t])[:n]
+
+
+def standard_normal(key, spec: LeafSpec, generation, noise_reuse: int, pair, n: int, method: str) -> jax.Array:
+    """``n`` unit Gaussians for one (leaf, generation, pair) by the chosen method."""
+    if method == "hash":
+        return hash_normal(hash_seeds(key, spec.pid, generation // noise_reuse, pair), n)
+    if method == "threefry":
+        return jax.random.normal(member_key(key, spec, generation, noise_reuse, pair), (n,), jnp.float32)
+    raise ValueError(f"Unknown noise method {method!r}; use 'hash' or 'threefry'.")
+
+
 def member_key(key: jax.Array, spec: LeafSpec, generation: jax.Array, noise_reuse: int, pair: jax.Array):
     """The key of one leaf's noise for one noise index (pair) and generation."""
     k = jax.random.fold_in(key, spec.pid)
@@ -114,15 +183,16 @@ def member_key(key: jax.Array, spec: LeafSpec, generation: jax.Array, noise_reus
     return jax.random.fold_in(k, pair)
 
 
-def full_noise(key, spec: LeafSpec, generation, noise_reuse: int, pair) -> jax.Array:
+def full_noise(key, spec: LeafSpec, generation, noise_reuse: int, pair, method: str = "hash") -> jax.Array:
     """Unit Gaussian noise of the leaf's shape (float32)."""
-    return jax.random.normal(member_key(key, spec, generation, noise_reuse, pair), spec.shape, jnp.float32)
+    n = math.prod(spec.shape)
+    return standard_normal(key, spec, generation, noise_reuse, pair, n, method).reshape(spec.shape)
 
 
-def lowrank_factors(key, spec: LeafSpec, generation, noise_reuse: int, pair, rank: int):
+def lowrank_factors(key, spec: LeafSpec, generation, noise_reuse: int, pair, rank: int, method: str = "hash"):
     """Unit Gaussian factors ``A (*rows, r)`` and ``B (cols, r)`` (float32)."""
     rows, cols = math.prod(spec.shape[:-1]), spec.shape[-1]
-    z = jax.random.normal(member_key(key, spec, generation, noise_reuse, pair), ((rows + cols) * rank,))
+    z = standard_normal(key, spec, generation, noise_reuse, pair, (rows + cols) * rank, method)
     a = z[: rows * rank].reshape(*spec.shape[:-1], rank)
     b = z[rows * rank :].reshape(cols, rank)
     return a, b

@@ -51,10 +51,6 @@ class LowRankPopulation:
         return self.index.shape[0]
 
 
-def _is_noise_leaf(x: Any) -> bool:
-    return x is None or isinstance(x, tuple)
-
-
 def member(population: Any, i: jax.Array) -> Any:
     """The parameters member ``i`` evaluates.
 
@@ -66,18 +62,8 @@ def member(population: Any, i: jax.Array) -> Any:
     if not isinstance(population, LowRankPopulation):
         return jax.tree.map(lambda x: x[i], population)
     pair, sign = pair_and_sign(i, population.antithetic)
-    scale = population.sigma * sign
-
-    def one(m, noise):
-        if noise is None:
-            return m
-        if isinstance(noise, tuple):
-            a, b = noise
-            a_i = a[pair] * (scale / math.sqrt(population.rank))
-            return lowrank.LowRank(m, a_i, b[pair])
-        return (m.astype(jnp.float32) + scale * noise[pair]).astype(m.dtype)
-
-    return jax.tree.map(one, population.mean, population.noise, is_leaf=lambda x: x is None)
+    noise = jax.tree.map(lambda x: x[pair], population.noise)
+    return _view(population.mean, noise, population.sigma * sign, population.rank)
 
 
 def member_ids(population: Any) -> jax.Array:
@@ -87,23 +73,74 @@ def member_ids(population: Any) -> jax.Array:
     return jnp.arange(jax.tree.leaves(population)[0].shape[0], dtype=jnp.int32)
 
 
-def evaluate(fn: Callable[..., jax.Array], population: Any, *args: Any) -> jax.Array:
-    """``fitness[i] = fn(member(population, i), *args)`` for every member, vmapped.
+def _view(mean: Any, noise: Any, scale: jax.Array, rank: int) -> Any:
+    """One member's parameters from its own noise (no population axis)."""
 
-    ``args`` are shared by all members. For per-member inputs write the vmap
-    yourself: ``jax.vmap(lambda i, x: fn(member(pop, i), x))(member_ids(pop), xs)``.
+    def one(m, nz):
+        if nz is None:
+            return m
+        if isinstance(nz, tuple):
+            a, b = nz
+            return lowrank.LowRank(m, a * (scale / math.sqrt(rank)), b)
+        return (m.astype(jnp.float32) + scale * nz).astype(m.dtype)
+
+    return jax.tree.map(one, mean, noise, is_leaf=lambda x: x is None)
+
+
+def evaluate(fn: Callable[..., Any], population: Any, *args: Any, in_axes: Any = None) -> Any:
+    """``fn(member(population, i), *args)`` for every member ``i``, vmapped.
+
+    For a :class:`LowRankPopulation` with antithetic pairs, the vmap runs over
+    noise pairs and evaluates both signs of each pair, so no per-member gather
+    of the factors is needed; the shared base matmul is still one GEMM per sign.
 
     Args:
-        fn: scores one member's parameters; returns a scalar.
+        fn: scores one member; returns a scalar (or any pytree of per-member
+            outputs, e.g. ``(fitness, aux)``).
         population: what ``ask`` returned (any strategy).
-        *args: extra arguments passed unchanged to ``fn``.
+        *args: extra arguments for ``fn``.
+        in_axes: like ``jax.vmap``'s, one entry per arg: ``None`` (shared by all
+            members, the default) or ``0`` (leading axis of size ``N``, member
+            ``i`` gets row ``i``).
 
     Returns:
-        ``float[N]`` fitness values.
+        ``fn``'s outputs stacked over members (``float[N]`` for a scalar ``fn``).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, eggroll
+        >>> es = eggroll.eggroll(population_size=4, solution={"w": jnp.zeros((3, 2))})
+        >>> state = es.init(jax.random.key(0), {"w": jnp.zeros((3, 2))}, es.default_params)
+        >>> pop, state = es.ask(jax.random.key(1), state, es.default_params)
+        >>> xs = jnp.ones((4, 3))  # one input row per member
+        >>> f = lambda p, x: jnp.sum(eggroll.lowrank.matmul(x, p["w"]))
+        >>> eggroll.evaluate(f, pop, xs, in_axes=(0,)).shape
+        (4,)
     """
+    in_axes = (None,) * len(args) if in_axes is None else tuple(in_axes)
+    if len(in_axes) != len(args):
+        raise ValueError(f"in_axes has {len(in_axes)} entries for {len(args)} args.")
     if not isinstance(population, LowRankPopulation):
-        return jax.vmap(lambda m: fn(m, *args))(population)
-    return jax.vmap(lambda i: fn(member(population, i), *args))(population.index)
+        return jax.vmap(fn, in_axes=(0, *in_axes))(population, *args)
+    pop = population
+    if not pop.antithetic:
+        one = lambda nz, *a: fn(_view(pop.mean, nz, pop.sigma, pop.rank), *a)
+        return jax.vmap(one, in_axes=(0, *in_axes))(pop.noise, *args)
+    n = pop.population_size
+    paired = [
+        a if ax is None else jax.tree.map(lambda x: x.reshape(n // 2, 2, *x.shape[1:]), a)
+        for a, ax in zip(args, in_axes, strict=True)
+    ]
+
+    def pair(nz, *a):
+        pick = lambda s: [
+            x if ax is None else jax.tree.map(lambda y: y[s], x) for x, ax in zip(a, in_axes, strict=True)
+        ]
+        plus = fn(_view(pop.mean, nz, pop.sigma, pop.rank), *pick(0))
+        minus = fn(_view(pop.mean, nz, -pop.sigma, pop.rank), *pick(1))
+        return jax.tree.map(lambda u, v: jnp.stack([u, v]), plus, minus)
+
+    out = jax.vmap(pair, in_axes=(0, *in_axes))(pop.noise, *paired)
+    return jax.tree.map(lambda x: x.reshape(n, *x.shape[2:]), out)
 
 
 def materialize(population: Any) -> Any:

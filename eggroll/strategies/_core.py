@@ -77,6 +77,7 @@ class Config(struct.PyTreeNode):
     maximize: bool = struct.field(pytree_node=False)
     shaper: Callable = struct.field(pytree_node=False)
     rank: int = struct.field(pytree_node=False)
+    noise: str = struct.field(pytree_node=False, default="hash")
 
     @property
     def num_noise(self) -> int:
@@ -100,6 +101,7 @@ def make_config(
     rank: int,
     lowrank: Any,
     trainable: Any,
+    noise: str = "hash",
 ) -> Config:
     """Validate the factory arguments and freeze them into a :class:`Config`."""
     if not isinstance(population_size, int) or population_size < 1:
@@ -122,6 +124,8 @@ def make_config(
             raise ValueError(f"group_size={group_size} must be even so antithetic pairs share a group.")
     if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
         raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}.")
+    if noise not in ("hash", "threefry"):
+        raise ValueError(f"noise must be 'hash' or 'threefry', got {noise!r}.")
     specs = tuple(nz.leaf_specs(solution, lowrank=lowrank, trainable=trainable))
     return Config(
         population_size=population_size,
@@ -133,6 +137,7 @@ def make_config(
         maximize=maximize,
         shaper=shaping.resolve(fitness_shaping, group_size),
         rank=rank,
+        noise=noise,
     )
 
 
@@ -159,9 +164,9 @@ def check_mean(cfg: Config, mean: Any) -> list[jax.Array]:
 def leaf_noise(cfg: Config, key, spec, generation, pairs):
     """Unit noise of one leaf for the given noise indices (vmapped)."""
     if spec.kind == "lowrank":
-        fn = lambda p: nz.lowrank_factors(key, spec, generation, cfg.noise_reuse, p, cfg.rank)
+        fn = lambda p: nz.lowrank_factors(key, spec, generation, cfg.noise_reuse, p, cfg.rank, cfg.noise)
     else:
-        fn = lambda p: nz.full_noise(key, spec, generation, cfg.noise_reuse, p)
+        fn = lambda p: nz.full_noise(key, spec, generation, cfg.noise_reuse, p, cfg.noise)
     return jax.vmap(fn)(pairs)
 
 
@@ -221,9 +226,7 @@ def member_dense(cfg: Config, state: State, i: jax.Array) -> Any:
         if spec.kind == "frozen":
             out.append(m)
             continue
-        noise = jax.tree.map(
-            lambda x: x[0], leaf_noise(cfg, state.key, spec, state.generation_counter, pair[None])
-        )
+        noise = jax.tree.map(lambda x: x[0], leaf_noise(cfg, state.key, spec, state.generation_counter, pair[None]))
         d = leaf_direction(spec, noise, cfg.rank)
         out.append((m.astype(jnp.float32) + state.sigma * sign * d).astype(m.dtype))
     return jax.tree.unflatten(cfg.treedef, out)

@@ -39,6 +39,7 @@ def eggroll(
     weight_decay: float = 0.0,
     lowrank: Callable | None = None,
     trainable: Any = None,
+    noise: str = "hash",
 ) -> Strategy:
     """Build an EGGROLL strategy.
 
@@ -64,6 +65,8 @@ def eggroll(
         lowrank: ``callable(path, leaf) -> bool`` choosing which ``ndim >= 2``
             leaves get low-rank noise (default: all of them).
         trainable: which leaves evolve: pytree of bools or ``callable(path, leaf)``.
+        noise: Gaussian generator, ``"hash"`` (fast, default) or ``"threefry"``
+            (see :mod:`eggroll.noise`).
 
     Returns:
         A :class:`~eggroll.types.Strategy`.
@@ -82,15 +85,14 @@ def eggroll(
         rank=rank,
         lowrank=lowrank,
         trainable=trainable,
+        noise=noise,
     )
 
     def ask(key, state, params):
         del key, params
         pairs = jnp.arange(cfg.num_noise, dtype=jnp.int32)
         noise = [
-            None
-            if spec.kind == "frozen"
-            else _core.leaf_noise(cfg, state.key, spec, state.generation_counter, pairs)
+            None if spec.kind == "frozen" else _core.leaf_noise(cfg, state.key, spec, state.generation_counter, pairs)
             for spec in cfg.specs
         ]
         population = pop_lib.LowRankPopulation(

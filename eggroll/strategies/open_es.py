@@ -30,6 +30,7 @@ def open_es(
     noise_reuse: int = 1,
     weight_decay: float = 0.0,
     trainable: Any = None,
+    noise: str = "hash",
 ) -> Strategy:
     """Build an OpenAI-ES strategy.
 
@@ -50,6 +51,8 @@ def open_es(
         noise_reuse: generations that share one draw of noise.
         weight_decay: default L2 coefficient (``params.weight_decay``).
         trainable: which leaves evolve: pytree of bools or ``callable(path, leaf)``.
+        noise: Gaussian generator, ``"hash"`` (fast, default) or ``"threefry"``
+            (see :mod:`eggroll.noise`).
 
     Returns:
         A :class:`~eggroll.types.Strategy`.
@@ -74,6 +77,7 @@ def open_es(
         rank=1,
         lowrank=False,
         trainable=trainable,
+        noise=noise,
     )
 
     def ask(key, state, params):

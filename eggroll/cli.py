@@ -1,0 +1,64 @@
+"""The ``eggroll`` command.
+
+``eggroll demo`` is the main job (embedded defaults, no download). Each other
+sub-command lives in ``eggroll/commands/<name>.py`` as a typer app and is
+imported when the CLI starts; heavy libraries are imported inside commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import typer
+
+app = typer.Typer(
+    help="eggroll: evolution strategies in JAX with low-rank perturbations.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+SUBCOMMANDS = {
+    "bbob": "BBOB benchmark runner (COCO's 24 functions).",
+    "rl": "Neuroevolution on gymnax / Brax environments.",
+    "lm": "Train the integer-only recurrent language model.",
+    "finetune": "Backprop-free fine-tuning of a pretrained LLM.",
+    "evollm": "EvoLLM: a language model as the ES recombination operator.",
+}
+
+for _name, _help in SUBCOMMANDS.items():
+    if importlib.util.find_spec(f"eggroll.commands.{_name}") is not None:
+        app.add_typer(importlib.import_module(f"eggroll.commands.{_name}").app, name=_name, help=_help)
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("runs/demo", help="Folder for demo.png and demo.json."),
+    generations: int = typer.Option(400, help="Generations per strategy."),
+    population: int = typer.Option(512, help="Population size (even)."),
+    rank: int = typer.Option(1, help="Rank of the EGGROLL perturbations."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Evolve a Flax MLP with EGGROLL (and OpenAI-ES for comparison); save a plot."""
+    from eggroll import demo as demo_lib
+
+    demo_lib.run(out, demo_lib.DemoConfig(generations=generations, population_size=population, rank=rank, seed=seed))
+
+
+@app.command()
+def version() -> None:
+    """Print the versions of eggroll and JAX."""
+    import jax
+
+    import eggroll
+
+    typer.echo(f"eggroll {eggroll.__version__}, jax {jax.__version__}, devices {jax.devices()}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The docs build without warnings, the notebook executes, doctests pass, the CLI demo runs."""
+
+import doctest
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_mkdocs_builds_strict(tmp_path):
+    mkdocs = shutil.which("mkdocs")
+    assert mkdocs, "mkdocs is a test dependency (pip install -e '.[test]')"
+    r = subprocess.run(
+        [mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "site" / "index.html").exists()
+
+
+def test_getting_started_notebook_executes():
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = os.path.join(ROOT, "notebooks", "getting_started.ipynb")
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "f(mean) after 500 generations" in outputs and "mse:" in outputs
+
+
+@pytest.mark.parametrize("module", ["eggroll.lowrank", "eggroll.population", "eggroll.strategies.open_es"])
+def test_doctests(module):
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_cli_demo_runs_and_saves_plot(tmp_path):
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eggroll.cli",
+            "demo",
+            "--out",
+            str(tmp_path),
+            "--generations",
+            "40",
+            "--population",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    import json
+
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert all(v < summary["initial_mse"] for v in summary["final_mse"].values())
+
+
+def test_cli_help_lists_commands():
+    r = subprocess.run([sys.executable, "-m", "eggroll.cli", "--help"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "demo" in r.stdout
