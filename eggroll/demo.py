@@ -93,7 +93,7 @@ def run(out_dir: str = "runs/demo", cfg: DemoConfig | None = None) -> dict:
     )
     opt = optax.adam(cfg.learning_rate)
     strategies = {
-        "EGGROLL (rank %d)" % cfg.rank: eggroll.eggroll(
+        f"EGGROLL (rank {cfg.rank})": eggroll.eggroll(
             population_size=cfg.population_size, solution=variables, rank=cfg.rank, optimizer=opt
         ),
         "OpenAI-ES": eggroll.open_es(population_size=cfg.population_size, solution=variables, optimizer=opt),
