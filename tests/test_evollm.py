@@ -265,3 +265,22 @@ def test_bad_arguments_are_rejected_with_a_hint():
         evollm(4, jnp.zeros(2), backend, on_backend_error="ignore")
     with pytest.raises(ValueError, match="elites_per_generation"):
         evollm(2, jnp.zeros(2), backend, elites_per_generation=3)
+
+
+def test_cli_runs_against_an_openai_compatible_server(tmp_path):
+    from typer.testing import CliRunner
+
+    from eggroll.commands.evollm import app
+    from eggroll.llm.server import serve_in_thread
+
+    backend = FunctionBackend(copy_best(offset=0))  # scripted model behind a real HTTP server
+    plot = tmp_path / "curve.png"
+    with serve_in_thread(backend) as url:
+        args = ["--base-url", url, "--generations", "3", "--dim", "3", "--block-size", "2", "--plot", str(plot)]
+        result = CliRunner().invoke(app, [*args, "--show-prompt", "--cache", str(tmp_path / "c.json")])
+    assert result.exit_code == 0, result.output
+    assert "best f - f_opt" in result.output and "0/6 (0.0%)" in result.output  # 3 generations x 2 blocks
+    assert "last prompt" in result.output and plot.stat().st_size > 1000
+    assert backend.calls == 6 and (tmp_path / "c.json").exists()
+    bad = CliRunner().invoke(app, ["--function", "banana"])
+    assert bad.exit_code != 0 and "sphere" in bad.output

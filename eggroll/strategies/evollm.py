@@ -217,7 +217,8 @@ def evollm(
         prompt_format: see :class:`PromptFormat`.
         temperature: sampling temperature of the first query (0 = greedy).
         retry_temperature: temperature of retries (a greedy retry would repeat itself).
-        max_tokens: new tokens per answer; default fits ``block_size`` integers.
+        max_tokens: new tokens per answer; default fits one block's integers
+            (one token per digit, as in SmolLM2's tokenizer).
         num_retries: extra queries for answers that could not be parsed.
         on_backend_error: ``"raise"`` (default) propagates backend errors (an
             unreachable endpoint, a timeout); ``"fallback"`` keeps the best-so-far
@@ -262,8 +263,8 @@ def evollm(
         raise ValueError("prompt_format.line must contain '{x}' and '{f}'")
     width = float(np.mean(upper - lower))
     blocks = block_indices(dim, block_size)
-    if max_tokens is None:
-        max_tokens = block_size * (len(str(resolution)) + 2) + 4
+    if max_tokens is None:  # digits and a separator per coordinate, plus a leading space and slack
+        max_tokens = max(len(b) for b in blocks) * (len(str(resolution)) + 1) + 2
     stop = ("\n",) + ((_fitness_marker(prompt_format),) if _fitness_marker(prompt_format) else ())
     lower_j, upper_j = jnp.asarray(lower, dtype), jnp.asarray(upper, dtype)
     sign = -1.0 if maximize else 1.0
