@@ -315,8 +315,19 @@ def num_params(params: Params) -> int:
 # --------------------------------------------------------------------------- float emulation
 
 
+def _f_floordiv(v: jax.Array, d) -> jax.Array:
+    """``floor(v / d)`` for integer-valued floats, exact even if the division is not correctly rounded.
+
+    (XLA on CPU may divide through a reciprocal, so ``1176 / 49`` can come out as
+    ``23.999...``; one correction step against the exact products fixes that.)
+    """
+    q = jnp.floor(v / d)
+    r = v - q * d
+    return q + (r >= d).astype(v.dtype) - (r < 0).astype(v.dtype)
+
+
 def _f_round_div(v: jax.Array, d) -> jax.Array:
-    return jnp.floor((v + jnp.floor(d / 2)) / d)
+    return _f_floordiv(v + jnp.floor(d / 2), d)
 
 
 def _f_sat(v: jax.Array) -> jax.Array:
@@ -325,7 +336,7 @@ def _f_sat(v: jax.Array) -> jax.Array:
 
 def _f_rank_terms(u, f, shift, dtype):
     prod = u[..., None, :] * _lead(f.astype(dtype), u.ndim + 1)
-    return jnp.sum(jnp.floor(prod / (2.0**shift).astype(dtype) + 0.5), axis=-1)
+    return jnp.sum(_f_round_div(prod, (2.0**shift).astype(dtype)), axis=-1)
 
 
 def _f_matmul(x, w, dtype):
@@ -352,9 +363,9 @@ def _f_embed(ids, w, dtype):
 
 def _f_layer_norm(x, w, dtype):
     d = x.shape[-1]
-    mean_abs = jnp.maximum(jnp.floor(jnp.sum(jnp.abs(x), axis=-1, keepdims=True) / d), 1)
+    mean_abs = jnp.maximum(_f_floordiv(jnp.sum(jnp.abs(x), axis=-1, keepdims=True), float(d)), 1)
     num = x * _lead(w.astype(dtype), x.ndim)
-    return _f_sat(jnp.floor((num + jnp.floor(mean_abs / 2)) / mean_abs))
+    return _f_sat(_f_round_div(num, mean_abs))
 
 
 def _f_add(*xs):
@@ -397,7 +408,7 @@ def emulate(
 
         def step(h, fc):
             f_t, c_t = fc
-            h_new = h + jnp.floor((f_t + QMAX) * (c_t - h) / 256.0)
+            h_new = h + _f_floordiv((f_t + QMAX) * (c_t - h), 256.0)
             return h_new, h_new
 
         h_last, hs = jax.lax.scan(step, state[i], (f, c))

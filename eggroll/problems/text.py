@@ -281,6 +281,7 @@ def train_lm(
     time_budget: float | None = None,
     valid_every: int = 25,
     callback: Callable[[dict], None] | None = None,
+    validate_first: bool = True,
 ) -> tuple[Carry, list[dict]]:
     """Run integer EGGROLL on a text task.
 
@@ -293,6 +294,7 @@ def train_lm(
             (and at the first and last).
         callback: called with every log record (a dict with ``generation``, ``train_bpb``,
             ``tokens_per_s``, ``elapsed`` and, when scored, ``valid_bpb``); return value ignored.
+        validate_first: also score (and record) the starting point.
 
     Returns:
         ``(carry, history)``: the final carry and the list of log records.
@@ -305,12 +307,11 @@ def train_lm(
     tokens_per_gen = task.config.population * task.config.chunk
     history: list[dict] = []
     gen = int(carry.generation)
-    if gen < end:
+    if validate_first and gen < end:
         record = {"generation": gen, "valid_bpb": float(task.validate(carry.es_state.mean)), "elapsed": 0.0}
         history.append(record)
         if callback is not None:
             callback(record)
-    first = False
     while gen < end:
         inputs, targets, reset = task.batch(gen)
         t0 = time.perf_counter()
@@ -327,12 +328,52 @@ def train_lm(
             "num_moved": int(metrics["num_moved"]),
             "elapsed": elapsed,
         }
-        if first or gen % valid_every == 0 or gen >= end or over:
+        if gen % valid_every == 0 or gen >= end or over:
             record["valid_bpb"] = float(task.validate(carry.es_state.mean))
-        first = False
         history.append(record)
         if callback is not None:
             callback(record)
         if over:
             break
     return carry, history
+
+
+def plot_learning_curve(history: list[dict], baselines: dict[str, float], path: str | Path, title: str = "") -> Path:
+    """Save a PNG of train / validation bits per byte against the generation, with the baselines.
+
+    Args:
+        history: records from :func:`train_lm`.
+        baselines: ``unigram_valid`` / ``bigram_valid`` (and optional ``_train``) values.
+        path: output file.
+        title: plot title.
+
+    Returns:
+        The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    tr = [(r["generation"], r["train_bpb"]) for r in history if "train_bpb" in r]
+    va = [(r["generation"], r["valid_bpb"]) for r in history if "valid_bpb" in r]
+    if tr:
+        ax.plot(*zip(*tr, strict=True), lw=0.8, alpha=0.6, label="train (population mean)")
+    if va:
+        ax.plot(*zip(*va, strict=True), "o-", ms=3, label="validation (mean model)")
+    for name, style in (("unigram_valid", "--"), ("bigram_valid", ":")):
+        if name in baselines:
+            ax.axhline(baselines[name], color="gray", ls=style, label=f"{name.split('_')[0]} {baselines[name]:.2f}")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("bits per byte")
+    ax.set_ylim(top=min(8.5, max([v for _, v in va] + [5.0]) + 0.2))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

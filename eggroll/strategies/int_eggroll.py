@@ -298,8 +298,9 @@ def int_eggroll(
                 z = jax.lax.dot_general(score.astype(jnp.int32), noise, (((0,), (0,)), ((), ())))
             threshold = (z16 * null_sd[leaf]) >> 4
             step = jnp.where(jnp.abs(z) > threshold, jnp.sign(z), 0)
-            moved = moved + jnp.sum(jnp.abs(step))
-            new.append(saturate(w.astype(jnp.int32) + step))
+            updated = saturate(w.astype(jnp.int32) + step)
+            moved = moved + jnp.sum((updated != w).astype(jnp.int32))
+            new.append(updated)
         mean = jax.tree.unflatten(treedef, new)
         flat = f.reshape(-1)
         best_gen = jnp.max(flat) if maximize else jnp.min(flat)
