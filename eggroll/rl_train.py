@@ -213,7 +213,7 @@ def train(
         k: [] for k in ("generation", "mean_return", "max_return", "env_steps", "seconds")
     }
     history["eval_generation"], history["eval_return"] = [], []
-    best = (-math.inf, es.get_mean(es_state), fit_state.obs_stats)
+    best: tuple[float, Any, Any] = (-math.inf, None, None)
     compile_seconds = 0.0
     eval_key = jax.random.key(config.seed + 1_000_003)
 
@@ -223,6 +223,7 @@ def train(
         history["eval_return"].append(ret)
         return ret
 
+    run_eval(0)  # the initial policy, as a baseline for the curve
     with _progress(progress, config) as (bar, task):
         for gen in range(1, config.generations + 1):
             t0 = time.perf_counter()
@@ -238,15 +239,17 @@ def train(
             for k, v in row.items():
                 history[k].append(v)
             last = gen == config.generations
+            stop = False
             if gen % config.eval_every == 0 or last:
                 row["eval_return"] = ret = run_eval(gen)
                 if ret > best[0]:
                     best = (ret, es.get_mean(es_state), fit_state.obs_stats)
+                stop = config.target_return is not None and ret >= config.target_return
             if bar is not None:
                 bar.update(task, advance=1, description=_describe(row, best[0]))
             if callback is not None:
                 callback(gen, row)
-            if config.target_return is not None and "eval_return" in row and row["eval_return"] >= config.target_return:
+            if stop:
                 break
     return RLResult(
         config=config,

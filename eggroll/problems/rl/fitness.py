@@ -213,7 +213,7 @@ def rl_fitness(
         run_keys = jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, 1)))(keys)
         obs, env_state = jax.vmap(jax.vmap(env.reset))(reset_keys)
         zeros = jnp.zeros((n, num_rollouts), jnp.float32)
-        shift = stats.mean
+        shift = norm.shift_for(stats, jnp.mean(obs, axis=(0, 1)))
 
         def member_step(x, run_key, t, obs, env_state):
             params = view(x)
@@ -237,7 +237,7 @@ def rl_fitness(
         else:
             carry, _ = jax.lax.scan(lambda c, _: (body(c), None), carry, None, length=horizon)
         _, _, _, ret, _, length, count, s1, s2 = carry
-        return Rollouts(ret, length), (count, s1, s2)
+        return Rollouts(ret, length), (count, s1, s2, shift)
 
     def members(population):
         if _is_eggroll_population(population):
@@ -252,8 +252,8 @@ def rl_fitness(
 
     def evaluate_rollouts(key, population, state):
         xs, view, ids = members(population)
-        rollouts, (count, s1, s2) = run(key, xs, view, ids, state.obs_stats)
-        stats = norm.update(state.obs_stats, count, s1, s2) if normalize_obs else state.obs_stats
+        rollouts, (count, s1, s2, shift) = run(key, xs, view, ids, state.obs_stats)
+        stats = norm.update(state.obs_stats, count, s1, s2, shift) if normalize_obs else state.obs_stats
         steps = state.env_steps + jnp.sum(rollouts.lengths)
         return rollouts, RLFitnessState(stats, steps, state.evaluations + 1)
 

@@ -12,7 +12,8 @@ Example:
     >>> import jax.numpy as jnp
     >>> s = init_stats(2)
     >>> x = jnp.array([[1.0, 2.0], [3.0, 6.0]])
-    >>> s = update(s, *batch_moments(x, jnp.ones(2), s.mean))
+    >>> shift = shift_for(s, x[0])
+    >>> s = update(s, *batch_moments(x, jnp.ones(2), shift), shift)
     >>> s.mean.tolist(), variance(s).tolist()
     ([2.0, 4.0], [1.0, 4.0])
 """
@@ -50,9 +51,20 @@ def variance(stats: RunningStats) -> jax.Array:
 
 
 def normalize(stats: RunningStats, obs: jax.Array, clip: float = 10.0, eps: float = 1e-8) -> jax.Array:
-    """``clip((obs - mean) / sqrt(var + eps), -clip, clip)``."""
-    z = (obs - stats.mean) / jnp.sqrt(variance(stats) + eps)
+    """``clip((obs - mean) / sqrt(var + eps), -clip, clip)`` for one observation or a batch."""
+    mean = jnp.broadcast_to(stats.mean, obs.shape)
+    scale = jnp.broadcast_to(jnp.sqrt(variance(stats) + eps), obs.shape)
+    z = (obs - mean) / scale
     return jnp.clip(z, -clip, clip)
+
+
+def shift_for(stats: RunningStats, sample: jax.Array) -> jax.Array:
+    """The value to centre a batch's sums on: the running mean, or ``sample`` before any data.
+
+    Centring on a value close to the data keeps float32 sums of squares accurate
+    (a first batch centred on 0 would lose the variance of a large-mean feature).
+    """
+    return jnp.where(stats.count > 0, stats.mean, sample)
 
 
 def batch_moments(obs: jax.Array, mask: jax.Array, shift: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -61,7 +73,7 @@ def batch_moments(obs: jax.Array, mask: jax.Array, shift: jax.Array) -> tuple[ja
     Args:
         obs: observations, any leading shape, last axis the observation.
         mask: 1 where an observation counts, 0 where it does not; shape ``obs.shape[:-1]``.
-        shift: the value subtracted before summing (use the current running mean).
+        shift: the value subtracted before summing (see :func:`shift_for`).
 
     Returns:
         ``(count, sum(x - shift), sum((x - shift) ** 2))`` over the counted observations.

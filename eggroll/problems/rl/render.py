@@ -80,6 +80,7 @@ def play_episode(
     dones = np.asarray(dones)
     length = int(np.argmax(dones)) + 1 if dones.any() else horizon
     rewards = np.asarray(rewards[:length], np.float32)
+    first, states = jax.tree.map(np.asarray, (first, states))
     seq = [first] + [jax.tree.map(lambda x, i=i: x[i], states) for i in range(length)]
     return Episode(seq, rewards, float(rewards.sum()))
 
@@ -142,7 +143,7 @@ def _pendulum(ax, state, params):
 _DRAW = {"CartPole-v1": _cartpole, "Pendulum-v1": _pendulum}
 
 
-def _draw_gif(env: Env, episode: Episode, path: Path, fps: int = 30) -> None:
+def _draw_gif(env: Env, episode: Episode, path: Path, fps: int = 30, max_frames: int = 150) -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -162,7 +163,9 @@ def _draw_gif(env: Env, episode: Episode, path: Path, fps: int = 30) -> None:
         draw(ax, episode.states[i], params)
         ax.set_title(f"{env.name}  step {i}  return {cumulative[i]:.1f}", fontsize=9)
 
-    anim = animation.FuncAnimation(fig, frame, frames=len(episode.states), interval=1000 // fps)
+    stride = max(1, -(-len(episode.states) // max_frames))
+    frames = list(range(0, len(episode.states), stride))
+    anim = animation.FuncAnimation(fig, frame, frames=frames, interval=1000 * stride // fps)
     try:
         anim.save(str(path), writer=animation.PillowWriter(fps=fps))
     finally:
