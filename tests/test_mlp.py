@@ -87,7 +87,8 @@ def test_eggroll_members_match_their_materialised_parameters():
     policy = MLPPolicy(action_dim=3, hidden=(16, 16), head=head)
     variables = _init(policy)
     es = eggroll.eggroll(8, variables, rank=2, sigma_init=0.3)
-    population, _ = es.ask(jax.random.key(5), es.init(jax.random.key(6), variables, es.default_params), es.default_params)
+    state = es.init(jax.random.key(6), variables, es.default_params)
+    population, _ = es.ask(jax.random.key(5), state, es.default_params)
     dense = es.materialize(population)
     obs = jax.random.normal(jax.random.key(7), (8, 5))
     key = jax.random.key(8) if head == "gaussian" else None

@@ -153,8 +153,15 @@ def test_eggroll_population_matches_materialised_and_early_exit_matches_scan():
     assert float(jnp.std(low)) > 1.0  # members differ
 
     cart = rl_fitness("CartPole-v1", hidden=(8,), num_rollouts=3, horizon=300)
-    cart_early = cart._replace(**{k: v for k, v in rl_fitness(
-        cart.env, cart.policy, num_rollouts=3, horizon=300, early_exit=True)._asdict().items() if k == "evaluate"})
+    cart_early = cart._replace(
+        **{
+            k: v
+            for k, v in rl_fitness(cart.env, cart.policy, num_rollouts=3, horizon=300, early_exit=True)
+            ._asdict()
+            .items()
+            if k == "evaluate"
+        }
+    )
     p0 = cart.init_params(jax.random.key(5))
     es = eggroll.eggroll(8, p0, sigma_init=0.5)
     pop, _ = es.ask(jax.random.key(6), es.init(jax.random.key(7), p0, es.default_params), es.default_params)
