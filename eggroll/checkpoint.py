@@ -48,8 +48,7 @@ def fingerprint(tree: Any) -> dict[str, Any]:
 
 
 def _dtype_name(x: Any) -> str:
-    dt = getattr(x, "dtype", np.asarray(x).dtype)
-    return str(dt)
+    return str(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
 
 
 def _is_key(x: Any) -> bool:

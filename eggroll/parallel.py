@@ -261,12 +261,12 @@ def check_population_size(population_size: int, num_devices: int, *, antithetic:
     """
     unit = 2 * num_devices if antithetic else num_devices
     if population_size % unit:
-        lo = max(unit, population_size // unit * unit)
-        hi = (population_size // unit + 1) * unit
+        lo, hi = population_size // unit * unit, (population_size // unit + 1) * unit
+        sizes = f"{lo} or {hi}" if lo else f"{hi}"
         what = f"2 x {num_devices} devices = {unit} (antithetic pairs stay on one device)" if antithetic else unit
         raise ValueError(
             f"population_size={population_size} cannot be split over {num_devices} devices: it must be a multiple "
-            f"of {what}. Use population_size={lo} or {hi}, or a mesh with fewer devices."
+            f"of {what}. Use population_size={sizes}, or a mesh with fewer devices."
         )
 
 
