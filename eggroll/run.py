@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -36,7 +37,20 @@ import jax
 from eggroll import parallel
 from eggroll.types import Strategy
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "mean_of", "train"]
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_step(es: Strategy, fitness_fn: Callable, mesh: Any, population_level: bool) -> Callable:
+    return parallel.generation_step(es, fitness_fn, mesh=mesh, population_level=population_level)
+
+
+def _step(es: Strategy, fitness_fn: Callable, mesh: Any, population_level: bool) -> Callable:
+    """The jitted generation, reused across ``train`` calls on the same strategy (no recompilation on resume)."""
+    try:
+        return _cached_step(es, fitness_fn, mesh, population_level)
+    except TypeError:  # unhashable params inside the strategy
+        return parallel.generation_step(es, fitness_fn, mesh=mesh, population_level=population_level)
 
 
 @dataclass
@@ -148,12 +162,12 @@ def train(
     params = es.default_params if params is None else params
     init_key, run_key = jax.random.split(key)
 
-    init = jax.jit(es.init) if mesh is None else parallel.sharded(es, mesh).init
+    init = es.init if mesh is None else parallel.sharded(es, mesh).init
     if mesh is not None:
         placed = parallel.replicate((init_key, mean, params, run_key, fn_state), mesh)
         init_key, mean, params, run_key, fn_state = placed
     state = init(init_key, mean, params)
-    step = parallel.generation_step(es, fitness_fn, mesh=mesh, population_level=population_level)
+    step = _step(es, fitness_fn, mesh, population_level)
 
     ckpt = Checkpointer(checkpoint_dir, every=checkpoint_every) if checkpoint_dir is not None else None
     log_dir = log_dir if log_dir is not None else checkpoint_dir
