@@ -100,14 +100,18 @@ def main() -> None:
     parser.add_argument("--dims", default="2,5")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--population", type=int, default=10)
-    parser.add_argument("--generations", type=int, default=25)
+    parser.add_argument("--generations", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="2-D sphere, 1 seed, 10 generations")
     parser.add_argument("--out", default=str(RESULTS / "evollm_bbob"))
+    parser.add_argument("--report-only", action="store_true", help="rebuild table and plot from the saved JSON")
     args = parser.parse_args()
     if args.quick:
         args.functions, args.dims, args.seeds, args.generations = "1", "2", 1, 10
     functions = [int(v) for v in args.functions.split(",")]
     dims = [int(v) for v in args.dims.split(",")]
+    out = Path(args.out)
+    if args.report_only:
+        return report(json.loads(out.with_suffix(".json").read_text())["runs"], out, args)
 
     from rich.console import Console
     from rich.progress import Progress
@@ -123,8 +127,8 @@ def main() -> None:
     total = len(functions) * len(dims) * args.seeds * len(METHODS)
     with Progress(console=console) as progress:
         task = progress.add_task("BBOB runs", total=total)
-        for fid in functions:
-            for dim in dims:
+        for dim in dims:
+            for fid in functions:
                 for seed in range(args.seeds):
                     f = bbob_function(fid, seed + 1, dim, subtract_fopt=True)
                     key = jax.random.key(1000 * fid + 10 * dim + seed)
@@ -154,15 +158,33 @@ def main() -> None:
                             }
                         )
                         progress.advance(task)
-    out = Path(args.out)
+                        last = results[-1]
+                        console.print(
+                            f"f{fid} D={dim} seed {seed} {method}: best {last['curve'][-1]:.4g} "
+                            f"({last['seconds']:.1f} s)",
+                            highlight=False,
+                        )
+                    save(results, out, args)  # partial results survive an interrupted run
+    report(results, out, args)
+
+
+def save(results, out: Path, args) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    config = vars(args) | {"evaluations": args.population * args.generations}
+    config = {k: v for k, v in vars(args).items() if k != "report_only"}
+    config["evaluations"] = args.population * args.generations
     out.with_suffix(".json").write_text(json.dumps({"config": config, "runs": results}, indent=1))
+
+
+def report(results, out: Path, args) -> None:
+    """Writes the markdown table and the plot for the (function, dim) pairs present in ``results``."""
+    functions = sorted({r["function"] for r in results})
+    dims = sorted({r["dim"] for r in results})
+    args.seeds = len({r["seed"] for r in results})
     table = summarise(results, functions, dims, args)
     out.with_suffix(".md").write_text(table)
-    console.print(table)
+    print(table)
     plot(results, functions, dims, out.with_suffix(".png"), args)
-    console.print(f"wrote {out}.json, .md and .png")
+    print(f"wrote {out}.json, .md and .png")
 
 
 def _median_final(results, fid, dim, method):
@@ -183,6 +205,8 @@ def summarise(results, functions, dims, args) -> str:
     wins = 0
     for fid in functions:
         for dim in dims:
+            if not any((r["function"], r["dim"]) == (fid, dim) for r in results):
+                continue
             medians = {m: _median_final(results, fid, dim, m)[0] for m in METHODS}
             best = min(medians.values())
             cells = [f"**{v:.3g}**" if v == best else f"{v:.3g}" for v in medians.values()]
@@ -198,9 +222,10 @@ def summarise(results, functions, dims, args) -> str:
             name = f"f{fid} {FUNCTION_NAMES[fid]}"
             lines.append(f"| {name} | {dim} | " + " | ".join(cells) + f" | {ratio:.2g} | {np.mean(pf):.1%} |")
     evo_runs = [r for r in results if r["method"] == METHODS[-1]]
+    n_problems = len({(r["function"], r["dim"]) for r in results})
     lines += [
         "",
-        f"EvoLLM is best or tied on {wins} of {len(functions) * len(dims)} problems. Mean parse-failure rate "
+        f"EvoLLM is best or tied on {wins} of {n_problems} problems. Mean parse-failure rate "
         f"{np.mean([r['parse_failure_rate'] for r in evo_runs]):.1%}, blocks that fell back to the best-so-far "
         f"{np.mean([r['fallback_rate'] for r in evo_runs]):.1%}; "
         f"{np.mean([r['seconds_per_generation'] for r in evo_runs]):.2f} s per EvoLLM generation (CPU).",
@@ -219,6 +244,9 @@ def plot(results, functions, dims, path, args) -> None:
     for i, dim in enumerate(dims):
         for j, fid in enumerate(functions):
             ax = axes[i, j]
+            if not any((r["function"], r["dim"]) == (fid, dim) for r in results):
+                ax.axis("off")
+                continue
             for method in METHODS:
                 curves = np.array(
                     [r["curve"] for r in results if (r["function"], r["dim"], r["method"]) == (fid, dim, method)]

@@ -15,6 +15,7 @@ import pytest
 
 from eggroll.llm.base import FunctionBackend, LLMConnectionError
 from eggroll.strategies.evollm import (
+    CHAT_FORMAT,
     PromptFormat,
     block_indices,
     build_prompt,
@@ -149,6 +150,20 @@ def test_archive_keeps_recent_elites_and_maximize_sorts_rewards():
     shown = [float(m.group("f")) for m in lines_of(prompts[-1])]
     assert shown == [6.0, 7.0, 9.0]  # the last three generations' best, worst -> best for a reward
     assert float(metrics["best_fitness"]) == 9.0  # reported in the user's sign
+
+
+def test_chat_preset_states_the_direction_and_parses_a_chat_answer():
+    prompts = []
+
+    def chat_model(prompt, seed):
+        prompts.append(prompt)
+        return "x: 600, 300"
+
+    es = evollm(4, jnp.zeros(2), FunctionBackend(chat_model), maximize=True, prompt_format=CHAT_FORMAT)
+    state, metrics = _told(es, jnp.zeros((4, 2)), jnp.arange(4.0))
+    assert "higher f is better" in prompts[0] and "2 comma-separated integers" in prompts[0]
+    assert prompts[0].split("\n")[1:] == ["x: 500,500 f: 2.00", "x: 500,500 f: 3.00", "x:"]
+    np.testing.assert_allclose(np.asarray(state.mean), [1.0, -2.0], atol=1e-6)
 
 
 def test_garbage_answers_fall_back_to_best_so_far():

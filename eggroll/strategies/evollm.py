@@ -54,7 +54,8 @@ class PromptFormat(NamedTuple):
 
     Attributes:
         header: text placed before the solution lines (may be empty; ``{dims}``
-            is replaced by the number of coordinates in the block).
+            is replaced by the number of coordinates in the block, ``{better}``
+            by "lower" or, with ``maximize=True``, "higher").
         line: one archive entry; must contain ``{x}`` then ``{f}``.
         query: the last line, which the model completes with integers; ``{f}``
             in it is replaced by the best fitness in the archive.
@@ -67,6 +68,17 @@ class PromptFormat(NamedTuple):
     query: str = "x:"
     separator: str = ","
     fitness_format: str = "{:.2f}"
+
+
+CHAT_FORMAT = PromptFormat(
+    header=(
+        "You are an optimizer. Each line below is a solution (integers) and its fitness f; {better} f "
+        "is better and the lines go from worst to best. Propose a new solution with a {better} f than all "
+        "of them. Answer with one line: x: followed by {dims} comma-separated integers, nothing else."
+    ),
+)
+"""A preset for chat models (``OpenAIBackend(api="chat")`` or ``LocalBackend(chat=True)``): the
+same lines, preceded by an instruction, because a chat model answers a bare pattern with prose."""
 
 
 class EvoLLMParams(NamedTuple):
@@ -133,11 +145,11 @@ def build_prompt(ints: np.ndarray, fitness: np.ndarray, fmt: PromptFormat = Prom
     return _build(ints, fitness, fitness, fmt)
 
 
-def _build(ints: np.ndarray, order_key: np.ndarray, shown: np.ndarray, fmt: PromptFormat) -> str:
+def _build(ints: np.ndarray, order_key: np.ndarray, shown: np.ndarray, fmt: PromptFormat, better: str = "lower") -> str:
     order = np.argsort(-np.asarray(order_key), kind="stable")  # worst first, best last
     lines = []
     if fmt.header:
-        lines.append(fmt.header.replace("{dims}", str(ints.shape[1])))
+        lines.append(fmt.header.replace("{dims}", str(ints.shape[1])).replace("{better}", better))
     for k in order:
         f = fmt.fitness_format.format(float(shown[k]))
         lines.append(fmt.line.replace("{x}", format_solution(ints[k], fmt)).replace("{f}", f))
@@ -287,7 +299,8 @@ def evollm(
             return mean.astype(dtype), np.array([0, 0, len(blocks)], np.int32)
         ints = encode(archive_x[keep], lower, upper, resolution)
         f_min = archive_f[keep]
-        prompts = [_build(ints[:, b], f_min, sign * f_min, prompt_format) for b in blocks]
+        better = "higher" if maximize else "lower"
+        prompts = [_build(ints[:, b], f_min, sign * f_min, prompt_format, better) for b in blocks]
         answers: list[np.ndarray | None] = [None] * len(blocks)
         queries = failures = 0
         pending = list(range(len(blocks)))
