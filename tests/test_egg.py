@@ -47,10 +47,17 @@ def test_matmul_uses_int32_accumulator_and_saturates():
 def test_layer_norm_scales_to_mean_abs_16_and_handles_zeros():
     x = jnp.asarray([[4, -4, 8, -8], [0, 0, 0, 0]], jnp.int8)
     w = jnp.full((4,), 16, jnp.int8)
-    out = egg.layer_norm(x, w)
+    out = jax.jit(egg.layer_norm)(x, w)
     assert out.dtype == jnp.int8
-    # mean |x| = 6: 4*16/6 = 10.67 -> 11, 8*16/6 = 21.3 -> 21
+    # mean |x| = 6, inv = round(65536 / 6) = 10923: 4*16/6 = 10.67 -> 11, 8*16/6 = 21.3 -> 21
     assert out.tolist() == [[11, -11, 21, -21], [0, 0, 0, 0]]
+    # against the exact rational value: the 16-bit reciprocal is off by at most one step
+    x = jax.random.randint(jax.random.key(0), (200, 64), -127, 128).astype(jnp.int8)
+    w = jax.random.randint(jax.random.key(1), (64,), -127, 128).astype(jnp.int8)
+    got = np.asarray(jax.jit(egg.layer_norm)(x, w)).astype(np.float64)
+    xs = np.asarray(x).astype(np.float64)
+    exact = xs * np.asarray(w) / np.maximum(np.floor(np.abs(xs).sum(-1, keepdims=True) / 64), 1)
+    assert np.max(np.abs(got - np.clip(exact, -127, 127))) <= 1.0
 
 
 def test_min_gru_recurrence_never_leaves_int8_without_clipping():
@@ -78,9 +85,9 @@ def test_min_gru_recurrence_never_leaves_int8_without_clipping():
     assert int(jnp.min(hs)) >= -127
 
 
-@pytest.mark.parametrize("width,depth,ratio", [(32, 2, 4), (24, 1, 2)])
-def test_integer_forward_equals_float64_emulation_exactly(width, depth, ratio):
-    cfg = egg.EggConfig(width, depth, ratio)
+def test_integer_forward_equals_float64_emulation_exactly():
+    width, depth = 24, 2  # 24 is not a power of two: the rescale is a true division
+    cfg = egg.EggConfig(width, depth, 2)
     params = egg.init(jax.random.key(width), cfg)
     # push some leaves to the saturation limits so clipping paths are exercised
     params["head_bias"] = params["head_bias"].at[:8].set(127).at[8:16].set(-127)
@@ -96,15 +103,12 @@ def test_integer_forward_equals_float64_emulation_exactly(width, depth, ratio):
         assert ref_logits.dtype == jnp.float64
     np.testing.assert_array_equal(np.asarray(logits), np.asarray(ref_logits))
     np.testing.assert_array_equal(np.asarray(new_state), np.asarray(ref_state))
-    # float32 is also exact here: every dot product stays below 2**24
-    f32_logits, _ = _emulate(params, tokens, state, jnp.float32)
-    np.testing.assert_array_equal(np.asarray(logits), np.asarray(f32_logits))
 
 
 def test_perturbed_member_forward_equals_float64_emulation_exactly():
     from eggroll.strategies import int_eggroll as ie
 
-    cfg = egg.EggConfig(32, 2, 4)
+    cfg = egg.EggConfig(16, 1, 4)
     params = egg.init(jax.random.key(3), cfg)
     es = ie.int_eggroll(8, params, rank=2, sigma_shift=1, table_size=2**16)
     state = es.init(jax.random.key(4), params, es.default_params)
@@ -152,7 +156,7 @@ def test_generate_returns_bytes_and_greedy_is_deterministic():
     a = egg.generate(params, b"def ", 12, jax.random.key(0), temperature=0.0)
     b = egg.generate(params, b"def ", 12, jax.random.key(1), temperature=0.0)
     assert isinstance(a, bytes) and len(a) == 12 and a == b
-    c = egg.generate(params, b"", 5, jax.random.key(0), temperature=1.0)
-    assert len(c) == 5
+    c = egg.generate(params, b"def ", 12, jax.random.key(0), temperature=1.0)
+    assert len(c) == 12 and c != a  # sampling differs from greedy (probability ~1 for a random model)
     with pytest.raises(ValueError, match="temperature"):
         egg.generate(params, b"x", 3, jax.random.key(0), temperature=-1.0)

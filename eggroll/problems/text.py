@@ -270,7 +270,7 @@ def make_task(config: LMConfig, train: np.ndarray, valid: np.ndarray, valid_stre
         logits = jax.vmap(lambda t: egg.apply(mean, t, zero)[0])(xs)
         return jnp.mean(bits_per_byte(logits, ys))
 
-    return LMTask(config, es, train_s, valid_s, init, jax.jit(step, donate_argnums=0), jax.jit(validate))
+    return LMTask(config, es, train_s, valid_s, jax.jit(init), jax.jit(step, donate_argnums=0), jax.jit(validate))
 
 
 def train_lm(
