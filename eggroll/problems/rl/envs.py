@@ -169,13 +169,16 @@ def brax_env(name: str, episode_length: int = 1000, backend: str | None = None, 
         env = envs.create(name, episode_length=int(episode_length), auto_reset=False, **env_kwargs)
     size = int(env.action_size)
 
+    # Brax's pipelines rely on implicit rank promotion; allow it inside Brax only.
     def reset(key: jax.Array) -> tuple[jax.Array, Any]:
-        state = env.reset(key)
+        with jax.numpy_rank_promotion("allow"):
+            state = env.reset(key)
         return state.obs.astype(jnp.float32), state
 
     def step(key: jax.Array, state: Any, action: jax.Array) -> tuple[jax.Array, Any, jax.Array, jax.Array]:
         del key
-        state = env.step(state, jnp.asarray(action, jnp.float32))
+        with jax.numpy_rank_promotion("allow"):
+            state = env.step(state, jnp.asarray(action, jnp.float32))
         return state.obs.astype(jnp.float32), state, state.reward.astype(jnp.float32), state.done > 0.5
 
     return Env(

@@ -206,12 +206,19 @@ def rl_fitness(
         """Play all episodes; xs are vmapped over, ``view(x)`` gives a member's params."""
         n = ids.shape[0]
         if common_random_numbers:
-            keys = jnp.broadcast_to(jax.random.split(key, num_rollouts), (n, num_rollouts))
+            # Keys stay unbatched over members, so key derivation, resets and action noise
+            # are computed once per episode slot, not once per member.
+            keys, key_axis = jax.random.split(key, num_rollouts), None
+            reset_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+            run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+            obs, env_state = jax.vmap(env.reset)(reset_keys)
+            obs, env_state = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), (obs, env_state))
         else:
             keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i), num_rollouts))(ids)
-        reset_keys = jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, 0)))(keys)
-        run_keys = jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, 1)))(keys)
-        obs, env_state = jax.vmap(jax.vmap(env.reset))(reset_keys)
+            key_axis = 0
+            reset_keys = jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, 0)))(keys)
+            run_keys = jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, 1)))(keys)
+            obs, env_state = jax.vmap(jax.vmap(env.reset))(reset_keys)
         zeros = jnp.zeros((n, num_rollouts), jnp.float32)
         shift = norm.shift_for(stats, jnp.mean(obs, axis=(0, 1)))
 
@@ -221,7 +228,7 @@ def rl_fitness(
 
         def body(carry):
             t, obs, env_state, ret, alive, length, count, s1, s2 = carry
-            nobs, nstate, reward, done = jax.vmap(member_step, in_axes=(0, 0, None, 0, 0))(
+            nobs, nstate, reward, done = jax.vmap(member_step, in_axes=(0, key_axis, None, 0, 0))(
                 xs, run_keys, t, obs, env_state
             )
             live = alive.astype(jnp.float32)
