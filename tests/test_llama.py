@@ -28,7 +28,9 @@ from eggroll.models.llama import (
     generate_population,
     init_params,
     load_model,
+    merge_layers,
     pad_prompts,
+    split_layers,
 )
 
 torch = pytest.importorskip("torch")  # the reference implementation is part of the test extras
@@ -99,8 +101,8 @@ def test_default_model_config(smol):
     config, params, tok = smol
     assert (config.n_layers, config.dim, config.n_heads, config.n_kv_heads) == (30, 576, 9, 3)
     assert (config.hidden_dim, config.vocab_size, config.tie_embeddings) == (1536, 49152, True)
-    assert "lm_head" not in params and len(params["layers"]) == 30
-    assert params["layers"][0]["wq"].shape == (576, 576) and params["layers"][0]["wk"].shape == (576, 192)
+    assert "lm_head" not in params
+    assert params["layers"]["wq"].shape == (30, 576, 576) and params["layers"]["wk"].shape == (30, 576, 192)
     assert tok.decode(tok.stop_ids[-1:], skip_special=False) == "<|im_end|>"
 
 
@@ -160,7 +162,8 @@ def test_tiny_gguf_logits_and_generation_match_transformers(tiny):
     assert loaded_config.tie_embeddings == config.tie_embeddings
     assert ("lm_head" in loaded) != config.tie_embeddings
     # The GGUF stores q/k permuted for llama.cpp's RoPE; loading must undo it exactly.
-    np.testing.assert_array_equal(loaded["layers"][1]["wq"], params["layers"][1]["wq"])
+    np.testing.assert_array_equal(loaded["layers"]["wq"], params["layers"]["wq"])
+    np.testing.assert_array_equal(loaded["layers"]["wk"], params["layers"]["wk"])
     rng = np.random.default_rng(0)
     seqs = [rng.integers(0, config.vocab_size, size=n).tolist() for n in (5, 11, 17)]
     pid, pm = pad_prompts(seqs)
@@ -243,22 +246,28 @@ def test_generation_stops_and_pads():
 
 
 def test_jit_and_lowrank_forward_matches_dense():
-    config = LlamaConfig(vocab_size=40, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=48)
+    config = LlamaConfig(vocab_size=40, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, hidden_dim=48)
     params = init_params(config, jax.random.PRNGKey(0))
     k1, k2 = jax.random.split(jax.random.PRNGKey(5))
-    pert = jax.tree.map(
-        lambda w: (
-            lowrank.LowRank(w, 0.1 * jax.random.normal(k1, (w.shape[0], 1)), jax.random.normal(k2, (w.shape[1], 1)))
-            if w.ndim == 2
-            else w
-        ),
-        params,
-    )
+
+    def perturb(w):  # stacked (L, in, out) leaves: a is (L, in, r), b is (out, r), as EGGROLL builds them
+        if w.ndim < 2:
+            return w
+        a = 0.1 * jax.random.normal(k1, (*w.shape[:-1], 1))
+        return lowrank.LowRank(w, a, jax.random.normal(k2, (w.shape[-1], 1)))
+
+    pert = jax.tree.map(perturb, params)
     ids = jnp.arange(12).reshape(2, 6)
     a = jax.jit(forward, static_argnums=0)(config, pert, ids)
     b = forward(config, lowrank.materialize_tree(pert), ids)
     np.testing.assert_allclose(a, b, atol=1e-4)
     assert not np.allclose(a, forward(config, params, ids), atol=1e-3)
+    # Cutting the layer stack into segments (to freeze some) changes nothing.
+    segmented = split_layers(lowrank.materialize_tree(pert), [1, 2])
+    assert len(segmented["layers"]) == 3
+    np.testing.assert_allclose(forward(config, segmented, ids), b, atol=1e-5)
+    restored = merge_layers(split_layers(params, [2]))
+    assert jax.tree.all(jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), restored, params))
 
 
 def test_missing_and_corrupt_model_files(tmp_path):

@@ -180,9 +180,13 @@ def load_params(reader, config, dtype=None) -> dict:
                 elif gname == "attn_k":
                     w = unpermute_qk(w, config.n_kv_heads)
                 w = w.T  # (out, in) -> (in, out)
-            layer[ename] = conv(w)
+            layer[ename] = w
         layers.append(layer)
-    params = {"embed": conv(get("token_embd.weight")), "layers": layers, "norm": conv(get("output_norm.weight"))}
+    params = {
+        "embed": conv(get("token_embd.weight")),
+        "layers": {k: conv(np.stack([layer[k] for layer in layers])) for k in layers[0]},
+        "norm": conv(get("output_norm.weight")),
+    }
     if not config.tie_embeddings:
         params["lm_head"] = conv(get("output.weight").T)
     return params
@@ -249,8 +253,10 @@ def write_gguf(path: str, config, params, tokens: list[str], merges: list[str], 
     def add(name, x):
         w.add_tensor(name, np.ascontiguousarray(np.asarray(x, np.float32)))
 
+    from eggroll.models.llama import unstack_layers
+
     add("token_embd.weight", params["embed"])
-    for i, layer in enumerate(params["layers"]):
+    for i, layer in enumerate(unstack_layers(params["layers"])):
         inv = {v: k for k, v in _LAYER_NAMES.items()}
         for ename, x in layer.items():
             x = np.asarray(x, np.float32)

@@ -105,11 +105,11 @@ def load_hf(path: str, dtype=None):
         layer = {}
         for ename, hname in _LAYER_NAMES.items():
             w = get(f"model.layers.{i}.{hname}")
-            layer[ename] = jnp.asarray(w.T if w.ndim == 2 else w, dtype)
+            layer[ename] = w.T if w.ndim == 2 else w
         layers.append(layer)
     params = {
         "embed": jnp.asarray(get("model.embed_tokens.weight"), dtype),
-        "layers": layers,
+        "layers": {k: jnp.asarray(np.stack([layer[k] for layer in layers]), dtype) for k in _LAYER_NAMES},
         "norm": jnp.asarray(get("model.norm.weight"), dtype),
     }
     if not config.tie_embeddings:
@@ -129,11 +129,12 @@ def save_hf(path: str, config, params, tokenizer=None) -> None:
     from safetensors.numpy import save_file
 
     from eggroll import lowrank
+    from eggroll.models.llama import unstack_layers
 
     params = lowrank.materialize_tree(params)
     os.makedirs(path, exist_ok=True)
     out = {"model.embed_tokens.weight": np.asarray(params["embed"], np.float32)}
-    for i, layer in enumerate(params["layers"]):
+    for i, layer in enumerate(unstack_layers(params["layers"])):
         for ename, hname in _LAYER_NAMES.items():
             w = np.asarray(layer[ename], np.float32)
             out[f"model.layers.{i}.{hname}"] = np.ascontiguousarray(w.T if w.ndim == 2 else w)

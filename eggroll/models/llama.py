@@ -7,15 +7,26 @@ code runs the unperturbed model (plain arrays) and an EGGROLL population member
 shared and each member only adds a rank-``r`` correction, so a whole population
 generates text in one batched pass without forming any per-member weight.
 
-Layout of the params pytree (matrices in the ``x @ W`` layout, ``(in, out)``)::
+Layout of the params pytree (matrices in the ``x @ W`` layout, ``(in, out)``; the
+decoder layers are stacked along a leading axis ``L``, so the model runs them as
+one ``lax.scan`` and an ES strategy sees a dozen leaves, not hundreds)::
 
     {"embed": (vocab, dim),
-     "layers": [{"attn_norm": (dim,), "wq": (dim, n_heads * head_dim),
-                 "wk": (dim, n_kv_heads * head_dim), "wv": (dim, n_kv_heads * head_dim),
-                 "wo": (n_heads * head_dim, dim), "mlp_norm": (dim,),
-                 "w_gate": (dim, hidden), "w_up": (dim, hidden), "w_down": (hidden, dim)}, ...],
+     "layers": {"attn_norm": (L, dim), "wq": (L, dim, n_heads * head_dim),
+                "wk": (L, dim, n_kv_heads * head_dim), "wv": (L, dim, n_kv_heads * head_dim),
+                "wo": (L, n_heads * head_dim, dim), "mlp_norm": (L, dim),
+                "w_gate": (L, dim, hidden), "w_up": (L, dim, hidden), "w_down": (L, hidden, dim)},
      "norm": (dim,),
      "lm_head": (dim, vocab)}          # only when the head is not tied to "embed"
+
+``"layers"`` may also be a list of such dicts (consecutive segments of layers),
+which lets a strategy evolve some layers and freeze others
+(:func:`split_layers` / :func:`merge_layers`).
+
+A stacked ``(L, in, out)`` leaf perturbed by EGGROLL is a ``LowRank`` with
+``a: (L, in, r)`` and ``b: (out, r)``: a rank-``r`` perturbation of the
+``(L * in, out)`` matrix, whose entries still have unit variance and zero
+correlation, so the ES estimate is the same as for separate per-layer matrices.
 
 RoPE follows the Hugging Face ("rotate half") convention; the GGUF loader
 undoes llama.cpp's interleaving permutation of the query / key weights.
@@ -119,7 +130,7 @@ def init_params(config: LlamaConfig, key: jax.Array, dtype=jnp.float32, scale: f
     }
     keys = jax.random.split(key, c.n_layers + 2)
     layers = []
-    for i in range(c.n_layers):
+    for i in range(c.n_layers):  # drawn per layer so a model's values do not depend on how it is stored
         ks = jax.random.split(keys[i], len(shapes) + 2)
         layer = {
             n: (scale * jax.random.normal(k, s)).astype(dtype) for k, (n, s) in zip(ks, shapes.items(), strict=False)
@@ -129,7 +140,7 @@ def init_params(config: LlamaConfig, key: jax.Array, dtype=jnp.float32, scale: f
         layers.append(layer)
     params = {
         "embed": (scale * jax.random.normal(keys[-2], (c.vocab_size, c.dim))).astype(dtype),
-        "layers": layers,
+        "layers": stack_layers(layers),
         "norm": jnp.ones((c.dim,), dtype),
     }
     if not c.tie_embeddings:
@@ -165,9 +176,43 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return (xf * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
 
 
-def _stack_layers(layers: Sequence[Params]) -> Params:
-    """Stack per-layer pytrees along a new leading axis (``LowRank`` factors stack field-wise)."""
+def stack_layers(layers: Sequence[Params]) -> Params:
+    """Stack a list of per-layer dicts of arrays into the stacked ``(L, ...)`` layout."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+
+
+def unstack_layers(layers: Params | Sequence[Params]) -> list[Params]:
+    """Per-layer dicts of numpy arrays from stacked layers (or a list of stacked segments)."""
+    out = []
+    for seg in _segments(layers):
+        n = next(iter(seg.values())).shape[0]
+        out += [{k: np.asarray(v[i]) for k, v in seg.items()} for i in range(n)]
+    return out
+
+
+def _segments(layers) -> list[Params]:
+    return list(layers) if isinstance(layers, (list, tuple)) else [layers]
+
+
+def split_layers(params: Params, bounds: Sequence[int]) -> Params:
+    """Params whose ``"layers"`` is a list of segments cut at ``bounds`` (e.g. ``[20]``: 0-19, 20-L).
+
+    Use it to give different layers different roles (evolved or frozen): each
+    segment is its own set of leaves. :func:`merge_layers` undoes it.
+    """
+    merged = merge_layers(params)["layers"]
+    n = next(iter(merged.values())).shape[0]
+    cuts = [0, *sorted(b for b in set(bounds) if 0 < b < n), n]
+    segs = [{k: v[lo:hi] for k, v in merged.items()} for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
+    return {**params, "layers": segs}
+
+
+def merge_layers(params: Params) -> Params:
+    """Params with one stacked ``"layers"`` dict (concatenating segments if it was split)."""
+    segs = _segments(params["layers"])
+    if len(segs) == 1:
+        return {**params, "layers": segs[0]}
+    return {**params, "layers": jax.tree.map(lambda *xs: jnp.concatenate(xs), *segs)}
 
 
 class KVCache(NamedTuple):
@@ -214,17 +259,43 @@ def _block(config, layer, x, positions, cache_k, cache_v, layer_idx, start, vali
     return x, cache_k, cache_v
 
 
-def _run_layers(config, stacked, x, positions, cache: KVCache, start, valid):
-    """All decoder blocks as one ``lax.scan`` over the stacked layer params."""
+def _scan_parts(seg: Params):
+    """Split a stacked segment into what ``lax.scan`` slices per layer and what it keeps whole.
 
-    def body(carry, layer_and_idx):
-        x, ck, cv = carry
-        layer, idx = layer_and_idx
-        x, ck, cv = _block(config, layer, x, positions, ck, cv, idx, start, valid)
-        return (x, ck, cv), None
+    A stacked ``LowRank`` has ``base (L, in, out)`` and ``a (L, in, r)`` (sliced per
+    layer) but ``b (out, r)`` (shared by all layers). Perturbed norm weights
+    ``(L, d)`` arrive as ``LowRank`` too and are materialised (they are tiny).
+    """
+    sliced, shared = {}, {}
+    for k, w in seg.items():
+        if isinstance(w, lowrank.LowRank) and w.base.ndim == 2:
+            w = lowrank.materialize(w)
+        if isinstance(w, lowrank.LowRank):
+            sliced[k], shared[k] = (w.base, w.a), w.b
+        else:
+            sliced[k] = w
+    return sliced, shared
 
-    idx = jnp.arange(config.n_layers, dtype=jnp.int32)
-    (x, ck, cv), _ = jax.lax.scan(body, (x, cache.k, cache.v), (stacked, idx))
+
+def _run_layers(config, layers, x, positions, cache: KVCache, start, valid):
+    """All decoder blocks: one ``lax.scan`` per stacked segment of layers."""
+    ck, cv = cache.k, cache.v
+    offset = 0
+    for seg in _segments(layers):
+        sliced, shared = _scan_parts(seg)
+
+        def body(carry, xs, shared=shared):
+            x, ck, cv = carry
+            layer, idx = xs
+            layer = {k: lowrank.LowRank(v[0], v[1], shared[k]) if k in shared else v for k, v in layer.items()}
+            x, ck, cv = _block(config, layer, x, positions, ck, cv, idx, start, valid)
+            return (x, ck, cv), None
+
+        n = next(iter(sliced.values()))
+        n = (n[0] if isinstance(n, tuple) else n).shape[0]
+        idx = jnp.arange(offset, offset + n, dtype=jnp.int32)
+        (x, ck, cv), _ = jax.lax.scan(body, (x, ck, cv), (sliced, idx))
+        offset += n
     return x, KVCache(ck, cv)
 
 
@@ -259,7 +330,7 @@ def forward(config: LlamaConfig, params: Params, tokens: jax.Array, mask: jax.Ar
     b, t = tokens.shape
     x = lowrank.embed(tokens, params["embed"])
     cache = init_cache(config, b, t, x.dtype)
-    x, _ = _run_layers(config, _stack_layers(params["layers"]), x, _positions(mask), cache, 0, mask)
+    x, _ = _run_layers(config, params["layers"], x, _positions(mask), cache, 0, mask)
     return _head(config, params, x)
 
 
@@ -332,7 +403,7 @@ def generate_ids(
     prompt_mask = jnp.asarray(prompt_mask, bool)
     b, p = prompt_ids.shape
     slots = p + max_new_tokens
-    stacked = _stack_layers(params["layers"])
+    stacked = params["layers"]
     x = lowrank.embed(prompt_ids, params["embed"])
     cache = init_cache(config, b, slots, x.dtype)
     valid = jnp.concatenate([prompt_mask, jnp.zeros((b, max_new_tokens), bool)], axis=1)
