@@ -109,12 +109,20 @@ def _reference_returns(fit, population, key, stats, num_rollouts, crn, horizon):
     return returns, np.stack(observations)
 
 
-@pytest.mark.parametrize("crn", [True, False])
-def test_fitness_equals_reference_loop_and_stats_equal_welford_over_seen_observations(crn):
-    horizon, rollouts = 120, 2
-    fit = rl_fitness("CartPole-v1", hidden=(8,), num_rollouts=rollouts, horizon=horizon, common_random_numbers=crn)
+@pytest.mark.parametrize("crn, early_exit", [(True, False), (False, True)])
+def test_fitness_equals_reference_loop_and_stats_equal_welford_over_seen_observations(crn, early_exit):
+    """Fixed-horizon scan and early-exit loop both reproduce the reference, with and without CRN."""
+    horizon, rollouts = 100, 2
+    fit = rl_fitness(
+        "CartPole-v1",
+        hidden=(8,),
+        num_rollouts=rollouts,
+        horizon=horizon,
+        common_random_numbers=crn,
+        early_exit=early_exit,
+    )
     params = fit.init_params(jax.random.key(0))
-    es = eggroll.open_es(6, params, sigma_init=0.5)
+    es = eggroll.open_es(4, params, sigma_init=0.5)
     population, _ = es.ask(jax.random.key(1), es.init(jax.random.key(2), params, es.default_params), es.default_params)
     evaluate = jax.jit(fit.evaluate_rollouts)
     state0 = fit.init(jax.random.key(3))
@@ -140,7 +148,7 @@ def test_fitness_equals_reference_loop_and_stats_equal_welford_over_seen_observa
     np.testing.assert_allclose(fitness, ref2.mean(1))
 
 
-def test_eggroll_population_matches_materialised_and_early_exit_matches_scan():
+def test_eggroll_population_matches_its_materialised_population():
     fit = rl_fitness("Pendulum-v1", hidden=(16, 16), num_rollouts=2, horizon=40)
     params = fit.init_params(jax.random.key(0))
     es = eggroll.eggroll(16, params, sigma_init=0.2)
@@ -151,25 +159,6 @@ def test_eggroll_population_matches_materialised_and_early_exit_matches_scan():
     np.testing.assert_allclose(low, dense, rtol=1e-4)
     np.testing.assert_allclose(s_low.obs_stats.mean, s_dense.obs_stats.mean, rtol=1e-4)
     assert float(jnp.std(low)) > 1.0  # members differ
-
-    cart = rl_fitness("CartPole-v1", hidden=(8,), num_rollouts=3, horizon=300)
-    cart_early = cart._replace(
-        **{
-            k: v
-            for k, v in rl_fitness(cart.env, cart.policy, num_rollouts=3, horizon=300, early_exit=True)
-            ._asdict()
-            .items()
-            if k == "evaluate"
-        }
-    )
-    p0 = cart.init_params(jax.random.key(5))
-    es = eggroll.eggroll(8, p0, sigma_init=0.5)
-    pop, _ = es.ask(jax.random.key(6), es.init(jax.random.key(7), p0, es.default_params), es.default_params)
-    a, sa = jax.jit(cart.evaluate)(jax.random.key(8), pop, cart.init(0))
-    b, sb = jax.jit(cart_early.evaluate)(jax.random.key(8), pop, cart.init(0))
-    np.testing.assert_array_equal(a, b)
-    assert float(sa.obs_stats.count) == float(sb.obs_stats.count)
-    np.testing.assert_allclose(sa.obs_stats.m2, sb.obs_stats.m2, rtol=1e-5)
 
 
 def test_common_random_numbers_and_stochastic_policies():
