@@ -221,6 +221,22 @@ def summarise(results, functions, dims, args) -> str:
             ]
             name = f"f{fid} {FUNCTION_NAMES[fid]}"
             lines.append(f"| {name} | {dim} | " + " | ".join(cells) + f" | {ratio:.2g} | {np.mean(pf):.1%} |")
+    early = max(1, args.generations // 4)
+    lines += [
+        "",
+        f"Early progress: median best f - f_opt after {early * args.population} evaluations ({early} generations).",
+        "",
+        "| function | D | " + " | ".join(METHODS) + " |",
+        "|---|---|" + "---|" * len(METHODS),
+    ]
+    for fid in functions:
+        for dim in dims:
+            runs = [r for r in results if (r["function"], r["dim"]) == (fid, dim)]
+            if not runs:
+                continue
+            medians = [float(np.median([r["curve"][early - 1] for r in runs if r["method"] == m])) for m in METHODS]
+            cells = [f"**{v:.3g}**" if v == min(medians) else f"{v:.3g}" for v in medians]
+            lines.append(f"| f{fid} {FUNCTION_NAMES[fid]} | {dim} | " + " | ".join(cells) + " |")
     evo_runs = [r for r in results if r["method"] == METHODS[-1]]
     n_problems = len({(r["function"], r["dim"]) for r in results})
     lines += [
