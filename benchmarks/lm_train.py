@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -36,7 +37,13 @@ def main() -> None:
     parser.add_argument("--valid-every", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--report-only", action="store_true", help="re-render md/png from OUT/lm_train.json")
     args = parser.parse_args()
+    if args.report_only:
+        result = json.loads((args.out / "lm_train.json").read_text())
+        result.setdefault("command", "python benchmarks/lm_train.py --minutes 10 --generations 800")
+        print(write_report(result, args.out))
+        return
 
     import jax
 
@@ -103,45 +110,65 @@ def main() -> None:
         "curve": [{"generation": g, "seconds": round(t, 1), "valid_bpb": v} for g, t, v in valid_curve],
         "train_curve": [(r["generation"], round(r["train_bpb"], 4)) for r in history if "train_bpb" in r],
     }
+    result["command"] = "python benchmarks/lm_train.py " + " ".join(sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "lm_train.json").write_text(json.dumps(result, indent=1))
+    print(write_report(result, args.out))
+
+
+def write_report(result: dict, out: Path) -> str:
+    """Write ``lm_train.md`` and ``lm_train.png`` from a result record; return the markdown."""
+    from eggroll.problems import text
+
+    c, b = result["config"], result["baselines"]
+    history = [{"generation": r["generation"], "valid_bpb": r["valid_bpb"]} for r in result["curve"]]
+    history += [{"generation": g, "train_bpb": v} for g, v in result["train_curve"]]
+    history.sort(key=lambda r: r["generation"])
     text.plot_learning_curve(
-        history, baselines, args.out / "lm_train.png",
-        title=f"EGG {config.depth}x{config.width}, N={config.population}, rank {config.rank}, "
-        f"sigma 2^-{config.sigma_shift}, {args.minutes:g} min",
+        history, b, out / "lm_train.png",
+        title=f"EGG {c['depth']}x{c['width']}, N={c['population']}, rank {c['rank']}, "
+        f"sigma 2^-{c['sigma_shift']}, {result['minutes']:g} min budget",
     )  # fmt: skip
+
+    def when(hit):
+        return f"generation {hit['generation']}, after {hit['seconds']:.0f} s" if hit else "not reached"
+
+    m = result["machine"]
     md = [
-        "# Integer EGG language model, integer EGGROLL, pydoc_data.topics",
+        "# Integer EGG language model trained by integer EGGROLL on pydoc_data.topics",
         "",
-        f"`python benchmarks/lm_train.py --minutes {args.minutes:g}` on {os.cpu_count()} shared CPU cores "
-        f"(load average {load_before[0]:.1f} before the run).",
+        f"`{result['command']}` on {m['cpus']} CPU cores shared with other jobs (load average "
+        f"{m['load_avg_before'][0]:.1f} before, {m['load_avg_after'][0]:.1f} after), jax {m['jax']}.",
         "",
-        f"Model: {config.depth} blocks x width {config.width} ({result['params']:,} int8 parameters); "
-        f"population {config.population}, rank {config.rank}, sigma 2^-{config.sigma_shift}, "
-        f"chunk {config.chunk} bytes, threshold schedule over {config.generations} generations.",
+        f"Model: {c['depth']} blocks of width {c['width']} ({result['params']:,} int8 parameters). "
+        f"Integer EGGROLL: population {c['population']}, rank {c['rank']}, sigma 2^-{c['sigma_shift']}, "
+        f"chunk {c['chunk']} bytes per member, z-test level from {c['alpha_start']:g} to {c['alpha_end']:g} "
+        f"over {c['generations']} generations.",
         "",
-        "| | bits/byte (valid) |",
+        "| | bits/byte (validation) |",
         "|---|---|",
         "| uniform | 8.000 |",
-        f"| unigram baseline | {baselines['unigram_valid']:.3f} |",
-        f"| bigram baseline | {baselines['bigram_valid']:.3f} |",
+        f"| unigram baseline (same split) | {b['unigram_valid']:.3f} |",
+        f"| bigram baseline (same split) | {b['bigram_valid']:.3f} |",
         f"| EGG at start | {result['valid_start']:.3f} |",
-        f"| EGG after {result['generations_done']} generations ({wall / 60:.1f} min) | {result['valid_final']:.3f} |",
+        f"| EGG after {result['generations_done']} generations ({result['wall_seconds'] / 60:.1f} min, "
+        f"compile included) | {result['valid_final']:.3f} |",
         "",
-        f"Below the unigram baseline: {result['below_unigram'] or 'not reached'}; "
-        f"below the bigram baseline: {result['below_bigram'] or 'not reached'}.",
-        f"Median throughput {result['median_tokens_per_s'] or 0:,.0f} tokens/s across the population.",
+        f"- Below the unigram baseline: {when(result['below_unigram'])}.",
+        f"- Below the bigram baseline: {when(result['below_bigram'])}.",
+        f"- Median throughput: {result['median_tokens_per_s'] or 0:,.0f} tokens/s across the population.",
         "",
         "![learning curve](lm_train.png)",
         "",
-        "Sample (temperature 0.8, prompt `The `):",
+        "Sample from the final mean model (temperature 0.8, prompt `The `):",
         "",
         "```",
         "The " + result["sample"],
         "```",
     ]
-    (args.out / "lm_train.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md[:16]))
+    text_md = "\n".join(md) + "\n"
+    (out / "lm_train.md").write_text(text_md)
+    return text_md
 
 
 if __name__ == "__main__":
