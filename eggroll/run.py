@@ -133,7 +133,8 @@ def train(
         checkpoint_every: generations between checkpoints.
         max_to_keep: checkpoints kept.
         resume: continue from the newest checkpoint in ``checkpoint_dir`` (a
-            fresh start if there is none yet).
+            fresh start if there is none yet). Without it, a ``checkpoint_dir``
+            that already holds checkpoints is an error (nothing is overwritten).
         log_dir: write ``metrics.jsonl`` / ``metrics.csv`` / TensorBoard here
             (default: ``checkpoint_dir``; ``None`` and no checkpoint dir: no files).
         log_every: log (and sync with the device) every this many generations.
@@ -173,6 +174,12 @@ def train(
     log_dir = log_dir if log_dir is not None else checkpoint_dir
     logger = MetricsLogger(log_dir, tensorboard=tensorboard) if log_dir is not None else None
     start, resumed_from = 0, None
+    if ckpt is not None and not resume and ckpt.steps():
+        ckpt.close()
+        raise ValueError(
+            f"{ckpt.directory} already holds checkpoints of a run (steps {ckpt.steps()}). Pass resume=True "
+            "(--resume) to continue it, or choose another checkpoint directory for a new run."
+        )
     if resume and ckpt.latest_step() is not None:
         items, meta = ckpt.restore({"state": state, "fn_state": fn_state, "run_key": run_key})
         state, fn_state, run_key = items["state"], items["fn_state"], items["run_key"]

@@ -158,6 +158,8 @@ def test_stop_and_resume_in_process_and_graceful_interrupt(tmp_path):
 
     _, first = train(tmp_path / "a", stop_after=4)
     assert first.interrupted and first.generation == 4
+    with pytest.raises(ValueError, match=r"already holds checkpoints .*steps \[3, 4\].*resume=True"):
+        train(tmp_path / "a")  # a fresh run must not mix its checkpoints with an old run's
     _, resumed = train(tmp_path / "a", resume=True)
     _, straight = train(tmp_path / "b")
     assert_trees_equal(resumed.state, straight.state)
