@@ -34,15 +34,31 @@ def _ramp(d: int, dtype: jnp.dtype) -> Array:
     return jnp.arange(d, dtype=dtype) / (d - 1.0)
 
 
+def _mv(m: Array, v: Array) -> Array:
+    """``m @ v``, materialised.
+
+    The optimisation barrier stops XLA from fusing the matrix-vector product into
+    the (vmapped) element-wise consumers, where the CPU backend would otherwise
+    recompute it for every element (e.g. 101x for Gallagher's peaks: 30x slower).
+    """
+    return jax.lax.optimization_barrier(m @ v)
+
+
 def _safe_log_abs(x: Array) -> Array:
     return jnp.log(jnp.where(x == 0, jnp.ones_like(x), jnp.abs(x)))
 
 
 def tosz(x: Array) -> Array:
-    """COCO's oscillation ``T_osz`` (element-wise; ``tosz_uv`` with alpha = 0.1)."""
-    t = _safe_log_abs(x) / 0.1
-    pos = jnp.exp(t + 0.49 * (jnp.sin(t) + jnp.sin(0.79 * t))) ** 0.1
-    neg = -(jnp.exp(t + 0.49 * (jnp.sin(0.55 * t) + jnp.sin(0.31 * t))) ** 0.1)
+    """COCO's oscillation ``T_osz`` (element-wise; ``tosz_uv`` with alpha = 0.1).
+
+    COCO computes ``pow(exp(t + 0.49 (...)), 0.1)`` with ``t = log|x| / 0.1``; this
+    is the same number as ``exp(0.1 t + 0.049 (...))`` (a few ulp apart) at one
+    transcendental less.
+    """
+    log_abs = _safe_log_abs(x)
+    t = log_abs / 0.1
+    pos = jnp.exp(log_abs + 0.049 * (jnp.sin(t) + jnp.sin(0.79 * t)))
+    neg = -jnp.exp(log_abs + 0.049 * (jnp.sin(0.55 * t) + jnp.sin(0.31 * t)))
     return jnp.where(x > 0, pos, jnp.where(x < 0, neg, jnp.zeros_like(x)))
 
 
@@ -112,7 +128,7 @@ def _obj_osz(y: Array) -> Array:
 
 
 def _f6(p: BBOBInstance, x: Array) -> Array:
-    z = p.m @ (x - p.xopt)
+    z = _mv(p.m, x - p.xopt)
     w = jnp.where(z * p.xopt > 0, 1e4, 1.0)
     y = _obj_osz(jnp.sum(w * z * z))
     return y**0.9
@@ -125,9 +141,9 @@ def _round(v: Array) -> Array:
 def _f7(p: BBOBInstance, x: Array) -> Array:
     d = x.shape[-1]
     ramp = _ramp(d, x.dtype)
-    zhat = 10.0 ** (0.5 * ramp) * (p.q @ (x - p.xopt))
+    zhat = 10.0 ** (0.5 * ramp) * (_mv(p.q, x - p.xopt))
     ztil = jnp.where(jnp.abs(zhat) > 0.5, _round(zhat), _round(10.0 * zhat) / 10.0)
-    z = p.r @ ztil
+    z = _mv(p.r, ztil)
     core = jnp.sum(100.0**ramp * z * z)
     return 0.1 * jnp.maximum(jnp.abs(zhat[0]) * 1e-4, core) + penalty(x)
 
@@ -139,36 +155,36 @@ def _f8(p: BBOBInstance, x: Array) -> Array:
 
 
 def _f9(p: BBOBInstance, x: Array) -> Array:
-    return _rosenbrock(p.r @ x + 0.5)
+    return _rosenbrock(_mv(p.r, x) + 0.5)
 
 
 def _f10(p: BBOBInstance, x: Array) -> Array:
-    return _ellipsoid(tosz(p.r @ (x - p.xopt)), 1e6)
+    return _ellipsoid(tosz(_mv(p.r, x - p.xopt)), 1e6)
 
 
 def _f11(p: BBOBInstance, x: Array) -> Array:
-    z = tosz(p.r @ (x - p.xopt))
+    z = tosz(_mv(p.r, x - p.xopt))
     return 1e6 * z[0] * z[0] + jnp.sum(z[1:] * z[1:])
 
 
 def _f12(p: BBOBInstance, x: Array) -> Array:
-    z = p.r @ tasy(p.r @ (x - p.xopt), 0.5)
+    z = _mv(p.r, tasy(_mv(p.r, x - p.xopt), 0.5))
     return z[0] * z[0] + 1e6 * jnp.sum(z[1:] * z[1:])
 
 
 def _f13(p: BBOBInstance, x: Array) -> Array:
-    z = p.m @ (x - p.xopt)
+    z = _mv(p.m, x - p.xopt)
     return z[0] * z[0] + 100.0 * jnp.sqrt(jnp.sum(z[1:] * z[1:]))
 
 
 def _f14(p: BBOBInstance, x: Array) -> Array:
-    z = p.r @ (x - p.xopt)
+    z = _mv(p.r, x - p.xopt)
     expo = 2.0 + 4.0 * _ramp(x.shape[-1], x.dtype)
     return jnp.sqrt(jnp.sum(jnp.abs(z) ** expo))
 
 
 def _f15(p: BBOBInstance, x: Array) -> Array:
-    z = p.m @ tasy(tosz(p.r @ (x - p.xopt)), 0.2)
+    z = _mv(p.m, tasy(tosz(_mv(p.r, x - p.xopt)), 0.2))
     return _rastrigin(z)
 
 
@@ -177,19 +193,20 @@ _WEIERSTRASS_K = 12
 
 def _f16(p: BBOBInstance, x: Array) -> Array:
     d = x.shape[-1]
-    z = p.m @ tosz(p.r @ (x - p.xopt))
+    z = _mv(p.m, tosz(_mv(p.r, x - p.xopt)))
     k = jnp.arange(_WEIERSTRASS_K, dtype=x.dtype)
     ak = 0.5**k
     bk = 3.0**k
     f0 = jnp.sum(ak * jnp.cos(math.pi * bk))
-    terms = jnp.cos(2.0 * math.pi * (z[:, None] + 0.5) * bk[None, :]) * ak[None, :]
+    # (K, D) layout: under vmap over points the reductions run over a middle axis (much faster on CPU)
+    terms = jnp.cos(2.0 * math.pi * bk[:, None] * (z[None, :] + 0.5)) * ak[:, None]
     s = jnp.sum(terms) / d - f0
     return 10.0 * s**3 + 10.0 / d * penalty(x)
 
 
 def _schaffers(p: BBOBInstance, x: Array) -> Array:
     d = x.shape[-1]
-    z = p.m @ tasy(p.r @ (x - p.xopt), 0.5)
+    z = _mv(p.m, tasy(_mv(p.r, x - p.xopt), 0.5))
     s = z[:-1] * z[:-1] + z[1:] * z[1:]
     total = jnp.sum(s**0.25 * (1.0 + jnp.sin(50.0 * s**0.1) ** 2))
     return (total / (d - 1.0)) ** 2 + 10.0 * penalty(x)
@@ -197,7 +214,7 @@ def _schaffers(p: BBOBInstance, x: Array) -> Array:
 
 def _f19(p: BBOBInstance, x: Array) -> Array:
     d = x.shape[-1]
-    z = p.r @ x + 0.5
+    z = _mv(p.r, x) + 0.5
     c1 = z[:-1] * z[:-1] - z[1:]
     c2 = 1.0 - z[:-1]
     t = 100.0 * c1 * c1 + c2 * c2
@@ -219,9 +236,10 @@ def _f20(p: BBOBInstance, x: Array) -> Array:
 
 def _f21(p: BBOBInstance, x: Array) -> Array:
     d = x.shape[-1]
-    y = p.r @ x
-    diff = y[None, :] - p.peaks
-    dist = jnp.sum(p.peak_scales * diff * diff, axis=1)
+    y = _mv(p.r, x)
+    # (D, peaks) layout: under vmap the sum runs over a middle axis, ~15x faster on CPU than (peaks, D)
+    diff = y[:, None] - p.peaks.T
+    dist = jnp.sum(p.peak_scales.T * diff * diff, axis=0)
     heights = p.peak_values * jnp.exp((-0.5 / d) * dist)
     f = 10.0 - jnp.maximum(jnp.max(heights), 0.0)
     t = tosz(f)
@@ -230,10 +248,10 @@ def _f21(p: BBOBInstance, x: Array) -> Array:
 
 def _f23(p: BBOBInstance, x: Array) -> Array:
     d = x.shape[-1]
-    z = p.m @ (x - p.xopt)
+    z = _mv(p.m, x - p.xopt)
     pw = 2.0 ** jnp.arange(1, 33, dtype=x.dtype)
-    v = pw[None, :] * z[:, None]
-    inner = jnp.sum(jnp.abs(v - _round(v)) / pw[None, :], axis=1)
+    v = pw[:, None] * z[None, :]  # (32, D): reduce over the leading axis (fast under vmap)
+    inner = jnp.sum(jnp.abs(v - _round(v)) / pw[:, None], axis=0)
     factors = (1.0 + jnp.arange(1, d + 1, dtype=x.dtype) * inner) ** (10.0 / d**1.2)
     return 10.0 / d / d * (jnp.prod(factors) - 1.0) + penalty(x)
 
@@ -245,7 +263,7 @@ def _f24(p: BBOBInstance, x: Array) -> Array:
     mu1 = -math.sqrt((mu0 * mu0 - 1.0) / s)
     xhat = jnp.where(p.xopt < 0, -2.0 * x, 2.0 * x)
     lam = 10.0 ** _ramp(d, x.dtype)
-    z = p.r @ (lam * (p.q @ (xhat - mu0)))
+    z = _mv(p.r, lam * _mv(p.q, xhat - mu0))
     sum1 = jnp.sum((xhat - mu0) ** 2)
     sum2 = jnp.sum((xhat - mu1) ** 2)
     sum3 = jnp.sum(jnp.cos(2.0 * math.pi * z))

@@ -14,7 +14,16 @@ from eggroll.problems.bbob.instances import FUNCTION_NAMES
 if TYPE_CHECKING:
     from eggroll.problems.bbob.runner import BenchmarkResult
 
-__all__ = ["ecdf_curve", "plot_ecdf", "summary_markdown", "write_tables"]
+__all__ = ["FUNCTION_GROUPS", "ecdf_curve", "plot_ecdf", "plot_ecdf_groups", "summary_markdown", "write_tables"]
+
+FUNCTION_GROUPS: dict[str, tuple[int, ...]] = {
+    "separable f1-f5": (1, 2, 3, 4, 5),
+    "low/moderate conditioning f6-f9": (6, 7, 8, 9),
+    "high conditioning, unimodal f10-f14": (10, 11, 12, 13, 14),
+    "multimodal, adequate structure f15-f19": (15, 16, 17, 18, 19),
+    "multimodal, weak structure f20-f24": (20, 21, 22, 23, 24),
+}
+"""COCO's five BBOB function groups."""
 
 _COLUMNS = (
     "strategy",
@@ -171,5 +180,49 @@ def plot_ecdf(result: BenchmarkResult, path: str | Path, title: str | None = Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_ecdf_groups(result: BenchmarkResult, dimension: int, path: str | Path) -> Path:
+    """ECDFs per COCO function group (plus all functions) for one dimension, as ``cocopp`` shows them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    problems = result.problems[dimension]
+    xmax = math.log10(result.budgets[dimension] / dimension)
+    panels = [("all functions", tuple(sorted({f for f, _ in problems})))]
+    panels += [(name, fids) for name, fids in FUNCTION_GROUPS.items() if any(f in fids for f, _ in problems)]
+    ncol = 3
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.0 * ncol, 3.8 * nrow), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (label, fids) in zip(axes.ravel(), panels, strict=False):
+        rows = np.array([f in fids for f, _ in problems])
+        for j, name in enumerate(result.strategies):
+            hits = result.hits.get((name, dimension))
+            if hits is None:
+                continue
+            x, y = ecdf_curve(hits[rows], dimension)
+            xs = np.concatenate([[0.0], x, [xmax]])
+            ys = np.concatenate([[0.0], y, [y[-1] if y.size else 0.0]])
+            color = colors[j % len(colors)]
+            ax.step(xs, ys, where="post", color=color, lw=2, label=name)
+            ax.plot([xmax], [ys[-1]], marker="x", ms=9, mew=2, color=color)
+        ax.set_title(f"{label}, {dimension}-D", fontsize=10)
+        ax.set_xlim(0, xmax + 0.3)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(True, alpha=0.4)
+        ax.set_xlabel("log10(# f-evals / dimension)")
+        ax.set_ylabel("Fraction of function,target pairs")
+    for ax in axes.ravel()[len(panels) :]:
+        ax.axis("off")
+    axes[0, 0].legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

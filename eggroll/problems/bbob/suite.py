@@ -287,13 +287,19 @@ def suite_evaluate(
     out = jnp.zeros((n_problems, *batch), dtype=jnp.result_type(x, jnp.float32))
     for fid, idx_tuple in groups:
         idx = np.asarray(idx_tuple)
-        sub = jax.tree.map(lambda a, idx=idx: a[idx], data)
-        if shared:
-            vals = jax.vmap(lambda p, fid=fid: _delta_points(p, x, fid))(sub)
+        if idx.size == 1:
+            # no vmap over a size-1 instance axis: XLA's CPU backend handles that degenerate batch
+            # dimension badly (Gallagher: ~20x slower than the unbatched computation)
+            one = jax.tree.map(lambda a, k=int(idx[0]): a[k], data)
+            vals = _delta_points(one, x if shared else x[int(idx[0])], fid)[None]
         else:
-            vals = jax.vmap(lambda p, xs, fid=fid: _delta_points(p, xs, fid))(sub, x[idx])
+            sub = jax.tree.map(lambda a, idx=idx: a[idx], data)
+            if shared:
+                vals = jax.vmap(lambda p, fid=fid: _delta_points(p, x, fid))(sub)
+            else:
+                vals = jax.vmap(lambda p, xs, fid=fid: _delta_points(p, xs, fid))(sub, x[idx])
         if not subtract_fopt:
-            fo = sub.fopt.astype(vals.dtype).reshape((-1,) + (1,) * (vals.ndim - 1))
+            fo = data.fopt[idx].astype(vals.dtype).reshape((-1,) + (1,) * (vals.ndim - 1))
             vals = vals + jnp.broadcast_to(fo, vals.shape)
         out = out.at[idx].set(vals)
     return out
