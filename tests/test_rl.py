@@ -188,7 +188,8 @@ def test_common_random_numbers_and_stochastic_policies():
 
 @pytest.mark.parametrize("strategy", ["eggroll", "open_es"])
 def test_cartpole_population_mean_reaches_475(strategy):
-    result = train(RLConfig(env="CartPole-v1", strategy=strategy, generations=15, eval_every=5, seed=0), progress=False)
+    config = RLConfig(env="CartPole-v1", strategy=strategy, generations=25, eval_every=5, seed=0)
+    result = train(config, progress=False)
     means = result.history["mean_return"]
     assert max(means) >= 475.0, f"{strategy}: population mean returns {means}"
     assert result.best_eval_return >= 475.0
@@ -202,3 +203,26 @@ def test_pendulum_improves_clearly():
     initial = result.history["eval_return"][0]
     assert result.best_eval_return > initial + 300.0, result.history["eval_return"]
     assert np.mean(result.history["mean_return"][-5:]) > np.mean(result.history["mean_return"][:3]) + 300.0
+
+
+def test_sharded_generation_over_8_devices_matches_single_device():
+    """The fitness composes with the core's sharded generation (population split over a mesh)."""
+    from eggroll import parallel
+
+    fit = rl_fitness("CartPole-v1", hidden=(8,), num_rollouts=2, horizon=50)
+    params = fit.init_params(jax.random.key(0))
+    es = eggroll.eggroll(16, params, sigma_init=0.3, maximize=True)
+    mesh = parallel.make_mesh()
+    assert mesh.devices.size == 8
+    results = []
+    for m in (None, mesh):
+        step = parallel.generation_step(es, fit.evaluate, mesh=m, population_level=True)
+        state, fstate = es.init(jax.random.key(1), params, es.default_params), fit.init(jax.random.key(2))
+        state, fstate, metrics = step(jax.random.key(3), state, es.default_params, fstate)
+        results.append((jax.tree.leaves(es.get_mean(state)), fstate, float(metrics["mean_fitness"])))
+    (mean0, fs0, f0), (mean1, fs1, f1) = results
+    assert f0 == f1
+    assert float(fs0.obs_stats.count) == float(fs1.obs_stats.count) > 0
+    np.testing.assert_allclose(fs0.obs_stats.mean, fs1.obs_stats.mean, rtol=1e-5, atol=1e-6)
+    for a, b in zip(mean0, mean1, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
