@@ -149,7 +149,8 @@ class FormatTask(ReasoningGymTask):
     """Format following: answer with exactly ``<answer>NUMBER</answer>`` (chain-sum questions).
 
     Reward: 1.0 for a reply that is only the tagged number, 0.5 for tags
-    somewhere in the reply, 0 otherwise; correctness of the number is ignored
+    somewhere in the reply, 0.25 for a short untagged reply (at most 4 words) with a
+    number in it, 0 otherwise; correctness of the number is ignored
     (use ``chain_sum`` for that). An easy reward a small model learns quickly.
     """
 
@@ -169,7 +170,13 @@ class FormatTask(ReasoningGymTask):
     def reward(self, completion: str, example: Example) -> float:
         if self._exact.fullmatch(completion):
             return 1.0
-        return 0.5 if extract_answer(completion) is not None else 0.0
+        if extract_answer(completion) is not None:
+            return 0.5
+        short = len(completion.split()) <= 4 and re.search(r"\d", completion) is not None
+        return 0.25 if short else 0.0
+
+    def correct(self, completion: str, example: Example) -> bool:
+        return self.reward(completion, example) >= 1.0
 
 
 _TOPICS = [
