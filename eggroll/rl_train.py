@@ -54,6 +54,8 @@ class RLConfig:
         eval_every: evaluate the mean policy every this many generations (and at the end).
         eval_episodes: episodes of that evaluation.
         target_return: stop once the evaluated mean policy reaches this return.
+        time_budget_s: stop (after evaluating the mean) once this many seconds have passed
+            since the end of the first generation (so compilation is not counted).
         weight_decay: L2 coefficient on the mean.
         backend: Brax physics backend (default: the environment's own).
         seed: random seed of the whole run.
@@ -77,6 +79,7 @@ class RLConfig:
     eval_every: int = 5
     eval_episodes: int = 16
     target_return: float | None = None
+    time_budget_s: float | None = None
     weight_decay: float = 0.0
     backend: str | None = None
     seed: int = 0
@@ -224,6 +227,7 @@ def train(
         return ret
 
     run_eval(0)  # the initial policy, as a baseline for the curve
+    start = time.perf_counter()
     with _progress(progress, config) as (bar, task):
         for gen in range(1, config.generations + 1):
             t0 = time.perf_counter()
@@ -234,11 +238,13 @@ def train(
             seconds = time.perf_counter() - t0
             if gen == 1:
                 compile_seconds = seconds
+                start = time.perf_counter()
             row = {"generation": gen, "mean_return": mean_ret, "max_return": max_ret, "env_steps": steps}
             row["seconds"] = seconds
             for k, v in row.items():
                 history[k].append(v)
-            last = gen == config.generations
+            over = config.time_budget_s is not None and time.perf_counter() - start >= config.time_budget_s
+            last = gen == config.generations or over
             stop = False
             if gen % config.eval_every == 0 or last:
                 row["eval_return"] = ret = run_eval(gen)
@@ -249,7 +255,7 @@ def train(
                 bar.update(task, advance=1, description=_describe(row, best[0]))
             if callback is not None:
                 callback(gen, row)
-            if stop:
+            if stop or over:
                 break
     return RLResult(
         config=config,

@@ -49,6 +49,7 @@ def rl(
     eval_every: int = typer.Option(5, help="Evaluate the mean policy every N generations."),
     eval_episodes: int = typer.Option(16, help="Episodes per evaluation of the mean policy."),
     target: float | None = typer.Option(None, help="Stop when the evaluated mean policy reaches this return."),
+    time_budget: float | None = typer.Option(None, help="Stop after this many seconds (wall clock)."),
     backend: str | None = typer.Option(None, help="Brax physics backend (generalized, positional, spring)."),
     seed: int = typer.Option(0, help="Random seed."),
     out: Path | None = typer.Option(None, help="Output folder (default runs/rl/<env>-<strategy>)."),
@@ -81,6 +82,7 @@ def rl(
             eval_every=eval_every,
             eval_episodes=eval_episodes,
             target_return=target,
+            time_budget_s=time_budget,
             backend=backend,
             seed=seed,
         ).validate()
