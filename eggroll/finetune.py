@@ -238,7 +238,9 @@ def finetune(
         cfg: run settings.
         model: ``(config, params, tokenizer)`` already loaded (else ``cfg.model`` is loaded).
         task: a :class:`~eggroll.problems.tasks.Task` (else ``cfg.task`` is built).
-        callback: called with each generation's history record (e.g. for a progress display).
+        callback: called with each generation's history record (e.g. for a progress display);
+            returning ``True`` stops the run after that generation (a final evaluation
+            of the mean is then made if that generation was not evaluated).
 
     Returns:
         A :class:`FinetuneResult`.
@@ -333,14 +335,17 @@ def finetune(
         if gen % cfg.eval_every == 0 or gen == cfg.generations:
             run_eval(gen, record)
         history.append(record)
-        if callback is not None:
-            callback(record)
+        stop = callback is not None and callback(record) is True
         if cfg.out_dir and cfg.checkpoint_every and gen % cfg.checkpoint_every == 0:
             save_checkpoint(os.path.join(cfg.out_dir, "checkpoints"), gen, es.get_mean(state))
+        if stop:
+            if "eval_reward" not in record:
+                run_eval(gen, record)
+            break
 
     result = FinetuneResult(merge_layers(es.get_mean(state)), history, evals, cfg.out_dir)
     if cfg.out_dir:
-        save_checkpoint(os.path.join(cfg.out_dir, "checkpoints"), cfg.generations, result.params)
+        save_checkpoint(os.path.join(cfg.out_dir, "checkpoints"), len(history), result.params)
         with open(os.path.join(cfg.out_dir, "history.json"), "w") as f:
             json.dump({"config": dataclasses.asdict(cfg), "history": history, "evals": evals}, f, indent=1)
         plot_history(result, os.path.join(cfg.out_dir, "finetune.png"), title=f"EGGROLL fine-tuning: {task.name}")
