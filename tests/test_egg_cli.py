@@ -7,25 +7,41 @@ from typer.testing import CliRunner
 
 from eggroll.commands.lm import app, load_checkpoint
 
-TINY = ["--width", "16", "--depth", "1", "--population", "32", "--chunk", "16", "--valid-every", "3"]
+TINY = [
+    "--width",
+    "16",
+    "--depth",
+    "1",
+    "--population",
+    "32",
+    "--chunk",
+    "16",
+    "--valid-every",
+    "3",
+    "--generations",
+    "8",
+    "--sample-length",
+    "0",
+]
 
 
 def test_train_resume_and_sample(tmp_path: Path):
     runner = CliRunner()
     ckpt = tmp_path / "run"
-    first = runner.invoke(app, [*TINY, "--generations", "6", "--ckpt-every", "4", "--ckpt-dir", str(ckpt)])
+    first = runner.invoke(app, [*TINY, "--stop-at", "6", "--ckpt-every", "4", "--ckpt-dir", str(ckpt)])
     assert first.exit_code == 0, first.output
     assert "unigram" in first.output and "bigram" in first.output and "done generation 6" in first.output
     assert (ckpt / "learning_curve.png").stat().st_size > 10_000
     meta, tree = load_checkpoint(ckpt)
     assert meta["config"]["width"] == 16 and tree["params"]["head"].dtype == np.int8
-    assert [r["generation"] for r in meta["history"] if "valid_bpb" in r] == [0, 3, 6]
+    # scored at the start, every 3 generations, and at each checkpoint (4)
+    assert [r["generation"] for r in meta["history"] if "valid_bpb" in r] == [0, 3, 4, 6]
 
     # a second run into the same directory must ask for --resume
-    again = runner.invoke(app, [*TINY, "--generations", "6", "--ckpt-dir", str(ckpt)])
+    again = runner.invoke(app, [*TINY, "--ckpt-dir", str(ckpt)])
     assert again.exit_code == 2 and "--resume" in again.output
 
-    resumed = runner.invoke(app, ["--generations", "8", "--resume", "--ckpt-dir", str(ckpt)])
+    resumed = runner.invoke(app, ["--generations", "8", "--resume", "--ckpt-dir", str(ckpt), "--sample-length", "0"])
     assert resumed.exit_code == 0, resumed.output
     meta2, tree2 = load_checkpoint(ckpt)
     gens = [r["generation"] for r in meta2["history"] if "train_bpb" in r]

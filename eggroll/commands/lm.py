@@ -94,12 +94,12 @@ def load_checkpoint(directory: Path, task=None) -> tuple[dict[str, Any], Any]:
         _fail(f"no checkpoint found in {str(directory)!r}; train first with `eggroll lm --ckpt-dir DIR`.")
     meta = manager.restore(step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))[_META]
     config = LMConfig(**meta["config"])
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     if task is not None:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _carry_tree(task.init()))
+        abstract = jax.eval_shape(lambda: _carry_tree(task.init()))
     else:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        params = jax.eval_shape(lambda: egg.init(jax.random.key(0), config.model))
-        abstract = {"params": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), params)}
+        abstract = {"params": jax.eval_shape(lambda: egg.init(jax.random.key(0), config.model))}
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
     restored = manager.restore(
         step, args=ocp.args.Composite(**{_STATE: ocp.args.PyTreeRestore(abstract, partial_restore=True)})
     )[_STATE]
@@ -125,6 +125,7 @@ def train(
     group_pairs: int = typer.Option(1, help="Antithetic pairs that share one text chunk."),
     generations: int = typer.Option(1000, help="Generations (also the length of the threshold schedule)."),
     minutes: float | None = typer.Option(10.0, help="Stop after this many minutes (0 or less: no limit)."),
+    stop_at: int | None = typer.Option(None, help="Stop (and checkpoint) at this generation; resume later."),
     alpha_start: float = typer.Option(1.0, help="z-test level at the start (1: every weight with Z != 0 moves)."),
     alpha_end: float = typer.Option(1 / 16, help="z-test level at the last generation."),
     valid_every: int = typer.Option(25, help="Score the validation split every N generations."),
@@ -133,6 +134,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --ckpt-dir."),
     plot: Path | None = typer.Option(None, help="Learning-curve PNG (default: CKPT_DIR/learning_curve.png)."),
     seed: int = typer.Option(0, help="Seed of the model and the noise."),
+    sample_length: int = typer.Option(120, help="Bytes of text to sample from the final model (0: none)."),
 ) -> None:
     """Train the integer EGG model with integer EGGROLL and plot its learning curve."""
     if ctx.invoked_subcommand is not None:
@@ -224,8 +226,9 @@ def train(
 
         gen = start
         t0 = time.perf_counter()
-        while gen < config.generations:
-            stop = min(config.generations, (gen // ckpt_every + 1) * ckpt_every)
+        end = config.generations if stop_at is None else min(stop_at, config.generations)
+        while gen < end:
+            stop = min(end, (gen // ckpt_every + 1) * ckpt_every)
             remaining = None if budget is None else budget - (time.perf_counter() - t0)
             if remaining is not None and remaining <= 0:
                 break
@@ -247,9 +250,10 @@ def train(
         f"unigram {baselines['unigram_valid']:.3f}, bigram {baselines['bigram_valid']:.3f}); "
         f"checkpoint {ckpt_dir}, curve {plot_path}"
     )
-    sample_bytes = egg.generate(carry.es_state.mean, b"The ", 120, jax.random.key(seed), temperature=0.8)
-    console.print("[bold]sample:[/]")
-    console.print("The " + sample_bytes.decode("utf-8", errors="replace"), markup=False, highlight=False)
+    if sample_length > 0 and carry is not None:
+        sample_bytes = egg.generate(carry.es_state.mean, b"The ", sample_length, jax.random.key(seed), 0.8)
+        console.print("[bold]sample:[/]")
+        console.print("The " + sample_bytes.decode("utf-8", errors="replace"), markup=False, highlight=False)
 
 
 @app.command()

@@ -57,7 +57,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -469,20 +468,19 @@ def generate(
     logits, state = _apply_jit(params, prompt_ids, state)
     if length == 0:
         return b""
-    toks = _sample_loop(params, logits[-1], state, jax.random.split(key, length), float(temperature))
+    toks = _sample_loop(params, logits[-1], state, jax.random.split(key, length), jnp.float32(temperature))
     return bytes(int(t) for t in toks)
 
 
 _apply_jit = jax.jit(apply)
 
 
-@functools.partial(jax.jit, static_argnums=4)
-def _sample_loop(params: Params, last: jax.Array, state: jax.Array, keys: jax.Array, temperature: float):
+@jax.jit
+def _sample_loop(params: Params, last: jax.Array, state: jax.Array, keys: jax.Array, temperature: jax.Array):
     def draw(k, z):
-        if temperature == 0:
-            return jnp.argmax(z).astype(jnp.int32)
-        scaled = z.astype(jnp.float32) * (math.log(2.0) / (ONE * temperature))
-        return jax.random.categorical(k, scaled).astype(jnp.int32)
+        scaled = z.astype(jnp.float32) * (math.log(2.0) / ONE) / jnp.maximum(temperature, 1e-6)
+        sampled = jax.random.categorical(k, scaled)
+        return jnp.where(temperature > 0, sampled, jnp.argmax(z)).astype(jnp.int32)
 
     def step(carry, k):
         z, s = carry

@@ -24,6 +24,7 @@ previous chunk (reset to zero when the streams wrap around).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -225,6 +226,17 @@ def make_task(config: LMConfig, train: np.ndarray, valid: np.ndarray, valid_stre
         An :class:`LMTask`.
     """
     config.validate()
+    train_s = _streams(train, config.streams, config.chunk + 1, "training")
+    valid_s = _streams(valid, valid_streams, 2, "validation")
+    es, init, step, validate = _compiled(config)
+    xs, ys = jnp.asarray(valid_s[:, :-1]), jnp.asarray(valid_s[:, 1:])
+    return LMTask(config, es, train_s, valid_s, init, step, lambda mean: validate(mean, xs, ys))
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(config: LMConfig):
+    """Strategy and jitted functions for a config, cached so a second task with the same
+    settings in one process (e.g. a resumed run) reuses the compiled code."""
     mcfg = config.model
     template = jax.eval_shape(lambda: egg.init(jax.random.key(0), mcfg))
     template = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), template)
@@ -236,8 +248,6 @@ def make_task(config: LMConfig, train: np.ndarray, valid: np.ndarray, valid_stre
         z_thresholds=ie.z_threshold_schedule(config.generations, config.alpha_start, config.alpha_end),
         noise_reuse=config.noise_reuse,
     )
-    train_s = _streams(train, config.streams, config.chunk + 1, "training")
-    valid_s = _streams(valid, valid_streams, 2, "validation")
     group = 2 * config.group_pairs
     rank = config.rank
 
@@ -263,14 +273,12 @@ def make_task(config: LMConfig, train: np.ndarray, valid: np.ndarray, valid_stre
         state, metrics = es.tell(jax.random.key(0), pop, fitness, state, params)
         return Carry(state, hidden, carry.generation + 1), metrics
 
-    def validate(mean) -> jax.Array:
+    def validate(mean, xs, ys) -> jax.Array:
         zero = jnp.zeros((mcfg.depth, mcfg.width), jnp.int8)
-        xs = jnp.asarray(valid_s[:, :-1])
-        ys = jnp.asarray(valid_s[:, 1:])
         logits = jax.vmap(lambda t: egg.apply(mean, t, zero)[0])(xs)
         return jnp.mean(bits_per_byte(logits, ys))
 
-    return LMTask(config, es, train_s, valid_s, jax.jit(init), jax.jit(step, donate_argnums=0), jax.jit(validate))
+    return es, jax.jit(init), jax.jit(step, donate_argnums=0), jax.jit(validate)
 
 
 def train_lm(
