@@ -8,6 +8,7 @@ import pytest
 from eggroll.models import egg
 
 _apply = jax.jit(egg.apply)
+TEXT = b"The integer model, byte by byte: 0123456789!" * 2
 _emulate = jax.jit(egg.emulate, static_argnums=3)
 
 
@@ -92,7 +93,7 @@ def test_integer_forward_equals_float64_emulation_exactly():
     # push some leaves to the saturation limits so clipping paths are exercised
     params["head_bias"] = params["head_bias"].at[:8].set(127).at[8:16].set(-127)
     params["blocks"][0]["norm1"] = jnp.full((width,), 90, jnp.int8)
-    tokens = jnp.asarray(np.frombuffer(b"The integer model, byte by byte: 0123456789!" * 2, np.uint8))
+    tokens = jnp.asarray(np.frombuffer(TEXT, np.uint8))
     state = jnp.asarray(np.random.default_rng(2).integers(-127, 128, (depth, width)), jnp.int8)
     logits, new_state = _apply(params, tokens, state)
     assert logits.dtype == jnp.int8 and new_state.dtype == jnp.int8
@@ -116,8 +117,13 @@ def test_perturbed_member_forward_equals_float64_emulation_exactly():
     tokens = jnp.asarray(np.frombuffer(b"perturbed members, exactly", np.uint8))
     zero = egg.init_state(cfg)
     ids = jnp.asarray([0, 1, 5], jnp.int32)
-    assert isinstance(ie.member(pop, ids[0], rank=2)["head"], egg.IntLowRank)
-    logits, st = jax.jit(jax.vmap(lambda i: egg.apply(ie.member(pop, i, 2), tokens, zero)))(ids)
+
+    def int_member(i):
+        view = ie.member(pop, i, 2)
+        assert isinstance(view["head"], egg.IntLowRank)  # checked while tracing
+        return egg.apply(view, tokens, zero)
+
+    logits, st = jax.jit(jax.vmap(int_member))(ids)
     with jax.enable_x64(True):
         ref, ref_st = jax.jit(jax.vmap(lambda i: egg.emulate(ie.member(pop, i, 2), tokens, zero, jnp.float64)))(ids)
     np.testing.assert_array_equal(np.asarray(logits), np.asarray(ref))
@@ -128,12 +134,13 @@ def test_perturbed_member_forward_equals_float64_emulation_exactly():
 
 
 def test_state_carried_across_chunks_equals_one_long_chunk():
-    cfg = egg.EggConfig(32, 2)
+    cfg = egg.EggConfig(24, 2, 2)  # same shapes as the exactness test: the whole-text call is compiled once
     params = egg.init(jax.random.key(6), cfg)
-    tokens = jnp.asarray(np.frombuffer(b"hidden state is carried across chunk borders!!", np.uint8)[:32])
+    tokens = jnp.asarray(np.frombuffer(TEXT, np.uint8))
     whole, s_whole = _apply(params, tokens, egg.init_state(cfg))
-    first, s = _apply(params, tokens[:16], egg.init_state(cfg))
-    second, s = _apply(params, tokens[16:], s)
+    half = tokens.shape[0] // 2
+    first, s = _apply(params, tokens[:half], egg.init_state(cfg))
+    second, s = _apply(params, tokens[half:], s)
     np.testing.assert_array_equal(np.asarray(whole), np.concatenate([first, second]))
     assert not np.array_equal(np.asarray(s), np.zeros_like(np.asarray(s)))
     np.testing.assert_array_equal(np.asarray(s_whole), np.asarray(s))
