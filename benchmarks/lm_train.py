@@ -33,7 +33,9 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=1)
     parser.add_argument("--sigma-shift", type=int, default=3)
     parser.add_argument("--chunk", type=int, default=64)
-    parser.add_argument("--generations", type=int, default=1200, help="length of the threshold schedule")
+    parser.add_argument("--generations", type=int, default=800, help="length of the threshold schedule (and run)")
+    parser.add_argument("--alpha-start", type=float, default=1.0, help="z-test level at the start")
+    parser.add_argument("--alpha-end", type=float, default=1 / 16, help="z-test level at the end of the schedule")
     parser.add_argument("--valid-every", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -53,6 +55,7 @@ def main() -> None:
     config = text.LMConfig(
         width=args.width, depth=args.depth, population=args.population, rank=args.rank,
         sigma_shift=args.sigma_shift, chunk=args.chunk, generations=args.generations, seed=args.seed,
+        alpha_start=args.alpha_start, alpha_end=args.alpha_end,
     )  # fmt: skip
     train, valid = text.split_bytes(text.load_corpus(), config.valid_fraction)
     baselines = {
