@@ -186,6 +186,12 @@ class Checkpointer:
             raise self._corrupt(step, e) from e
         return _decode(out["items"], template), meta
 
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # ------------------------------------------------------------------ errors
     def _step_or_latest(self, step: int | None) -> int:
         steps = self.steps()

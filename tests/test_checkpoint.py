@@ -107,7 +107,6 @@ def _env():
 
 
 def test_sigterm_then_resume_is_bit_for_bit(tmp_path):
-    from eggroll.checkpoint import Checkpointer
     from eggroll.logging import read_jsonl
 
     run_dir = tmp_path / "run"
@@ -134,7 +133,7 @@ def test_sigterm_then_resume_is_bit_for_bit(tmp_path):
     assert "interrupted at generation" in output, output[-3000:]
     stopped = int(output.split("interrupted at generation")[1].split()[0])
     assert 5 <= stopped < TOTAL, output[-2000:]
-    assert stopped in Checkpointer(run_dir).steps()  # saved on SIGTERM, off the every-3 schedule or on it
+    assert stopped in _steps(run_dir)  # saved on SIGTERM, off the every-3 schedule or on it
 
     es, resumed = train(run_dir, resume=True)
     assert resumed.resumed_from == stopped and resumed.generation == TOTAL and not resumed.interrupted
@@ -149,7 +148,7 @@ def test_sigterm_then_resume_is_bit_for_bit(tmp_path):
     assert [r["generation"] for r in rows] == list(range(TOTAL))
     for r, q in zip(rows, ref_rows, strict=True):
         assert r["mean_fitness"] == q["mean_fitness"] and r["update_norm"] == q["update_norm"]
-    steps = Checkpointer(run_dir).steps()
+    steps = _steps(run_dir)
     assert steps[-1] == TOTAL and len(steps) <= 3  # max_to_keep
 
 
@@ -175,6 +174,21 @@ def test_stop_and_resume_in_process_and_graceful_interrupt(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def _restore(d, template, step=None):
+    """Open, restore and close (managers left open keep orbax threads alive)."""
+    from eggroll.checkpoint import Checkpointer
+
+    with Checkpointer(d) as ck:
+        return ck.restore(template, step=step)
+
+
+def _steps(d):
+    from eggroll.checkpoint import Checkpointer
+
+    with Checkpointer(d) as ck:
+        return ck.steps()
+
+
 def _small_tree(n=4):
     import jax
     import jax.numpy as jnp
@@ -191,12 +205,12 @@ def test_crash_during_save_keeps_the_last_good_checkpoint(tmp_path):
     )
     assert proc.returncode == 17, proc.stdout[-2000:] + proc.stderr[-2000:]
     leftovers = [p.name for p in d.iterdir() if p.name.startswith("2")]
-    ck = Checkpointer(d)
     # Killed before finalisation (the outcome seen here every time), or, on a very fast disk, finished.
     assert leftovers in (["2.orbax-checkpoint-tmp"], ["2"]), leftovers
-    if leftovers == ["2.orbax-checkpoint-tmp"]:
-        assert ck.steps() == [1] and ck.latest_step() == 1
-    items, meta = ck.restore({"t": _small_tree()}, step=1)
+    with Checkpointer(d) as ck:
+        if leftovers == ["2.orbax-checkpoint-tmp"]:
+            assert ck.steps() == [1] and ck.latest_step() == 1
+        items, meta = ck.restore({"t": _small_tree()}, step=1)
     np.testing.assert_array_equal(np.asarray(items["t"]["x"]), np.arange(4.0))
     assert meta["generation"] == 1
 
@@ -205,9 +219,9 @@ def test_crash_during_save_keeps_the_last_good_checkpoint(tmp_path):
     for f in (d / "5.orbax-checkpoint-tmp").rglob("*"):
         if f.is_file():
             f.write_bytes(f.read_bytes()[:3])
-    ck = Checkpointer(d)
-    assert ck.latest_step() in (1, 2) and 5 not in ck.steps()
-    items, _ = ck.restore({"t": _small_tree()}, step=1)
+    with Checkpointer(d) as ck:
+        assert ck.latest_step() in (1, 2) and 5 not in ck.steps()
+        items, _ = ck.restore({"t": _small_tree()}, step=1)
     np.testing.assert_array_equal(np.asarray(items["t"]["x"]), np.arange(4.0))
 
 
@@ -224,10 +238,10 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
         if f.is_file() and "METADATA" not in f.name and f.name != "commit_success.txt":
             f.write_bytes(b"\0garbage")
     with pytest.raises(CheckpointError) as e:
-        Checkpointer(d).restore({"t": _small_tree()})
+        _restore(d, {"t": _small_tree()})
     msg = str(e.value)
     assert str(d) in msg and "step 2" in msg and f"delete {d / '2'} to resume from step 1" in msg
-    items, _ = Checkpointer(d).restore({"t": _small_tree()}, step=1)  # the older step still restores
+    items, _ = _restore(d, {"t": _small_tree()}, step=1)  # the older step still restores
     assert int(items["t"]["gen"]) == 4
 
 
@@ -236,19 +250,19 @@ def test_mismatched_or_missing_checkpoint_gives_a_clear_error(tmp_path):
 
     d = tmp_path / "ck"
     with pytest.raises(CheckpointError, match=r"No finished checkpoint in .*ck.*without --resume"):
-        Checkpointer(d).restore({"t": _small_tree()})
+        _restore(d, {"t": _small_tree()})
     ck = Checkpointer(d, async_save=False)
     assert ck.save(3, {"t": _small_tree()}, {"generation": 3})
     assert not ck.save(3, {"t": _small_tree()})  # an existing step is never overwritten
     ck.close()
     mismatch = r"ck/3 does not match this run: leaf \['t'\]\['x'\] is float32\[4\] in the checkpoint but float32\[5\]"
     with pytest.raises(CheckpointError, match=mismatch + r" here.*fresh --checkpoint-dir"):
-        Checkpointer(d).restore({"t": _small_tree(5)})
+        _restore(d, {"t": _small_tree(5)})
     with pytest.raises(CheckpointError, match=r"has no leaf \['u'\]"):
-        Checkpointer(d).restore({"u": _small_tree()})
+        _restore(d, {"u": _small_tree()})
     with pytest.raises(CheckpointError, match=r"Step 7 is not in .*available steps: \[3\]"):
-        Checkpointer(d).restore({"t": _small_tree()}, step=7)
-    items, meta = Checkpointer(d).restore({"t": _small_tree()})
+        _restore(d, {"t": _small_tree()}, step=7)
+    items, meta = _restore(d, {"t": _small_tree()})
     import jax
 
     assert jax.numpy.issubdtype(items["t"]["key"].dtype, jax.dtypes.prng_key)  # typed keys come back typed

@@ -128,7 +128,8 @@ def test_two_processes_train_together_like_one(tmp_path):
     assert not np.array_equal(ref["w"], np.zeros(SHAPE))
 
     # One shared checkpoint directory (steps 2 and the final 3), one log written by process 0.
-    assert Checkpointer(tmp_path / "ckpt").steps() == [2, 3]
+    with Checkpointer(tmp_path / "ckpt") as ck:
+        assert ck.steps() == [2, 3]
     rows = read_jsonl(tmp_path / "ckpt" / "metrics.jsonl")
     assert [r["generation"] for r in rows] == list(range(GENERATIONS))
 

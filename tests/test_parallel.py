@@ -106,7 +106,8 @@ def test_same_seed_same_mean_on_1_2_4_8_devices(name):
     members may round differently from a batch of N), which the centered ranks absorb; the mean fitness is
     therefore compared to float tolerance. EGGROLL is also compared with no mesh at all."""
     ref, ref_mean_fitness = run(name, None if name == "eggroll" else 1)
-    for d in (1, 2, 4, 8):
+    # Every device count for EGGROLL; OpenAI-ES on 8 devices against 1 (compiles dominate the test time).
+    for d in (1, 2, 4, 8) if name == "eggroll" else (8,):
         got, mean_fitness = run(name, d)
         for k in ref:
             np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{name} on {d} devices, leaf {k}")
