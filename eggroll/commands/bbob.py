@@ -29,6 +29,7 @@ def bbob(
     x0: str = typer.Option("uniform", "--x0", help="Initial mean: 'uniform' in [-4,4]^D or 'origin'."),
     coco: bool = typer.Option(False, "--coco/--no-coco", help="Also write COCO's data format (for cocopp)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress display."),
+    x64: bool = typer.Option(False, "--x64", help="Compute in float64 (slower; float32 is the default)."),
 ) -> None:
     """Run the benchmark and write bbob_results.csv/.md, bbob_runtimes.npz and bbob_ecdf.png into --out."""
     from rich.console import Console
@@ -48,6 +49,7 @@ def bbob(
             x0=x0,
             coco_observer=coco,
             progress=progress,
+            x64=x64,
         )
     except ValueError as err:
         console.print(f"[red]error:[/red] {err}")

@@ -311,6 +311,7 @@ def run_benchmark(
     coco_observer: bool = False,
     progress: bool = True,
     plot: bool = True,
+    x64: bool = False,
 ) -> BenchmarkResult:
     """Runs strategies on BBOB problems with a budget of ``budget_multiplier * D`` evaluations.
 
@@ -333,6 +334,8 @@ def run_benchmark(
             ``cocopp``); the points are replayed through cocoex after each run.
         progress: show a rich progress display.
         plot: draw the ECDF figure (needs ``out_dir``).
+        x64: run in float64 (``jax.enable_x64``): the functions and evosax strategies then
+            compute in double precision (eggroll's strategies keep float32 noise and means).
 
     Returns:
         A :class:`BenchmarkResult`.
@@ -341,6 +344,23 @@ def run_benchmark(
         ValueError: for unknown strategies, ids or dimensions, or a budget too
             small for one generation.
     """
+    if x64 and not jax.config.jax_enable_x64:
+        with jax.enable_x64(True):
+            return run_benchmark(
+                strategies,
+                functions,
+                dimensions,
+                instances,
+                budget_multiplier,
+                out_dir=out_dir,
+                seed=seed,
+                x0=x0,
+                chunk_generations=chunk_generations,
+                coco_observer=coco_observer,
+                progress=progress,
+                plot=plot,
+                x64=True,
+            )
     if isinstance(strategies, str):
         strategies = [s.strip() for s in strategies.split(",") if s.strip()]
     if not strategies:
