@@ -268,7 +268,7 @@ def _make_chunk(comp: Competitor, suite: BBOBSuite, gens: int, size: int, keep_p
         states, _ = jax.vmap(es.tell, in_axes=(0, 0, 0, 0, None))(tell_keys, pop, delta, states, params)
         targets = jnp.asarray(TARGETS, delta.dtype)
         below = delta[:, None, :] <= targets[None, :, None]  # (P, T, N)
-        first = jnp.argmax(below, axis=-1)
+        first = jnp.argmax(below, axis=-1).astype(jnp.int32)
         reached = jnp.any(below, axis=-1)
         hits = jnp.where((hits < 0) & reached, evals + first + 1, hits)
         best = jnp.minimum(best, jnp.min(delta, axis=1))
