@@ -186,6 +186,7 @@ def test_common_random_numbers_and_stochastic_policies():
 # ---------------------------------------------------------------------------- learning
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["eggroll", "open_es"])
 def test_cartpole_population_mean_reaches_475(strategy):
     config = RLConfig(env="CartPole-v1", strategy=strategy, generations=25, eval_every=5, seed=0)
@@ -195,6 +196,7 @@ def test_cartpole_population_mean_reaches_475(strategy):
     assert result.best_eval_return >= 475.0
 
 
+@pytest.mark.slow
 def test_pendulum_improves_clearly():
     result = train(
         RLConfig(env="Pendulum-v1", generations=20, eval_every=10, num_rollouts=2, sigma=0.1, learning_rate=0.1),

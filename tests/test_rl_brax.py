@@ -59,6 +59,7 @@ def _reference_returns(env, fit, member_params, key, stats, num_rollouts):
     return np.array(returns), np.stack(seen)
 
 
+@pytest.mark.slow
 def test_brax_fitness_equals_reference_rollout_of_the_same_policy(setup):
     env, fit, es, params, evaluate = setup
     state = es.init(jax.random.key(1), params, es.default_params)
@@ -77,6 +78,7 @@ def test_brax_fitness_equals_reference_rollout_of_the_same_policy(setup):
     assert float(jnp.min(roll2.lengths)) < HORIZON, "some episode must terminate early (masking exercised)"
 
 
+@pytest.mark.slow
 def test_short_eggroll_run_raises_the_return(setup):
     _, fit, es, params, evaluate = setup
     p = es.default_params
