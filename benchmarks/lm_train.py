@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=64)
     parser.add_argument("--generations", type=int, default=800, help="length of the threshold schedule (and run)")
     parser.add_argument("--alpha-start", type=float, default=1.0, help="z-test level at the start")
-    parser.add_argument("--alpha-end", type=float, default=1 / 16, help="z-test level at the end of the schedule")
+    parser.add_argument("--alpha-end", type=float, default=0.25, help="z-test level at the end of the schedule")
     parser.add_argument("--valid-every", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
