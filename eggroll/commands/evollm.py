@@ -99,7 +99,7 @@ def optimise(
         f"{int(state.fallbacks)} blocks",
     )
     console.print(table)
-    console.print(f"best solution: {np.asarray(state.best_x).round(4).tolist()}")
+    console.print(f"best solution: {np.asarray(state.best_x, np.float64).round(4).tolist()}")
     if show_prompt and seen:
         console.print("[bold]last prompt[/bold]\n" + seen[-1][0], markup=True, highlight=False)
         console.print(f"[bold]answer[/bold] {seen[-1][1]!r}", highlight=False)
