@@ -234,22 +234,8 @@ def to_host(tree: Any) -> Any:
 # ----------------------------------------------------------------------------- population layout
 
 
-def _strategy_config(es: Strategy) -> Any:
-    """The static config the core factories close over (``None`` if not found)."""
-    fn = getattr(es.tell, "__wrapped__", es.tell)
-    for cell in getattr(fn, "__closure__", None) or ():
-        try:
-            obj = cell.cell_contents
-        except ValueError:
-            continue
-        if hasattr(obj, "population_size") and hasattr(obj, "antithetic"):
-            return obj
-    return None
-
-
 def _antithetic(es: Strategy) -> bool:
-    cfg = _strategy_config(es)
-    return bool(cfg.antithetic) if cfg is not None else False
+    return bool(getattr(es, "antithetic", False))
 
 
 def check_population_size(population_size: int, num_devices: int, *, antithetic: bool) -> None:
@@ -404,6 +390,7 @@ def sharded(es: Strategy, mesh: Mesh, axis_name: str | None = None) -> Strategy:
         name=f"{es.name}[sharded x{mesh.shape[axis]}]",
         get_mean=es.get_mean,
         materialize=jax.jit(materialize),
+        antithetic=es.antithetic,
     )
 
 

@@ -42,6 +42,8 @@ class Strategy(NamedTuple):
         get_mean: ``state -> solution`` (the current mean, same pytree as given).
         materialize: ``population -> stacked solutions`` with a leading
             population axis (what an evosax-style fitness function expects).
+        antithetic: members ``2k`` and ``2k + 1`` are mirrored pairs (sharding
+            keeps a pair on one device).
     """
 
     init: Callable[..., State]
@@ -52,3 +54,4 @@ class Strategy(NamedTuple):
     name: str
     get_mean: Callable[[State], Solution]
     materialize: Callable[[Population], Solution]
+    antithetic: bool = False

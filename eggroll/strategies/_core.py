@@ -51,7 +51,8 @@ class State:
         opt_state: the optax state over the trainable leaves.
         sigma: current perturbation scale.
         key: base key of all noise of this run (set by ``init``).
-        best_solution: best member seen so far (dense), in the solution's pytree.
+        best_solution: best member seen so far (dense), in the solution's pytree
+            (``None`` when the strategy was built with ``track_best=False``).
         best_fitness: its fitness, in the user's sign.
         generation_counter: number of completed ``tell`` calls.
     """
@@ -78,6 +79,7 @@ class Config(struct.PyTreeNode):
     shaper: Callable = struct.field(pytree_node=False)
     rank: int = struct.field(pytree_node=False)
     noise: str = struct.field(pytree_node=False, default="hash")
+    track_best: bool = struct.field(pytree_node=False, default=True)
 
     @property
     def num_noise(self) -> int:
@@ -102,6 +104,7 @@ def make_config(
     lowrank: Any,
     trainable: Any,
     noise: str = "hash",
+    track_best: bool = True,
 ) -> Config:
     """Validate the factory arguments and freeze them into a :class:`Config`."""
     if not isinstance(population_size, int) or population_size < 1:
@@ -138,6 +141,7 @@ def make_config(
         shaper=shaping.resolve(fitness_shaping, group_size),
         rank=rank,
         noise=noise,
+        track_best=track_best,
     )
 
 
@@ -187,7 +191,7 @@ def init(cfg: Config, key: jax.Array, mean: Any, params: Params) -> State:
         opt_state=cfg.optimizer.init(train),
         sigma=jnp.asarray(params.sigma_init, jnp.float32),
         key=key,
-        best_solution=mean,
+        best_solution=mean if cfg.track_best else None,
         best_fitness=jnp.asarray(-jnp.inf if cfg.maximize else jnp.inf, jnp.float32),
         generation_counter=jnp.zeros((), jnp.int32),
     )
@@ -274,8 +278,10 @@ def tell(cfg: Config, key, population, fitness, state: State, params: Params):
     gen_best = fitness[best_i]
     sign = -1.0 if cfg.maximize else 1.0
     improved = jnp.isfinite(gen_best) & (sign * gen_best < sign * state.best_fitness)
-    candidate = member_dense(cfg, state, best_i)
-    best_solution = jax.tree.map(lambda c, b: jnp.where(improved, c, b), candidate, state.best_solution)
+    best_solution = None
+    if cfg.track_best:
+        candidate = member_dense(cfg, state, best_i)
+        best_solution = jax.tree.map(lambda c, b: jnp.where(improved, c, b), candidate, state.best_solution)
     best_fitness = jnp.where(improved, gen_best, state.best_fitness)
 
     finite = jnp.isfinite(fitness)

@@ -40,6 +40,7 @@ def eggroll(
     lowrank: Callable | None = None,
     trainable: Any = None,
     noise: str = "hash",
+    track_best: bool = True,
 ) -> Strategy:
     """Build an EGGROLL strategy.
 
@@ -67,6 +68,8 @@ def eggroll(
         trainable: which leaves evolve: pytree of bools or ``callable(path, leaf)``.
         noise: Gaussian generator, ``"hash"`` (fast, default) or ``"threefry"``
             (see :mod:`eggroll.noise`).
+        track_best: keep a dense copy of the best member seen (``best_solution``,
+            as evosax); turn off for large models to save one copy of the weights.
 
     Returns:
         A :class:`~eggroll.types.Strategy`.
@@ -86,6 +89,7 @@ def eggroll(
         lowrank=lowrank,
         trainable=trainable,
         noise=noise,
+        track_best=track_best,
     )
 
     def ask(key, state, params):
@@ -114,4 +118,5 @@ def eggroll(
         name="eggroll",
         get_mean=lambda state: state.mean,
         materialize=jax.jit(pop_lib.materialize),
+        antithetic=antithetic,
     )

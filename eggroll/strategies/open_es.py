@@ -31,6 +31,7 @@ def open_es(
     weight_decay: float = 0.0,
     trainable: Any = None,
     noise: str = "hash",
+    track_best: bool = True,
 ) -> Strategy:
     """Build an OpenAI-ES strategy.
 
@@ -53,6 +54,8 @@ def open_es(
         trainable: which leaves evolve: pytree of bools or ``callable(path, leaf)``.
         noise: Gaussian generator, ``"hash"`` (fast, default) or ``"threefry"``
             (see :mod:`eggroll.noise`).
+        track_best: keep a dense copy of the best member seen (``best_solution``,
+            as evosax); turn off for large models to save one copy of the weights.
 
     Returns:
         A :class:`~eggroll.types.Strategy`.
@@ -78,6 +81,7 @@ def open_es(
         lowrank=False,
         trainable=trainable,
         noise=noise,
+        track_best=track_best,
     )
 
     def ask(key, state, params):
@@ -104,4 +108,5 @@ def open_es(
         name="open_es",
         get_mean=lambda state: state.mean,
         materialize=lambda population: population,
+        antithetic=antithetic,
     )
