@@ -165,3 +165,15 @@ def test_trainable_mask_freezes_leaves():
     state, _ = run(es, sol, lambda m: jnp.sum(eggroll.lowrank.materialize(m["w"]) - 1.0) ** 2, 10)
     np.testing.assert_array_equal(np.asarray(state.mean["frozen"]), np.ones((3, 3)))
     assert not np.allclose(np.asarray(state.mean["w"]), 0.0)
+
+
+def test_track_best_off_keeps_no_copy_and_same_mean():
+    sol = {"w": jnp.zeros((4, 3)), "b": jnp.zeros(3)}
+    mean = jax.tree.map(lambda x: x + 1.0, sol)
+    on = eggroll.eggroll(population_size=8, solution=sol)
+    off = eggroll.eggroll(population_size=8, solution=sol, track_best=False)
+    s_on, _ = run(on, mean, matrix_sphere, 10)
+    s_off, _ = run(off, mean, matrix_sphere, 10)
+    assert s_off.best_solution is None and s_on.best_solution is not None
+    np.testing.assert_array_equal(np.asarray(s_on.mean["w"]), np.asarray(s_off.mean["w"]))
+    assert float(s_off.best_fitness) == float(s_on.best_fitness)
