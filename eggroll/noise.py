@@ -1,8 +1,9 @@
 """Counter-based noise: every perturbation is a pure function of counters.
 
-The noise of one leaf for one member is a pure function of
-``(key, leaf, generation // noise_reuse, member // 2)`` (``member`` without
-antithetic sampling); the leaf enters as a stable hash of its pytree path.
+The noise of one member is a pure function of
+``(key, generation // noise_reuse, member // 2)`` (``member`` without
+antithetic sampling): one stream per noise index, of which each leaf takes
+its own consecutive segment, in pytree order.
 Nothing is stored or sent: ``tell`` rebuilds exactly what ``ask`` drew, and
 every device or host can rebuild any member's noise, so only fitness values
 need to move. The sign of member ``i`` with antithetic sampling is ``+1`` for
@@ -133,11 +134,11 @@ def _u32(x) -> jax.Array:
     return jnp.asarray(x).astype(jnp.uint32)
 
 
-def hash_seeds(key, pid: int, period, pair) -> tuple[jax.Array, jax.Array]:
-    """Two independent uint32 seeds for one (key, leaf, period, pair)."""
+def hash_seeds(key, stream: int, period, pair) -> tuple[jax.Array, jax.Array]:
+    """Two independent uint32 seeds for one (key, stream, period, pair)."""
     kd = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
     k0, k1 = kd[0], kd[-1]
-    s = _fmix(k0 ^ _fmix(k1 + jnp.uint32(pid) * jnp.uint32(_GOLDEN)))
+    s = _fmix(k0 ^ _fmix(k1 + jnp.uint32(stream) * jnp.uint32(_GOLDEN)))
     s = _fmix(s ^ _fmix(_u32(period) + jnp.uint32(0x632BE5AB)))
     s = _fmix(s ^ _fmix(_u32(pair) + jnp.uint32(0x85157AF5)))
     return s, _fmix(s ^ jnp.uint32(0x68E31DA4))
@@ -167,35 +168,53 @@ def hash_normal(seeds: tuple[jax.Array, jax.Array], n: int) -> jax.Array:
     return jnp.concatenate([radius * cos_t, radius * sin_t])[:n]
 
 
-def standard_normal(key, spec: LeafSpec, generation, noise_reuse: int, pair, n: int, method: str) -> jax.Array:
-    """``n`` unit Gaussians for one (leaf, generation, pair) by the chosen method."""
+def member_key(key, generation, noise_reuse: int, pair) -> jax.Array:
+    """The threefry key of one (generation, pair) noise stream."""
+    return jax.random.fold_in(jax.random.fold_in(key, generation // noise_reuse), pair)
+
+
+def leaf_sizes(specs: list[LeafSpec], rank: int) -> list[int]:
+    """Numbers of unit Gaussians each leaf draws per noise index."""
+    sizes = []
+    for spec in specs:
+        if spec.kind == "lowrank":
+            sizes.append((math.prod(spec.shape[:-1]) + spec.shape[-1]) * rank)
+        elif spec.kind == "full":
+            sizes.append(math.prod(spec.shape))
+        else:
+            sizes.append(0)
+    return sizes
+
+
+def member_noise(key, specs, generation, noise_reuse: int, pair, rank: int, method: str = "hash") -> list:
+    """Unit noise of every leaf for one noise index (float32).
+
+    All leaves draw consecutive segments of one stream per
+    ``(key, generation // noise_reuse, pair)``, in pytree order: one fused
+    generator instead of one per leaf (XLA compiles many separate generators
+    slowly). Low-rank leaves get ``(A (*rows, r), B (cols, r))``, full-rank
+    leaves an array of their shape, frozen leaves ``None``.
+    """
+    sizes = leaf_sizes(specs, rank)
+    total = max(sum(sizes), 1)
     if method == "hash":
-        return hash_normal(hash_seeds(key, spec.pid, generation // noise_reuse, pair), n)
-    if method == "threefry":
-        return jax.random.normal(member_key(key, spec, generation, noise_reuse, pair), (n,), jnp.float32)
-    raise ValueError(f"Unknown noise method {method!r}; use 'hash' or 'threefry'.")
-
-
-def member_key(key: jax.Array, spec: LeafSpec, generation: jax.Array, noise_reuse: int, pair: jax.Array):
-    """The key of one leaf's noise for one noise index (pair) and generation."""
-    k = jax.random.fold_in(key, spec.pid)
-    k = jax.random.fold_in(k, generation // noise_reuse)
-    return jax.random.fold_in(k, pair)
-
-
-def full_noise(key, spec: LeafSpec, generation, noise_reuse: int, pair, method: str = "hash") -> jax.Array:
-    """Unit Gaussian noise of the leaf's shape (float32)."""
-    n = math.prod(spec.shape)
-    return standard_normal(key, spec, generation, noise_reuse, pair, n, method).reshape(spec.shape)
-
-
-def lowrank_factors(key, spec: LeafSpec, generation, noise_reuse: int, pair, rank: int, method: str = "hash"):
-    """Unit Gaussian factors ``A (*rows, r)`` and ``B (cols, r)`` (float32)."""
-    rows, cols = math.prod(spec.shape[:-1]), spec.shape[-1]
-    z = standard_normal(key, spec, generation, noise_reuse, pair, (rows + cols) * rank, method)
-    a = z[: rows * rank].reshape(*spec.shape[:-1], rank)
-    b = z[rows * rank :].reshape(cols, rank)
-    return a, b
+        z = hash_normal(hash_seeds(key, 0, generation // noise_reuse, pair), total)
+    elif method == "threefry":
+        z = jax.random.normal(member_key(key, generation, noise_reuse, pair), (total,), jnp.float32)
+    else:
+        raise ValueError(f"Unknown noise method {method!r}; use 'hash' or 'threefry'.")
+    out, offset = [], 0
+    for spec, size in zip(specs, sizes, strict=True):
+        seg = z[offset : offset + size]
+        offset += size
+        if spec.kind == "lowrank":
+            n_a = math.prod(spec.shape[:-1]) * rank
+            out.append((seg[:n_a].reshape(*spec.shape[:-1], rank), seg[n_a:].reshape(spec.shape[-1], rank)))
+        elif spec.kind == "full":
+            out.append(seg.reshape(spec.shape))
+        else:
+            out.append(None)
+    return out
 
 
 def pair_and_sign(member: jax.Array, antithetic: bool) -> tuple[jax.Array, jax.Array]:

@@ -165,12 +165,9 @@ def check_mean(cfg: Config, mean: Any) -> list[jax.Array]:
     return out
 
 
-def leaf_noise(cfg: Config, key, spec, generation, pairs):
-    """Unit noise of one leaf for the given noise indices (vmapped)."""
-    if spec.kind == "lowrank":
-        fn = lambda p: nz.lowrank_factors(key, spec, generation, cfg.noise_reuse, p, cfg.rank, cfg.noise)
-    else:
-        fn = lambda p: nz.full_noise(key, spec, generation, cfg.noise_reuse, p, cfg.noise)
+def pair_noise(cfg: Config, key, generation, pairs) -> list:
+    """Unit noise of every leaf for the given noise indices (leading axis = pair)."""
+    fn = lambda p: nz.member_noise(key, list(cfg.specs), generation, cfg.noise_reuse, p, cfg.rank, cfg.noise)
     return jax.vmap(fn)(pairs)
 
 
@@ -225,13 +222,13 @@ def member_dense(cfg: Config, state: State, i: jax.Array) -> Any:
     """Dense parameters of member ``i`` of the current generation (one copy)."""
     pair, sign = nz.pair_and_sign(i, cfg.antithetic)
     leaves = jax.tree.leaves(state.mean)
+    noise = jax.tree.map(lambda x: x[0], pair_noise(cfg, state.key, state.generation_counter, pair[None]))
     out = []
-    for spec, m in zip(cfg.specs, leaves, strict=True):
+    for spec, m, n in zip(cfg.specs, leaves, noise, strict=True):
         if spec.kind == "frozen":
             out.append(m)
             continue
-        noise = jax.tree.map(lambda x: x[0], leaf_noise(cfg, state.key, spec, state.generation_counter, pair[None]))
-        d = leaf_direction(spec, noise, cfg.rank)
+        d = leaf_direction(spec, n, cfg.rank)
         out.append((m.astype(jnp.float32) + state.sigma * sign * d).astype(m.dtype))
     return jax.tree.unflatten(cfg.treedef, out)
 
@@ -244,10 +241,10 @@ def gradient(cfg: Config, state: State, w: jax.Array) -> list[jax.Array]:
     """
     pairs = jnp.arange(cfg.num_noise, dtype=jnp.int32)
     denom = cfg.population_size * state.sigma
+    all_noise = pair_noise(cfg, state.key, state.generation_counter, pairs)
     grads = []
     for i in cfg.trainable:
-        spec = cfg.specs[i]
-        noise = leaf_noise(cfg, state.key, spec, state.generation_counter, pairs)
+        spec, noise = cfg.specs[i], all_noise[i]
         if spec.kind == "lowrank":
             a, b = noise
             g = jnp.einsum("p...r,pcr->...c", a * w.reshape((-1,) + (1,) * (a.ndim - 1)), b)

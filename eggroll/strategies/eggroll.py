@@ -95,10 +95,7 @@ def eggroll(
     def ask(key, state, params):
         del key, params
         pairs = jnp.arange(cfg.num_noise, dtype=jnp.int32)
-        noise = [
-            None if spec.kind == "frozen" else _core.leaf_noise(cfg, state.key, spec, state.generation_counter, pairs)
-            for spec in cfg.specs
-        ]
+        noise = _core.pair_noise(cfg, state.key, state.generation_counter, pairs)
         population = pop_lib.LowRankPopulation(
             mean=state.mean,
             noise=jax.tree.unflatten(cfg.treedef, noise),

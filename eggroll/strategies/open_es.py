@@ -88,12 +88,13 @@ def open_es(
         del key, params
         pairs = jnp.arange(cfg.num_noise, dtype=jnp.int32)
         leaves = jax.tree.leaves(state.mean)
+        noise = _core.pair_noise(cfg, state.key, state.generation_counter, pairs)
         out = []
-        for spec, m in zip(cfg.specs, leaves, strict=True):
+        for spec, m, eps in zip(cfg.specs, leaves, noise, strict=True):
             if spec.kind == "frozen":
                 out.append(jnp.broadcast_to(m, (population_size, *m.shape)))
                 continue
-            eps = _core.leaf_noise(cfg, state.key, spec, state.generation_counter, pairs) * state.sigma
+            eps = eps * state.sigma
             if antithetic:  # members 2k, 2k+1 = mean + eps_k, mean - eps_k
                 eps = jnp.stack([eps, -eps], axis=1).reshape(population_size, *m.shape)
             out.append((m.astype(jnp.float32)[None] + eps).astype(m.dtype))
