@@ -65,7 +65,7 @@ class FinetuneConfig:
     generations: int = 50
     population: int = 32
     rank: int = 1
-    sigma: float = 1e-3
+    sigma: float = 4e-3
     learning_rate: float | None = None
     prompts_per_generation: int = 8
     group_size: int | None = None
