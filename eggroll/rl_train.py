@@ -116,6 +116,10 @@ class RLResult:
         final_params: the mean policy at the end.
         final_obs_stats: the observation statistics at the end.
         compile_seconds: time of the first generation (compilation included).
+        generation: generations completed (counting those before a resume).
+        interrupted: the signal that stopped the run early (``"SIGTERM"``, ``"SIGINT"``), else ``""``.
+        resumed_from: the checkpoint generation the run continued from (``None``: a fresh run).
+        checkpoint_dir: where checkpoints went (``None``: none).
     """
 
     config: RLConfig
@@ -126,6 +130,10 @@ class RLResult:
     final_params: Any
     final_obs_stats: Any
     compile_seconds: float
+    generation: int = 0
+    interrupted: str = ""
+    resumed_from: int | None = None
+    checkpoint_dir: str | None = None
 
 
 def build(config: RLConfig) -> tuple[Any, Any, Any, Any]:
@@ -181,24 +189,62 @@ def train(
     config: RLConfig,
     progress: bool = True,
     callback: Callable[[int, dict[str, float]], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> RLResult:
     """Run the training loop.
+
+    With ``checkpoint_dir`` the strategy state (mean, optimizer state, noise
+    key), the fitness function's state (observation statistics, step count),
+    the run's RNG key, the generation, the history and the best policy so far
+    are saved there (orbax, :class:`eggroll.checkpoint.Checkpointer`) every
+    ``checkpoint_every`` generations, when SIGTERM / Ctrl-C arrives (the
+    current generation finishes first) and at the end. ``resume=True``
+    continues from the newest checkpoint exactly as if the run had never
+    stopped: same final mean parameters, bit for bit, as an uninterrupted run
+    of ``config.generations`` generations.
 
     Args:
         config: the run's settings.
         progress: show a rich progress bar.
         callback: called as ``callback(generation, row)`` after every generation
             (``row`` holds that generation's numbers, plus ``eval_return`` when evaluated).
+        checkpoint_dir: where checkpoints go (``None``: no checkpoints).
+        checkpoint_every: save every this many generations (``None``: only on
+            interrupt and at the end).
+        resume: continue from the newest checkpoint in ``checkpoint_dir``.
 
     Returns:
-        the :class:`RLResult`.
+        the :class:`RLResult` (``interrupted`` tells whether SIGTERM / Ctrl-C stopped it).
+
+    Raises:
+        ValueError: ``resume`` without ``checkpoint_dir``, a fresh run into a
+            directory that already holds checkpoints, or a checkpoint written with
+            different settings.
+        eggroll.checkpoint.CheckpointError: no usable checkpoint to resume from.
     """
+    from eggroll.checkpoint import Checkpointer, GracefulInterrupt
+
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir (the folder of the run to continue)")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1 generations, got {checkpoint_every}")
     fitness, eval_fitness, es, params = build(config)
     es_params = es.default_params
     key = jax.random.key(config.seed)
     key, k_init, k_fit = jax.random.split(key, 3)
     es_state = es.init(k_init, params, es_params)
     fit_state = fitness.init(k_fit)
+    ckpt = None
+    if checkpoint_dir is not None:
+        ckpt = Checkpointer(checkpoint_dir, every=checkpoint_every, max_to_keep=2)
+        if not resume and ckpt.steps():
+            ckpt.close()
+            raise ValueError(
+                f"{ckpt.directory} already holds checkpoints of a run (generations {ckpt.steps()}); "
+                "pass --resume to continue it, or choose another --out to start a new run"
+            )
 
     @jax.jit
     def generation(key, es_state, fit_state):
@@ -226,17 +272,57 @@ def train(
         history["eval_return"].append(ret)
         return ret
 
-    run_eval(0)  # the initial policy, as a baseline for the curve
+    def items() -> dict[str, Any]:
+        best_params = best[1] if best[1] is not None else es.get_mean(es_state)
+        best_stats = best[2] if best[2] is not None else fit_state.obs_stats
+        return {"es_state": es_state, "fit_state": fit_state, "key": key, "best": (best_params, best_stats)}
+
+    def save(gen: int) -> None:
+        if ckpt is None:
+            return
+        meta = {
+            "generation": gen,
+            "config": _resume_fields(config),
+            "history": history,
+            "best_eval_return": best[0] if best[1] is not None else None,
+            "compile_seconds": compile_seconds,
+        }
+        ckpt.save(gen, items(), meta)
+
+    first = 1
+    if resume:
+        restored, meta = ckpt.restore(items())
+        saved = meta.get("config", {})
+        wanted = _resume_fields(config)
+        diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+        if diff:
+            ckpt.close()
+            listed = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"the checkpoint in {ckpt.directory} was written with other settings ({listed}); resume with the "
+                "same settings (only --generations, --eval-every, --eval-episodes, --target and --time-budget may "
+                "change), or choose another --out"
+            )
+        es_state, fit_state, key = restored["es_state"], restored["fit_state"], restored["key"]
+        history = {k: list(v) for k, v in meta["history"].items()}
+        if meta.get("best_eval_return") is not None:
+            best = (float(meta["best_eval_return"]), *restored["best"])
+        compile_seconds = float(meta.get("compile_seconds", 0.0))
+        first = int(meta["generation"]) + 1
+    else:
+        run_eval(0)  # the initial policy, as a baseline for the curve
+    interrupted = ""
+    gen = first - 1
     start = time.perf_counter()
-    with _progress(progress, config) as (bar, task):
-        for gen in range(1, config.generations + 1):
+    with _progress(progress, config, first - 1) as (bar, task), GracefulInterrupt() as signals:
+        for gen in range(first, config.generations + 1):
             t0 = time.perf_counter()
             es_state, fit_state, (mean_ret, max_ret, steps) = generation(
                 jax.random.fold_in(key, gen), es_state, fit_state
             )
             mean_ret, max_ret, steps = float(mean_ret), float(max_ret), float(steps)
             seconds = time.perf_counter() - t0
-            if gen == 1:
+            if gen == first:
                 compile_seconds = seconds
                 start = time.perf_counter()
             row = {"generation": gen, "mean_return": mean_ret, "max_return": max_ret, "env_steps": steps}
@@ -244,7 +330,7 @@ def train(
             for k, v in row.items():
                 history[k].append(v)
             over = config.time_budget_s is not None and time.perf_counter() - start >= config.time_budget_s
-            last = gen == config.generations or over
+            last = gen == config.generations or over or signals.requested is not None
             stop = False
             if gen % config.eval_every == 0 or last:
                 row["eval_return"] = ret = run_eval(gen)
@@ -255,8 +341,19 @@ def train(
                 bar.update(task, advance=1, description=_describe(row, best[0]))
             if callback is not None:
                 callback(gen, row)
+            if signals.requested is not None:
+                interrupted = signals.signal_name
+                break
             if stop or over:
                 break
+            if ckpt is not None and ckpt.should_save(gen):
+                save(gen)
+    if best[1] is None and gen >= first:  # stopped by a signal inside the callback: evaluate what there is
+        ret = run_eval(gen)
+        best = (ret, es.get_mean(es_state), fit_state.obs_stats)
+    if ckpt is not None:
+        save(gen)  # the end of the run, or the interrupted generation (no-op if already saved)
+        ckpt.close()
     return RLResult(
         config=config,
         history=history,
@@ -266,7 +363,21 @@ def train(
         final_params=es.get_mean(es_state),
         final_obs_stats=fit_state.obs_stats,
         compile_seconds=compile_seconds,
+        generation=gen,
+        interrupted=interrupted,
+        resumed_from=first - 1 if resume else None,
+        checkpoint_dir=str(ckpt.directory) if ckpt is not None else None,
     )
+
+
+_NOT_IN_STATE = ("generations", "eval_every", "eval_episodes", "target_return", "time_budget_s")
+
+
+def _resume_fields(config: RLConfig) -> dict[str, Any]:
+    """The settings a resumed run must share with the checkpoint (JSON)."""
+    fields = dataclasses.asdict(config)
+    fields["hidden"] = list(fields["hidden"])
+    return {k: v for k, v in fields.items() if k not in _NOT_IN_STATE}
 
 
 def _describe(row: dict[str, float], best: float) -> str:
@@ -279,8 +390,8 @@ def _describe(row: dict[str, float], best: float) -> str:
 class _progress:
     """A rich progress bar, or nothing."""
 
-    def __init__(self, enabled: bool, config: RLConfig):
-        self.enabled, self.config, self.bar = enabled, config, None
+    def __init__(self, enabled: bool, config: RLConfig, done: int = 0):
+        self.enabled, self.config, self.bar, self.done = enabled, config, None, done
 
     def __enter__(self):
         if not self.enabled:
@@ -295,7 +406,7 @@ class _progress:
             TimeElapsedColumn(),
         )
         self.bar.__enter__()
-        return self.bar, self.bar.add_task("compiling ...", total=self.config.generations)
+        return self.bar, self.bar.add_task("compiling ...", total=self.config.generations, completed=self.done)
 
     def __exit__(self, *exc):
         if self.bar is not None:

@@ -1,5 +1,6 @@
 """`eggroll rl` end to end on a tiny CartPole run: files written, policy reloads, replay renders."""
 
+import dataclasses
 import json
 
 import jax
@@ -54,3 +55,57 @@ def test_rl_command_rejects_bad_input_with_a_clear_message(tmp_path):
     assert bad_hidden.exit_code == 2 and "--hidden takes widths" in bad_hidden.output
     missing = runner.invoke(app, ["replay", str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and "no saved policy" in missing.output
+
+
+TINY = ["--env", "CartPole-v1", "--population", "8", "--horizon", "30", "--rollouts", "1", "--hidden", "4"]
+TINY += ["--eval-every", "2", "--eval-episodes", "1", "--quiet", "--checkpoint-every", "2"]
+
+
+def test_rl_stopped_and_resumed_matches_an_uninterrupted_run(tmp_path):
+    """Stopped twice (a --generations limit, then a real SIGTERM) and resumed: bit-identical final mean."""
+    import os
+    import signal
+
+    from eggroll.checkpoint import Checkpointer
+    from eggroll.rl_train import RLConfig, train
+
+    whole = runner.invoke(app, [*TINY, "--generations", "5", "--out", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    _, reference, ref_stats = load_policy(tmp_path / "whole")
+
+    out = tmp_path / "split"
+    first = runner.invoke(app, [*TINY, "--generations", "2", "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, [*TINY, "--generations", "5", "--out", str(out)])  # forgot --resume
+    assert again.exit_code == 2 and "pass --resume" in again.output
+
+    # The second leg receives SIGTERM during generation 4: it finishes it, checkpoints and stops.
+    config = RLConfig(population_size=8, horizon=30, num_rollouts=1, hidden=(4,), eval_every=2, eval_episodes=1)
+    config = dataclasses.replace(config, generations=5)
+    kill = lambda gen, row: os.kill(os.getpid(), signal.SIGTERM) if gen == 4 else None  # noqa: E731
+    stopped = train(config, False, kill, checkpoint_dir=out / "checkpoints", checkpoint_every=2, resume=True)
+    assert (stopped.resumed_from, stopped.generation, stopped.interrupted) == (2, 4, "SIGTERM")
+    with Checkpointer(out / "checkpoints") as ckpt:
+        assert ckpt.latest_step() == 4
+
+    resumed = runner.invoke(app, [*TINY, "--generations", "5", "--out", str(out), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed from generation 4" in resumed.output
+    history = json.loads((out / "history.json").read_text())["history"]
+    assert history["generation"] == [1, 2, 3, 4, 5] and history["eval_generation"] == [0, 2, 4, 5]
+    _, params, stats = load_policy(out)
+    for a, b in zip(jax.tree.leaves((params, stats)), jax.tree.leaves((reference, ref_stats)), strict=True):
+        np.testing.assert_array_equal(a, b)  # the best (evaluated) policy and its observation statistics
+
+    # The final mean and observation statistics, read back from each run's last checkpoint (nothing left to run).
+    ends = [train(config, False, checkpoint_dir=d / "checkpoints", resume=True) for d in (tmp_path / "whole", out)]
+    assert [e.generation for e in ends] == [5, 5]
+    initial = build(config)[3]
+    assert not np.array_equal(jax.tree.leaves(ends[0].final_params)[0], jax.tree.leaves(initial)[0])
+    for a, b in zip(*(jax.tree.leaves((e.final_params, e.final_obs_stats)) for e in ends), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    other = runner.invoke(app, [*TINY, "--generations", "6", "--out", str(out), "--resume", "--sigma", "0.1"])
+    assert other.exit_code == 2 and "sigma: 0.05 in the checkpoint, 0.1 now" in other.output
+    missing = runner.invoke(app, [*TINY, "--out", str(tmp_path / "none"), "--resume"])
+    assert missing.exit_code == 2 and "No finished checkpoint" in missing.output

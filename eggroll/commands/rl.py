@@ -5,6 +5,8 @@ Examples::
     eggroll rl --env CartPole-v1 --strategy eggroll
     eggroll rl --env Pendulum-v1 --generations 100 --render
     eggroll rl --env hopper --population 64 --horizon 200 --backend spring
+    eggroll rl --env hopper --generations 500 --checkpoint-every 25      # Ctrl-C / SIGTERM saves too
+    eggroll rl --env hopper --generations 500 --checkpoint-every 25 --resume
     eggroll rl replay runs/rl/CartPole-v1-eggroll --out cartpole.gif
 """
 
@@ -53,6 +55,12 @@ def rl(
     backend: str | None = typer.Option(None, help="Brax physics backend (generalized, positional, spring)."),
     seed: int = typer.Option(0, help="Random seed."),
     out: Path | None = typer.Option(None, help="Output folder (default runs/rl/<env>-<strategy>)."),
+    checkpoint_every: int | None = typer.Option(
+        None, min=1, help="Save a checkpoint in <out>/checkpoints every K generations (always on SIGTERM/Ctrl-C, end)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the newest checkpoint in <out>/checkpoints (same settings)."
+    ),
     render: bool = typer.Option(False, "--render", help="Also write a replay of the best policy (GIF / HTML)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
@@ -61,9 +69,11 @@ def rl(
         return
     from rich.console import Console
 
+    from eggroll.checkpoint import CheckpointError
     from eggroll.rl_train import RLConfig, save_run, train
 
     console = Console()
+    out = out or Path("runs") / "rl" / f"{env}-{strategy}"
     try:
         config = RLConfig(
             env=env,
@@ -86,11 +96,18 @@ def rl(
             backend=backend,
             seed=seed,
         ).validate()
-        result = train(config, progress=not quiet)
-    except ValueError as err:
+        result = train(
+            config,
+            progress=not quiet,
+            checkpoint_dir=out / "checkpoints",
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+        )
+    except (ValueError, CheckpointError) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None
-    out = out or Path("runs") / "rl" / f"{env}-{strategy}"
+    if result.resumed_from is not None:
+        console.print(f"resumed from generation {result.resumed_from} ({result.checkpoint_dir})")
     files = save_run(result, out)
     h = result.history
     steps_per_s = h["env_steps"][-1] / max(sum(h["seconds"][1:]) + result.compile_seconds, 1e-9)
@@ -101,6 +118,13 @@ def rl(
     )
     for name, path in files.items():
         console.print(f"  {name:8s} {path}")
+    console.print(f"  checkpoint {result.checkpoint_dir} (generation {result.generation})")
+    if result.interrupted:
+        console.print(
+            f"[yellow]stopped by {result.interrupted} after generation {result.generation}[/]; checkpoint saved, "
+            "continue with the same command plus --resume"
+        )
+        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
     if render:
         console.print(f"  replay   {_replay(out / 'policy.msgpack', out / 'replay', seed)}")
 
