@@ -53,11 +53,15 @@ class FinetuneConfig:
             ``embed`` (the embedding, also the tied head), ``head``.
         eval_every: evaluate on held-out prompts every this many generations.
         eval_prompts: number of held-out prompts.
-        checkpoint_every: save an orbax checkpoint every this many generations (0: only at the end).
+        checkpoint_every: save an orbax checkpoint every this many generations (0: only at the end,
+            or when SIGTERM / Ctrl-C stops the run).
         out_dir: where checkpoints, the export, the history and the plot go (None: nothing saved).
         export: write the final weights as a Hugging Face safetensors directory.
         seed: seed of noise and prompt sampling.
         reward: for ``task="python"``: ``"file.py:function"``.
+        resume: continue from the newest resume checkpoint in ``out_dir/resume`` (same settings;
+            only ``generations``, ``eval_every``, ``eval_prompts``, ``checkpoint_every`` and ``export``
+            may change).
     """
 
     task: str = "countdown"
@@ -80,6 +84,7 @@ class FinetuneConfig:
     export: bool = True
     seed: int = 0
     reward: str | None = None
+    resume: bool = False
 
     def resolved_group_size(self) -> int:
         g = self.group_size or max(self.population // self.prompts_per_generation, 1)
@@ -181,12 +186,16 @@ class FinetuneResult:
         history: one dict per generation (reward mean / max, tokens/s, eval metrics when evaluated).
         evals: ``(generation, eval_reward, eval_accuracy)`` tuples, generation 0 = base model.
         out_dir: where files were written (or None).
+        interrupted: the signal that stopped the run early (``"SIGTERM"``, ``"SIGINT"``), else ``""``.
+        resumed_from: the checkpoint generation the run continued from (None: a fresh run).
     """
 
     params: Any
     history: list[dict]
     evals: list[tuple[int, float, float]]
     out_dir: str | None = None
+    interrupted: str = ""
+    resumed_from: int | None = None
 
 
 def _encode(tokenizer, task, examples):
@@ -240,15 +249,31 @@ def finetune(
         task: a :class:`~eggroll.problems.tasks.Task` (else ``cfg.task`` is built).
         callback: called with each generation's history record (e.g. for a progress display);
             returning ``True`` stops the run after that generation (a final evaluation
-            of the mean is then made if that generation was not evaluated).
+            of the mean is then made if that generation was not evaluated). A resumed run
+            first calls it with ``{"generation": g, "resumed_from": g}``.
+
+    With ``cfg.out_dir`` the strategy state (mean, optimizer state, noise key),
+    the generation, the history and the padding width are saved in
+    ``out_dir/resume`` (:class:`eggroll.checkpoint.Checkpointer`, newest two kept)
+    every ``cfg.checkpoint_every`` generations, at the end, and when SIGTERM /
+    Ctrl-C arrives (the current generation finishes first, then the run ends
+    normally: evaluation, files, export). ``cfg.resume`` continues from there
+    exactly as if never stopped. The weights alone also go to
+    ``out_dir/checkpoints/<generation>`` (see :func:`restore_checkpoint`).
 
     Returns:
         A :class:`FinetuneResult`.
+
+    Raises:
+        ValueError: ``resume`` without ``out_dir``, a fresh run into an ``out_dir``
+            that already holds a run, or a checkpoint written with other settings.
+        eggroll.checkpoint.CheckpointError: no usable checkpoint to resume from.
     """
     import jax
     import optax
 
     import eggroll
+    from eggroll.checkpoint import Checkpointer, GracefulInterrupt
     from eggroll.models.llama import generate_population, load_model, merge_layers, pad_prompts
     from eggroll.problems.tasks import assign_prompts, make_task
 
@@ -272,11 +297,22 @@ def finetune(
     gen_fn = jax.jit(generate_population, static_argnames=("config", "max_new_tokens", "stop_ids", "pad_id"))
     stop_ids = tuple(tok.stop_ids)
     eval_examples = task.examples(cfg.eval_prompts, seed=10_000_019 + cfg.seed)
+    if cfg.resume and not cfg.out_dir:
+        raise ValueError("resume needs out_dir (the --out folder of the run to continue)")
+    ckpt = None
     if cfg.out_dir:
         os.makedirs(cfg.out_dir, exist_ok=True)
+        ckpt = Checkpointer(os.path.join(cfg.out_dir, "resume"), every=cfg.checkpoint_every or None, max_to_keep=2)
+        if not cfg.resume and ckpt.steps():
+            ckpt.close()
+            raise ValueError(
+                f"{cfg.out_dir} already holds a fine-tuning run (resume checkpoints at generations {ckpt.steps()}); "
+                "pass --resume to continue it, or choose another --out to start a new run"
+            )
 
     history: list[dict] = []
     evals: list[tuple[int, float, float]] = []
+    width = None
 
     def run_eval(generation: int, record: dict | None = None):
         r, a, texts = evaluate_model(config, es.get_mean(state), tok, task, eval_examples, max_new)
@@ -285,67 +321,97 @@ def finetune(
             record.update(eval_reward=r, eval_accuracy=a, eval_sample=texts[0])
         return r, a, texts
 
-    base_r, base_a, base_texts = run_eval(0)
-    if callback is not None:
-        callback({"generation": 0, "eval_reward": base_r, "eval_accuracy": base_a, "eval_sample": base_texts[0]})
-    width = None
-    for gen in range(1, cfg.generations + 1):
-        t0 = time.perf_counter()
-        key = jax.random.PRNGKey(cfg.seed * 1_000_003 + gen)
-        population, state = es.ask(key, state, es_params)
-        examples = task.examples(cfg.prompts_per_generation, seed=cfg.seed * 7919 + gen)
-        per_member = assign_prompts(examples, n, g)
-        enc = {id(e): ids for e, ids in zip(examples, _encode(tok, task, examples), strict=True)}
-        lengths = [len(v) for v in enc.values()]
-        width = max(width or 0, _width(lengths))  # grows rarely: few recompilations
-        ids, masks = zip(
-            *[pad_prompts([enc[id(e)] for e in ex], tok.pad_id, multiple=width) for ex in per_member], strict=True
-        )
-        out = gen_fn(
-            config,
-            population,
-            np.stack(ids),
-            np.stack(masks),
-            key,
-            cfg.temperature,
-            max_new_tokens=max_new,
-            stop_ids=stop_ids,
-            pad_id=tok.pad_id,
-        )
-        toks, lens, done = (np.asarray(x) for x in out)
-        rewards = np.zeros((n, len(per_member[0])), np.float32)
-        correct = 0
-        for i in range(n):
-            texts = [tok.decode(toks[i, j, : lens[i, j] - int(done[i, j])]) for j in range(toks.shape[1])]
-            rewards[i] = task.rewards(texts, per_member[i])
-            correct += sum(task.correct(t, e) for t, e in zip(texts, per_member[i], strict=True))
-        fitness = rewards.mean(axis=1)
-        state, metrics = es.tell(key, population, fitness, state, es_params)
-        dt = time.perf_counter() - t0
-        record = {
-            "generation": gen,
-            "reward_mean": float(fitness.mean()),
-            "reward_max": float(fitness.max()),
-            "train_accuracy": correct / rewards.size,
-            "tokens": int(lens.sum()),
-            "tokens_per_s": float(lens.sum() / dt),
-            "seconds": dt,
-            "update_norm": float(metrics["update_norm"]),
-        }
-        if gen % cfg.eval_every == 0 or gen == cfg.generations:
-            run_eval(gen, record)
-        history.append(record)
-        stop = callback is not None and callback(record) is True
-        if cfg.out_dir and cfg.checkpoint_every and gen % cfg.checkpoint_every == 0:
-            save_checkpoint(os.path.join(cfg.out_dir, "checkpoints"), gen, es.get_mean(state))
-        if stop:
-            if "eval_reward" not in record:
-                run_eval(gen, record)
-            break
+    def save(gen: int) -> None:
+        if ckpt is not None:
+            meta = {"generation": gen, "config": _resume_fields(cfg), "history": history, "evals": evals}
+            ckpt.save(gen, {"state": state}, {**meta, "width": width})
 
-    result = FinetuneResult(merge_layers(es.get_mean(state)), history, evals, cfg.out_dir)
+    first = 1
+    if cfg.resume:
+        restored, meta = ckpt.restore({"state": state})
+        diff = {k: (meta["config"].get(k), v) for k, v in _resume_fields(cfg).items() if meta["config"].get(k) != v}
+        if diff:
+            ckpt.close()
+            listed = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"the checkpoint in {ckpt.directory} was written with other settings ({listed}); resume with the "
+                "same settings, or choose another --out"
+            )
+        state, width, first = restored["state"], meta["width"], int(meta["generation"]) + 1
+        history, evals = list(meta["history"]), [tuple(e) for e in meta["evals"]]
+        if callback is not None:
+            callback({"generation": first - 1, "resumed_from": first - 1})
+    else:
+        base_r, base_a, base_texts = run_eval(0)
+        if callback is not None:
+            callback({"generation": 0, "eval_reward": base_r, "eval_accuracy": base_a, "eval_sample": base_texts[0]})
+    gen, interrupted = first - 1, ""
+    with GracefulInterrupt() as signals:
+        for gen in range(first, cfg.generations + 1):
+            t0 = time.perf_counter()
+            key = jax.random.PRNGKey(cfg.seed * 1_000_003 + gen)
+            population, state = es.ask(key, state, es_params)
+            examples = task.examples(cfg.prompts_per_generation, seed=cfg.seed * 7919 + gen)
+            per_member = assign_prompts(examples, n, g)
+            enc = {id(e): ids for e, ids in zip(examples, _encode(tok, task, examples), strict=True)}
+            lengths = [len(v) for v in enc.values()]
+            width = max(width or 0, _width(lengths))  # grows rarely: few recompilations
+            ids, masks = zip(
+                *[pad_prompts([enc[id(e)] for e in ex], tok.pad_id, multiple=width) for ex in per_member], strict=True
+            )
+            out = gen_fn(
+                config,
+                population,
+                np.stack(ids),
+                np.stack(masks),
+                key,
+                cfg.temperature,
+                max_new_tokens=max_new,
+                stop_ids=stop_ids,
+                pad_id=tok.pad_id,
+            )
+            toks, lens, done = (np.asarray(x) for x in out)
+            rewards = np.zeros((n, len(per_member[0])), np.float32)
+            correct = 0
+            for i in range(n):
+                texts = [tok.decode(toks[i, j, : lens[i, j] - int(done[i, j])]) for j in range(toks.shape[1])]
+                rewards[i] = task.rewards(texts, per_member[i])
+                correct += sum(task.correct(t, e) for t, e in zip(texts, per_member[i], strict=True))
+            fitness = rewards.mean(axis=1)
+            state, metrics = es.tell(key, population, fitness, state, es_params)
+            dt = time.perf_counter() - t0
+            record = {
+                "generation": gen,
+                "reward_mean": float(fitness.mean()),
+                "reward_max": float(fitness.max()),
+                "train_accuracy": correct / rewards.size,
+                "tokens": int(lens.sum()),
+                "tokens_per_s": float(lens.sum() / dt),
+                "seconds": dt,
+                "update_norm": float(metrics["update_norm"]),
+            }
+            if gen % cfg.eval_every == 0 or gen == cfg.generations:
+                run_eval(gen, record)
+            history.append(record)
+            stop = callback is not None and callback(record) is True
+            if signals.requested is not None:
+                interrupted, stop = signals.signal_name, True
+            if stop:
+                if "eval_reward" not in record:
+                    run_eval(gen, record)
+                break
+            if cfg.out_dir and cfg.checkpoint_every and gen % cfg.checkpoint_every == 0:
+                save_checkpoint(os.path.join(cfg.out_dir, "checkpoints"), gen, es.get_mean(state))
+                save(gen)
+
+    result = FinetuneResult(
+        merge_layers(es.get_mean(state)), history, evals, cfg.out_dir, interrupted, first - 1 if cfg.resume else None
+    )
+    if ckpt is not None:
+        save(gen)  # the end, or the generation SIGTERM / Ctrl-C stopped (no-op if already saved)
+        ckpt.close()
     if cfg.out_dir:
-        save_checkpoint(os.path.join(cfg.out_dir, "checkpoints"), len(history), result.params)
+        save_checkpoint(os.path.join(cfg.out_dir, "checkpoints"), gen, result.params)
         with open(os.path.join(cfg.out_dir, "history.json"), "w") as f:
             json.dump({"config": dataclasses.asdict(cfg), "history": history, "evals": evals}, f, indent=1)
         plot_history(result, os.path.join(cfg.out_dir, "finetune.png"), title=f"EGGROLL fine-tuning: {task.name}")
@@ -354,6 +420,14 @@ def finetune(
 
             hf.save_hf(os.path.join(cfg.out_dir, "export"), config, result.params, tok)
     return result
+
+
+_NOT_IN_STATE = ("generations", "eval_every", "eval_prompts", "checkpoint_every", "out_dir", "export", "resume")
+
+
+def _resume_fields(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The settings a resumed run must share with its checkpoint (JSON)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_STATE}
 
 
 def save_checkpoint(directory: str, step: int, params: Any) -> str:

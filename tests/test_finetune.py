@@ -99,3 +99,50 @@ def test_layer_selection_builds_segments_and_mask():
         select_leaves(params, evolve="attn,ffn")
     with pytest.raises(ValueError, match="group_size"):
         FinetuneConfig(population=16, prompts_per_generation=4, group_size=3).resolved_group_size()
+
+
+def test_finetune_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """A run stopped by a real SIGTERM after generation 2 and resumed ends with the same weights, bit for bit."""
+    import os
+    import signal
+
+    from eggroll.finetune import finetune
+
+    model = tmp_path / "tiny.gguf"
+    _tiny_gguf(model)
+    reward = tmp_path / "reward.py"
+    reward.write_text(REWARD)
+    args = ["--model", str(model), "--task", "python", "--reward", f"{reward}:digits", "--generations", "4"]
+    args += ["--population", "8", "--prompts", "2", "--sigma", "0.05", "--lr", "0.005", "--max-new-tokens", "4"]
+    args += ["--eval-every", "2", "--eval-prompts", "2", "--evolve", "attn,mlp,embed", "--no-export"]
+    whole = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+
+    out = tmp_path / "split"
+    cfg = FinetuneConfig(
+        task="python", model=str(model), reward=f"{reward}:digits", generations=4, population=8,
+        prompts_per_generation=2, sigma=0.05, learning_rate=0.005, max_new_tokens=4, eval_every=2, eval_prompts=2,
+        evolve="attn,mlp,embed", export=False, out_dir=str(out),
+    )  # fmt: skip
+    kill = lambda rec: os.kill(os.getpid(), signal.SIGTERM) if rec["generation"] == 2 else None  # noqa: E731
+    stopped = finetune(cfg, callback=kill)
+    assert stopped.interrupted == "SIGTERM" and [h["generation"] for h in stopped.history] == [1, 2]
+
+    fresh = CliRunner().invoke(app, [*args, "--out", str(out)])  # forgot --resume: refused, nothing overwritten
+    assert fresh.exit_code == 2 and "pass --resume" in " ".join(fresh.output.split())
+    other = CliRunner().invoke(app, [*args, "--out", str(out), "--resume", "--sigma", "0.04"])
+    assert other.exit_code == 2 and "sigma: 0.05 in the checkpoint, 0.04 now" in " ".join(other.output.split())
+    resumed = CliRunner().invoke(app, [*args, "--out", str(out), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed from generation 2" in " ".join(resumed.output.split())
+
+    _, base_params, _ = load_model(str(model))
+    like = merge_layers(select_leaves(base_params)[0])
+    want = restore_checkpoint(str(tmp_path / "whole" / "checkpoints" / "4"), like)
+    got = restore_checkpoint(str(out / "checkpoints" / "4"), like)
+    assert not np.array_equal(want["layers"]["wq"], base_params["layers"]["wq"])
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
+    record = json.loads((out / "history.json").read_text())
+    assert [h["generation"] for h in record["history"]] == [1, 2, 3, 4]
+    assert [e[0] for e in record["evals"]] == [0, 2, 4]

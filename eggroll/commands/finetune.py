@@ -32,7 +32,12 @@ def finetune(
     evolve: str = typer.Option("attn,mlp,norm,embed,head", help="Leaf kinds that evolve."),
     eval_every: int = typer.Option(10, min=1, help="Evaluate on held-out prompts every K generations."),
     eval_prompts: int = typer.Option(32, min=1, help="Held-out prompts."),
-    checkpoint_every: int = typer.Option(0, min=0, help="Orbax checkpoint every K generations (0: end only)."),
+    checkpoint_every: int = typer.Option(
+        0, min=0, help="Orbax checkpoint every K generations (0: at the end and on SIGTERM/Ctrl-C only)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from its newest checkpoint (same settings)."
+    ),
     out: str = typer.Option("runs/finetune", help="Output directory (checkpoints, export, history, plot)."),
     export: bool = typer.Option(True, help="Export the result as safetensors (Hugging Face layout)."),
     reward: str = typer.Option(None, help="For --task python: file.py:function(completion, prompt) -> float."),
@@ -42,6 +47,7 @@ def finetune(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from eggroll.checkpoint import CheckpointError
     from eggroll.finetune import FinetuneConfig
     from eggroll.finetune import finetune as run
 
@@ -67,6 +73,7 @@ def finetune(
         export=export,
         seed=seed,
         reward=reward,
+        resume=resume,
     )
     try:
         cfg.resolved_group_size()
@@ -85,6 +92,10 @@ def finetune(
         bar = progress.add_task("generations", total=generations, stats="loading model, compiling ...")
 
         def show(rec: dict) -> None:
+            if "resumed_from" in rec:
+                progress.update(bar, completed=rec["resumed_from"], stats="resumed, compiling ...")
+                progress.console.print(f"resumed from generation {rec['resumed_from']} ({out}/resume)")
+                return
             if "eval_reward" in rec:
                 last_eval.update(r=rec["eval_reward"], a=rec["eval_accuracy"])
                 progress.console.print(
@@ -100,9 +111,23 @@ def finetune(
                 f"held-out {last_eval['r']:.3f} / {last_eval['a']:.0%}  {rec['tokens_per_s']:.0f} tok/s",
             )
 
-        result = run(cfg, callback=show)
+        try:
+            result = run(cfg, callback=show)
+        except (ValueError, CheckpointError) as err:
+            progress.stop()
+            console.print(f"[red]error:[/] {err}")
+            raise typer.Exit(2) from None
     (g0, r0, a0), (g1, r1, a1) = result.evals[0], result.evals[-1]
     console.print(
         f"[bold]held-out reward[/] {r0:.3f} -> {r1:.3f}, accuracy {a0:.1%} -> {a1:.1%} (generation {g0} -> {g1})"
     )
-    console.print(f"wrote {out}/history.json, {out}/finetune.png, {out}/checkpoints/" + (", export/" if export else ""))
+    console.print(
+        f"wrote {out}/history.json, {out}/finetune.png, {out}/checkpoints/, {out}/resume/"
+        + (", export/" if export else "")
+    )
+    if result.interrupted:
+        console.print(
+            f"[yellow]stopped by {result.interrupted} after generation {result.history[-1]['generation']}[/]; "
+            "checkpoint saved, continue with the same command plus --resume"
+        )
+        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
