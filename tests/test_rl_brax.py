@@ -7,6 +7,7 @@ one compiled ``evaluate`` for the whole module: Brax compiles are slow.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import eggroll
@@ -34,7 +35,7 @@ def setup():
     env = brax_env("inverted_pendulum", episode_length=HORIZON, backend="spring")
     fit = rl_fitness(env, hidden=(16,), num_rollouts=2, horizon=HORIZON)
     params = fit.init_params(jax.random.key(0))
-    es = eggroll.eggroll(POP, params, sigma_init=0.1, maximize=True)
+    es = eggroll.eggroll(POP, params, sigma_init=0.1, maximize=True, optimizer=optax.adam(0.03))
     return env, fit, es, params, jax.jit(fit.evaluate_rollouts)
 
 
@@ -86,7 +87,7 @@ def test_short_eggroll_run_raises_the_return(setup):
     fstate = fit.init(jax.random.key(11))
     ask, tell = es.ask, es.tell
     means = []
-    for g in range(8):
+    for g in range(14):
         key = jax.random.fold_in(jax.random.key(12), g)
         population, state = ask(key, state, p)
         rollouts, fstate = evaluate(jax.random.fold_in(key, 1), population, fstate)
