@@ -83,7 +83,5 @@ def resolve(shaping: str | Callable, group_size: int | None = None) -> Callable[
     if callable(shaping):
         return shaping
     if shaping not in SHAPERS:
-        raise ValueError(
-            f"Unknown fitness_shaping {shaping!r}; choose one of {sorted(SHAPERS)} or a callable."
-        )
+        raise ValueError(f"Unknown fitness_shaping {shaping!r}; choose one of {sorted(SHAPERS)} or a callable.")
     return SHAPERS[shaping]

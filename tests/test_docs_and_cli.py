@@ -68,3 +68,16 @@ def test_cli_demo_runs_and_saves_plot(tmp_path):
 def test_cli_help_lists_commands():
     r = subprocess.run([sys.executable, "-m", "eggroll.cli", "--help"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "demo" in r.stdout
+
+
+def test_readme_quick_start_runs():
+    """The README's quick-start code runs as written and the loss goes down."""
+    import re
+
+    text = open(os.path.join(ROOT, "README.md")).read()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    start = float(namespace["loss"](namespace["variables"]))
+    end = float(namespace["loss"](namespace["es"].get_mean(namespace["state"])))
+    assert end < 0.5 * start, (start, end)
