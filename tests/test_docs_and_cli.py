@@ -74,7 +74,8 @@ def test_readme_quick_start_runs():
     """The README's quick-start code runs as written and the loss goes down."""
     import re
 
-    text = open(os.path.join(ROOT, "README.md")).read()
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
