@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 
 import typer
 
@@ -32,6 +33,25 @@ for _name, _help in SUBCOMMANDS.items():
         app.add_typer(importlib.import_module(f"eggroll.commands.{_name}").app, name=_name, help=_help)
 
 
+@app.callback()
+def main_options(
+    coordinator: str = typer.Option(
+        None, help="Multi-host runs: host:port of process 0 (or EGGROLL_COORDINATOR / JAX_COORDINATOR_ADDRESS)."
+    ),
+    num_processes: int = typer.Option(None, help="Multi-host runs: number of processes (or EGGROLL_NUM_PROCESSES)."),
+    process_id: int = typer.Option(None, help="Multi-host runs: this process's id (or EGGROLL_PROCESS_ID)."),
+) -> None:
+    """eggroll: evolution strategies in JAX with low-rank perturbations."""
+    env = ("EGGROLL_COORDINATOR", "JAX_COORDINATOR_ADDRESS", "EGGROLL_NUM_PROCESSES", "JAX_NUM_PROCESSES")
+    if coordinator or num_processes or process_id is not None or any(os.environ.get(v) for v in env):
+        from eggroll import parallel
+
+        try:
+            parallel.init_distributed(coordinator, num_processes, process_id)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from e
+
+
 @app.command()
 def demo(
     out: str = typer.Option("runs/demo", help="Folder for demo.png and demo.json."),
@@ -53,7 +73,10 @@ def version() -> None:
 
     import eggroll
 
-    typer.echo(f"eggroll {eggroll.__version__}, jax {jax.__version__}, devices {jax.devices()}")
+    typer.echo(
+        f"eggroll {eggroll.__version__}, jax {jax.__version__}, process {jax.process_index()} of "
+        f"{jax.process_count()}, {jax.local_device_count()} local / {jax.device_count()} global devices"
+    )
 
 
 def main() -> None:

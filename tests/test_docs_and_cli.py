@@ -82,3 +82,39 @@ def test_readme_quick_start_runs():
     start = float(namespace["loss"](namespace["variables"]))
     end = float(namespace["loss"](namespace["es"].get_mean(namespace["state"])))
     assert end < 0.5 * start, (start, end)
+
+
+def test_cli_joins_a_two_process_run_from_its_options():
+    """`eggroll --coordinator ... --num-processes 2 --process-id i` initialises jax.distributed (real gloo)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EGGROLL_", "JAX_"))}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "eggroll.cli",
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+                "version",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for i, (p, (out, err)) in enumerate(zip(procs, outs, strict=True)):
+        assert p.returncode == 0, err[-2000:]
+        assert f"process {i} of 2" in out and "2 local / 4 global devices" in out, out
