@@ -53,3 +53,37 @@ def test_train_resume_and_sample(tmp_path: Path):
     assert out.output.startswith("Hello")
     missing = runner.invoke(app, ["sample", "--ckpt", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path: Path):
+    """A real SIGTERM to a running `eggroll lm`: it finishes the generation, saves, exits 143; --resume goes on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ckpt = tmp_path / "run"
+    args = [a if a != "8" else "500" for a in TINY]  # a run far longer than the test waits
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eggroll.cli", "lm", *args, "--ckpt-every", "1", "--ckpt-dir", str(ckpt)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not (ckpt.exists() and any(p.name.isdigit() for p in ckpt.iterdir())):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 143, out[-3000:]
+    assert "SIGTERM" in out and "--resume" in out
+    meta, _ = load_checkpoint(ckpt)
+    stopped = max(r["generation"] for r in meta["history"])
+    assert 1 <= stopped < 500
+
+    resumed = CliRunner().invoke(
+        app, ["--stop-at", str(stopped + 2), "--resume", "--ckpt-dir", str(ckpt), "--sample-length", "0"]
+    )
+    assert resumed.exit_code == 0, resumed.output
+    meta2, _ = load_checkpoint(ckpt)
+    assert [r["generation"] for r in meta2["history"] if "train_bpb" in r] == list(range(1, stopped + 3))

@@ -214,7 +214,9 @@ def train(
         TimeElapsedColumn(),
     )
     budget = minutes * 60 if minutes is not None and minutes > 0 else None
-    with Progress(*columns, console=console) as progress:
+    from eggroll.checkpoint import GracefulInterrupt
+
+    with GracefulInterrupt() as interrupt, Progress(*columns, console=console) as progress:
         bar = progress.add_task("train", total=config.generations, completed=start, train=last["train_bpb"],
                                 valid=last["valid_bpb"], tps=0.0)  # fmt: skip
 
@@ -238,6 +240,8 @@ def train(
             )  # fmt: skip
             gen = int(carry.generation)
             save_checkpoint(manager, carry, meta_now())
+            if interrupt.requested is not None:  # SIGTERM / Ctrl-C: saved above, stop cleanly
+                break
             if gen < stop:  # the time budget ran out inside the segment
                 break
     plot_path = plot or ckpt_dir / "learning_curve.png"
@@ -250,6 +254,12 @@ def train(
         f"unigram {baselines['unigram_valid']:.3f}, bigram {baselines['bigram_valid']:.3f}); "
         f"checkpoint {ckpt_dir}, curve {plot_path}"
     )
+    if interrupt.requested is not None:
+        console.print(
+            f"[yellow]{interrupt.signal_name}[/]: stopped after generation {gen} with a checkpoint; "
+            f"continue with `eggroll lm --resume --ckpt-dir {ckpt_dir}`"
+        )
+        raise typer.Exit(143 if interrupt.signal_name == "SIGTERM" else 130)
     if sample_length > 0 and carry is not None:
         sample_bytes = egg.generate(carry.es_state.mean, b"The ", sample_length, jax.random.key(seed), 0.8)
         console.print("[bold]sample:[/]")
