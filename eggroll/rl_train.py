@@ -192,6 +192,7 @@ def train(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    log_dir: str | Path | None = None,
 ) -> RLResult:
     """Run the training loop.
 
@@ -214,6 +215,9 @@ def train(
         checkpoint_every: save every this many generations (``None``: only on
             interrupt and at the end).
         resume: continue from the newest checkpoint in ``checkpoint_dir``.
+        log_dir: write one row per generation there (:class:`eggroll.logging.MetricsLogger`:
+            JSONL and CSV always, TensorBoard when tensorboardX is installed), with
+            the returns, sigma, env steps, seconds and env steps per second.
 
     Returns:
         the :class:`RLResult` (``interrupted`` tells whether SIGTERM / Ctrl-C stopped it).
@@ -314,6 +318,12 @@ def train(
     interrupted = ""
     gen = first - 1
     start = time.perf_counter()
+    logger = None
+    if log_dir is not None:
+        from eggroll.logging import MetricsLogger
+
+        logger = MetricsLogger(log_dir)
+        logger.truncate(first)  # a resumed run rewrites the generations after its checkpoint
     with _progress(progress, config, first - 1) as (bar, task), GracefulInterrupt() as signals:
         for gen in range(first, config.generations + 1):
             t0 = time.perf_counter()
@@ -337,6 +347,11 @@ def train(
                 if ret > best[0]:
                     best = (ret, es.get_mean(es_state), fit_state.obs_stats)
                 stop = config.target_return is not None and ret >= config.target_return
+            if logger is not None:
+                sigma = getattr(es_state, "sigma", None)
+                extra = {"sigma": float(sigma)} if sigma is not None else {}
+                done = steps - (history["env_steps"][-2] if len(history["env_steps"]) > 1 else 0.0)
+                logger.log(gen, {**row, **extra, "env_steps_per_s": done / max(seconds, 1e-9)})
             if bar is not None:
                 bar.update(task, advance=1, description=_describe(row, best[0]))
             if callback is not None:
@@ -351,6 +366,8 @@ def train(
     if best[1] is None and gen >= first:  # stopped by a signal inside the callback: evaluate what there is
         ret = run_eval(gen)
         best = (ret, es.get_mean(es_state), fit_state.obs_stats)
+    if logger is not None:
+        logger.close()
     if ckpt is not None:
         save(gen)  # the end of the run, or the interrupted generation (no-op if already saved)
         ckpt.close()

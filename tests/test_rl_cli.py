@@ -31,6 +31,12 @@ def test_rl_command_trains_saves_plots_and_replays(tmp_path):
     assert history["best_eval_return"] == max(history["history"]["eval_return"][1:])
     png = Image.open(out / "learning_curve.png")
     assert png.size[0] > 300 and png.size[1] > 200
+    # one metrics row per generation, as JSONL and CSV (eggroll.logging)
+    rows = [json.loads(line) for line in (out / "metrics" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in rows] == [1, 2, 3]
+    assert all(r["env_steps_per_s"] > 0 and r["sigma"] > 0 for r in rows)
+    assert [r["mean_return"] for r in rows] == history["history"]["mean_return"]
+    assert (out / "metrics" / "metrics.csv").read_text().count("\n") == 4
 
     config, params, obs_stats = load_policy(out)
     assert config.hidden == (8,) and config.population_size == 16
@@ -83,7 +89,15 @@ def test_rl_stopped_and_resumed_matches_an_uninterrupted_run(tmp_path):
     config = RLConfig(population_size=8, horizon=30, num_rollouts=1, hidden=(4,), eval_every=2, eval_episodes=1)
     config = dataclasses.replace(config, generations=5)
     kill = lambda gen, row: os.kill(os.getpid(), signal.SIGTERM) if gen == 4 else None  # noqa: E731
-    stopped = train(config, False, kill, checkpoint_dir=out / "checkpoints", checkpoint_every=2, resume=True)
+    stopped = train(
+        config,
+        False,
+        kill,
+        checkpoint_dir=out / "checkpoints",
+        checkpoint_every=2,
+        resume=True,
+        log_dir=out / "metrics",
+    )
     assert (stopped.resumed_from, stopped.generation, stopped.interrupted) == (2, 4, "SIGTERM")
     with Checkpointer(out / "checkpoints") as ckpt:
         assert ckpt.latest_step() == 4
@@ -93,6 +107,8 @@ def test_rl_stopped_and_resumed_matches_an_uninterrupted_run(tmp_path):
     assert "resumed from generation 4" in " ".join(resumed.output.split())
     history = json.loads((out / "history.json").read_text())["history"]
     assert history["generation"] == [1, 2, 3, 4, 5] and history["eval_generation"] == [0, 2, 4, 5]
+    rows = [json.loads(line) for line in (out / "metrics" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in rows] == [1, 2, 3, 4, 5]  # each generation logged once across the stops
     _, params, stats = load_policy(out)
     for a, b in zip(jax.tree.leaves((params, stats)), jax.tree.leaves((reference, ref_stats)), strict=True):
         np.testing.assert_array_equal(a, b)  # the best (evaluated) policy and its observation statistics

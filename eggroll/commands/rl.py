@@ -102,6 +102,7 @@ def rl(
             checkpoint_dir=out / "checkpoints",
             checkpoint_every=checkpoint_every,
             resume=resume,
+            log_dir=out / "metrics",
         )
     except (ValueError, CheckpointError) as err:
         console.print(f"[red]error:[/] {err}")
