@@ -346,6 +346,12 @@ def finetune(
         if callback is not None:
             callback({"generation": 0, "eval_reward": base_r, "eval_accuracy": base_a, "eval_sample": base_texts[0]})
     gen, interrupted = first - 1, ""
+    logger = None
+    if cfg.out_dir:
+        from eggroll.logging import MetricsLogger
+
+        logger = MetricsLogger(os.path.join(cfg.out_dir, "metrics"))
+        logger.truncate(first)  # a resumed run rewrites the generations after its checkpoint
     with GracefulInterrupt() as signals:
         for gen in range(first, cfg.generations + 1):
             t0 = time.perf_counter()
@@ -393,6 +399,8 @@ def finetune(
             if gen % cfg.eval_every == 0 or gen == cfg.generations:
                 run_eval(gen, record)
             history.append(record)
+            if logger is not None:
+                logger.log(gen, {**record, "sigma": float(state.sigma)})
             stop = callback is not None and callback(record) is True
             if signals.requested is not None:
                 interrupted, stop = signals.signal_name, True
@@ -407,6 +415,8 @@ def finetune(
     result = FinetuneResult(
         merge_layers(es.get_mean(state)), history, evals, cfg.out_dir, interrupted, first - 1 if cfg.resume else None
     )
+    if logger is not None:
+        logger.close()
     if ckpt is not None:
         save(gen)  # the end, or the generation SIGTERM / Ctrl-C stopped (no-op if already saved)
         ckpt.close()

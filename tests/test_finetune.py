@@ -62,6 +62,9 @@ def test_finetune_command_raises_held_out_reward(tmp_path):
     base, final = evals[0][1], evals[-1][1]
     assert final > base + 0.5, evals  # measured here: 0.01 -> 1.0 (0.07 / 0.23 / 0.95 with sigma 0.03)
     assert len(record["history"]) == 30 and all(h["tokens_per_s"] > 0 for h in record["history"])
+    rows = [json.loads(line) for line in (out / "metrics" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in rows] == list(range(1, 31))  # eggroll.logging, one row per generation
+    assert all(r["sigma"] > 0 and "update_norm" in r and "reward_mean" in r for r in rows)
     assert (out / "finetune.png").stat().st_size > 10_000
 
     # The export is a Hugging Face directory eggroll (and transformers) can load; the checkpoint restores it.
