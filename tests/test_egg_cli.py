@@ -87,3 +87,9 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path: Path):
     assert resumed.exit_code == 0, resumed.output
     meta2, _ = load_checkpoint(ckpt)
     assert [r["generation"] for r in meta2["history"] if "train_bpb" in r] == list(range(1, stopped + 3))
+    import json
+
+    rows = [json.loads(line) for line in (ckpt / "metrics" / "metrics.jsonl").read_text().splitlines()]
+    trained = [r["generation"] for r in rows if r["train_bpb"] is not None]
+    assert trained == list(range(1, stopped + 3))  # eggroll.logging: each generation once across the stop
+    assert rows[0]["generation"] == 0 and rows[0]["valid_bpb"] > 0 and rows[0]["train_bpb"] is None

@@ -53,6 +53,9 @@ def _tree_carry(tree: dict[str, Any]):
     return Carry(state, tree["hidden"], tree["generation"])
 
 
+_METRIC_COLUMNS = ("train_bpb", "valid_bpb", "tokens_per_s", "num_moved", "elapsed")
+
+
 def _manager(directory: Path, keep: int = 3):
     import orbax.checkpoint as ocp
 
@@ -215,13 +218,18 @@ def train(
     )
     budget = minutes * 60 if minutes is not None and minutes > 0 else None
     from eggroll.checkpoint import GracefulInterrupt
+    from eggroll.logging import MetricsLogger
 
-    with GracefulInterrupt() as interrupt, Progress(*columns, console=console) as progress:
+    logger = MetricsLogger(ckpt_dir / "metrics")
+    logger.truncate(start + 1)  # a resumed run rewrites the generations after its checkpoint
+    with GracefulInterrupt() as interrupt, logger, Progress(*columns, console=console) as progress:
         bar = progress.add_task("train", total=config.generations, completed=start, train=last["train_bpb"],
                                 valid=last["valid_bpb"], tps=0.0)  # fmt: skip
 
         def on_record(record):
             history.append(record)
+            # fixed columns (the CSV header is the first row's): NaN where a record lacks a value
+            logger.log(record["generation"], {k: record.get(k, float("nan")) for k in _METRIC_COLUMNS})
             last.update({k: v for k, v in record.items() if k in last})
             progress.update(bar, completed=record["generation"], train=last["train_bpb"], valid=last["valid_bpb"],
                             tps=last["tokens_per_s"])  # fmt: skip
