@@ -21,6 +21,7 @@ from flax import struct
 
 from eggroll import noise as nz
 from eggroll import shaping
+from eggroll.types import Strategy
 
 
 @struct.dataclass
@@ -306,3 +307,20 @@ def tell(cfg: Config, key, population, fitness, state: State, params: Params):
         "grad_norm": optax.tree.norm(grads),
     }
     return new_state, metrics
+
+
+def build_strategy(
+    cfg: Config, ask: Callable, *, name: str, materialize: Callable, sigma_init: float, weight_decay: float
+) -> Strategy:
+    """Wrap a strategy-specific ``ask`` with the shared, jitted ``init`` and ``tell``."""
+    return Strategy(
+        init=jax.jit(lambda key, mean, params: init(cfg, key, mean, params)),
+        ask=jax.jit(ask),
+        tell=jax.jit(lambda key, pop, fit, state, params: tell(cfg, key, pop, fit, state, params)),
+        default_params=Params(sigma_init=sigma_init, weight_decay=weight_decay),
+        population_size=cfg.population_size,
+        name=name,
+        get_mean=lambda state: state.mean,
+        materialize=materialize,
+        antithetic=cfg.antithetic,
+    )

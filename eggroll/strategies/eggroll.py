@@ -59,7 +59,7 @@ def eggroll(
         fitness_shaping: ``"centered_rank"`` (default), ``"z_score"``,
             ``"identity"`` or a callable ``fitness -> weights``.
         group_size: members ``[g*G, (g+1)*G)`` share an input; their fitness is
-            centred per group and divided by the global std (needs ``"z_score"``).
+            centred per group and divided by the pooled within-group std (needs ``"z_score"``).
         maximize: fitness is a reward to maximise (default: minimise).
         noise_reuse: generations that share one draw of noise (>= 1).
         weight_decay: default L2 coefficient (``params.weight_decay``).
@@ -106,14 +106,11 @@ def eggroll(
         )
         return population, state
 
-    return Strategy(
-        init=jax.jit(lambda key, mean, params: _core.init(cfg, key, mean, params)),
-        ask=jax.jit(ask),
-        tell=jax.jit(lambda key, pop, fit, state, params: _core.tell(cfg, key, pop, fit, state, params)),
-        default_params=_core.Params(sigma_init=sigma_init, weight_decay=weight_decay),
-        population_size=population_size,
+    return _core.build_strategy(
+        cfg,
+        ask,
         name="eggroll",
-        get_mean=lambda state: state.mean,
         materialize=jax.jit(pop_lib.materialize),
-        antithetic=antithetic,
+        sigma_init=sigma_init,
+        weight_decay=weight_decay,
     )

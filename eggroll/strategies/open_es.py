@@ -100,14 +100,11 @@ def open_es(
             out.append((m.astype(jnp.float32)[None] + eps).astype(m.dtype))
         return jax.tree.unflatten(cfg.treedef, out), state
 
-    return Strategy(
-        init=jax.jit(lambda key, mean, params: _core.init(cfg, key, mean, params)),
-        ask=jax.jit(ask),
-        tell=jax.jit(lambda key, pop, fit, state, params: _core.tell(cfg, key, pop, fit, state, params)),
-        default_params=_core.Params(sigma_init=sigma_init, weight_decay=weight_decay),
-        population_size=population_size,
+    return _core.build_strategy(
+        cfg,
+        ask,
         name="open_es",
-        get_mean=lambda state: state.mean,
         materialize=lambda population: population,
-        antithetic=antithetic,
+        sigma_init=sigma_init,
+        weight_decay=weight_decay,
     )
