@@ -51,6 +51,7 @@ __all__ = [
     "generation_step",
     "init_distributed",
     "make_mesh",
+    "mesh_from_option",
     "replicate",
     "sharded",
     "to_host",
@@ -86,6 +87,40 @@ def make_mesh(
             "XLA_FLAGS=--xla_force_host_platform_device_count=8 set before JAX is imported."
         )
     return Mesh(np.array(devices[:n]), (axis_name,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def mesh_from_option(devices: str | int | None, *, axis_name: str = DEFAULT_AXIS) -> Mesh | None:
+    """The mesh named by a command line ``--devices`` option.
+
+    Args:
+        devices: ``None`` or ``"auto"``: one device in a single-process run, all
+            devices (of every process) in a multi-process run; ``"all"``: every
+            device; an integer ``N`` (or its string): the first ``N`` devices.
+        axis_name: the mesh axis name.
+
+    Returns:
+        ``None`` for a single device (plain, unsharded programs), else a 1-D mesh.
+
+    Raises:
+        ValueError: a malformed value, or more devices than exist.
+    """
+    text = "auto" if devices is None else str(devices).strip().lower()
+    if text == "auto":
+        return make_mesh(axis_name=axis_name) if jax.process_count() > 1 else None
+    if text == "all":
+        n = len(jax.devices())
+    else:
+        try:
+            n = int(text)
+        except ValueError:
+            raise ValueError(f"--devices takes a number of devices, 'all' or 'auto'; got {devices!r}.") from None
+        if n < 1:
+            raise ValueError(f"--devices must be >= 1, got {n}.")
+    if n > len(jax.devices()):
+        make_mesh(n, axis_name=axis_name)  # raises the explanatory error
+    if n == 1 and jax.process_count() == 1:
+        return None
+    return make_mesh(n, axis_name=axis_name)
 
 
 def _auto_mesh(mesh: Mesh) -> Mesh:
