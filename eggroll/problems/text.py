@@ -189,10 +189,15 @@ class LMTask(NamedTuple):
     init: Callable[[], Carry]
     step: Callable[[Carry, jax.Array, jax.Array, jax.Array], tuple[Carry, dict]]
     validate: Callable[[Any], jax.Array]
+    mesh: Any = None  # a jax.sharding.Mesh splitting the members, or None (one device)
 
     @property
     def chunks_per_pass(self) -> int:
         return (self.train_streams.shape[1] - 1) // self.config.chunk
+
+    def put(self, x: np.ndarray) -> jax.Array:
+        """A host array as a device input of :attr:`step` (replicated over the mesh, if any)."""
+        return jnp.asarray(x) if self.mesh is None else _replicate(x, self.mesh)
 
     def batch(self, generation: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """``(inputs, targets, reset)`` for a generation: ``(S, chunk)`` each; reset at a wrap."""
@@ -212,7 +217,13 @@ def _streams(data: np.ndarray, count: int, min_len: int, what: str) -> np.ndarra
     return data[: count * length].reshape(count, length)
 
 
-def make_task(config: LMConfig, train: np.ndarray, valid: np.ndarray, valid_streams: int = 16) -> LMTask:
+def _replicate(x: np.ndarray, mesh) -> jax.Array:
+    from eggroll.parallel import replicate
+
+    return replicate(np.asarray(x), mesh)
+
+
+def make_task(config: LMConfig, train: np.ndarray, valid: np.ndarray, valid_streams: int = 16, *, mesh=None) -> LMTask:
     """Build the strategy, the data streams and the jitted step / validation functions.
 
     Args:
@@ -221,22 +232,35 @@ def make_task(config: LMConfig, train: np.ndarray, valid: np.ndarray, valid_stre
         valid: validation bytes.
         valid_streams: the validation split is scored as this many contiguous
             streams, each from a zero state.
+        mesh: ``None`` for one device, or a 1-D :class:`jax.sharding.Mesh`
+            (e.g. from :func:`eggroll.parallel.mesh_from_option`) whose axis
+            splits the population: each device evaluates its own members and
+            carries their hidden states; only the ``N`` fitness values are
+            all-gathered, and the integer update is computed identically on
+            every device, so the result equals the one-device run exactly.
 
     Returns:
         An :class:`LMTask`.
+
+    Raises:
+        ValueError: a bad setting, a corpus too short for the streams, or a
+            population that does not split into whole antithetic pairs per device.
     """
     config.validate()
+    if mesh is not None:
+        ie.check_devices(config.population, mesh.devices.size)
     train_s = _streams(train, config.streams, config.chunk + 1, "training")
     valid_s = _streams(valid, valid_streams, 2, "validation")
-    es, init, step, validate = _compiled(config)
-    xs, ys = jnp.asarray(valid_s[:, :-1]), jnp.asarray(valid_s[:, 1:])
-    return LMTask(config, es, train_s, valid_s, init, step, lambda mean: validate(mean, xs, ys))
+    es, init, step, validate = _compiled(config, mesh)
+    put = jnp.asarray if mesh is None else functools.partial(_replicate, mesh=mesh)
+    xs, ys = put(valid_s[:, :-1]), put(valid_s[:, 1:])
+    return LMTask(config, es, train_s, valid_s, init, step, lambda mean: validate(mean, xs, ys), mesh)
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled(config: LMConfig):
-    """Strategy and jitted functions for a config, cached so a second task with the same
-    settings in one process (e.g. a resumed run) reuses the compiled code."""
+def _compiled(config: LMConfig, mesh=None):
+    """Strategy and jitted functions for a config (and mesh), cached so a second task with the
+    same settings in one process (e.g. a resumed run) reuses the compiled code."""
     mcfg = config.model
     template = jax.eval_shape(lambda: egg.init(jax.random.key(0), mcfg))
     template = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), template)
@@ -265,12 +289,15 @@ def _compiled(config: LMConfig):
         x = jnp.repeat(inputs, group, axis=0)
         y = jnp.repeat(targets, group, axis=0)
 
-        def one(i, h, xi, yi):
-            logits, h = egg.apply(ie.member(pop, i, rank), xi, h)
+        def one(member_params, h, xi, yi):
+            logits, h = egg.apply(member_params, xi, h)
             return bits_per_byte(logits, yi), h
 
-        fitness, hidden = jax.vmap(one)(pop.index, hidden, x, y)
-        state, metrics = es.tell(jax.random.key(0), pop, fitness, state, params)
+        fitness, hidden = ie.map_members(one, pop, hidden, x, y, rank=rank, mesh=mesh)
+        if mesh is None:
+            state, metrics = es.tell(jax.random.key(0), pop, fitness, state, params)
+        else:  # the all-gather of the N fitness values; the update is replicated
+            state, metrics = ie.replicated_tell(es, mesh, jax.random.key(0), pop, fitness, state, params)
         return Carry(state, hidden, carry.generation + 1), metrics
 
     def validate(mean, xs, ys) -> jax.Array:
@@ -278,7 +305,27 @@ def _compiled(config: LMConfig):
         logits = jax.vmap(lambda t: egg.apply(mean, t, zero)[0])(xs)
         return jnp.mean(bits_per_byte(logits, ys))
 
-    return es, jax.jit(init), jax.jit(step, donate_argnums=0), jax.jit(validate)
+    if mesh is None:
+        return es, jax.jit(init), jax.jit(step, donate_argnums=0), jax.jit(validate)
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    rep = NamedSharding(mesh, P())
+    shardings = jax.tree.map(lambda _: rep, jax.eval_shape(init))
+    shardings = shardings._replace(hidden=NamedSharding(mesh, P(mesh.axis_names[0])))
+    step_out = (shardings, jax.tree.map(lambda _: rep, jax.eval_shape(step, *_step_shapes(init, config))[1]))
+    return (
+        es,
+        jax.jit(init, out_shardings=shardings),
+        jax.jit(step, donate_argnums=0, out_shardings=step_out),
+        jax.jit(validate, out_shardings=rep),
+    )
+
+
+def _step_shapes(init: Callable[[], Carry], config: LMConfig) -> tuple:
+    """Abstract arguments of the step function (to derive its output structure)."""
+    inputs = jax.ShapeDtypeStruct((config.streams, config.chunk), jnp.uint8)
+    return jax.eval_shape(init), inputs, inputs, jax.ShapeDtypeStruct((), jnp.bool_)
 
 
 def train_lm(
@@ -290,6 +337,7 @@ def train_lm(
     valid_every: int = 25,
     callback: Callable[[dict], None] | None = None,
     validate_first: bool = True,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[Carry, list[dict]]:
     """Run integer EGGROLL on a text task.
 
@@ -303,6 +351,8 @@ def train_lm(
         callback: called with every log record (a dict with ``generation``, ``train_bpb``,
             ``tokens_per_s``, ``elapsed`` and, when scored, ``valid_bpb``); return value ignored.
         validate_first: also score (and record) the starting point.
+        stop: polled after every generation; ``True`` ends the run there (e.g. a
+            SIGTERM flag). The last generation is then also scored on the validation split.
 
     Returns:
         ``(carry, history)``: the final carry and the list of log records.
@@ -323,12 +373,12 @@ def train_lm(
     while gen < end:
         inputs, targets, reset = task.batch(gen)
         t0 = time.perf_counter()
-        carry, metrics = task.step(carry, jnp.asarray(inputs), jnp.asarray(targets), jnp.asarray(reset))
+        carry, metrics = task.step(carry, task.put(inputs), task.put(targets), task.put(reset))
         mean_fit = float(metrics["mean_fitness"])
         dt = time.perf_counter() - t0
         gen += 1
         elapsed = time.perf_counter() - start_time
-        over = time_budget is not None and elapsed >= time_budget
+        over = (time_budget is not None and elapsed >= time_budget) or (stop is not None and stop())
         record = {
             "generation": gen,
             "train_bpb": mean_fit,
