@@ -1,4 +1,11 @@
-"""``eggroll bbob``: run strategies on COCO's BBOB functions and write tables, an ECDF plot and COCO data."""
+"""``eggroll bbob``: run strategies on COCO's BBOB functions and write tables, an ECDF plot and COCO data.
+
+Examples::
+
+    eggroll bbob --strategies open_es,eggroll,cma_es --functions 1-24 --dims 2,10 --out runs/bbob
+    eggroll bbob --dims 2,3,5,10,20,40 --instances 1-15 --budget 10000 --checkpoint-every 20 --out runs/big
+    eggroll bbob --dims 2,3,5,10,20,40 --instances 1-15 --budget 10000 --checkpoint-every 20 --out runs/big --resume
+"""
 
 from __future__ import annotations
 
@@ -30,10 +37,27 @@ def bbob(
     coco: bool = typer.Option(False, "--coco/--no-coco", help="Also write COCO's data format (for cocopp)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress display."),
     x64: bool = typer.Option(False, "--x64", help="Compute in float64 (slower; float32 is the default)."),
+    chunk_generations: int = typer.Option(
+        50, "--chunk-generations", min=1, help="Generations per compiled chunk (progress, metrics, checkpoints)."
+    ),
+    checkpoint_every: int | None = typer.Option(
+        None,
+        "--checkpoint-every",
+        min=1,
+        help="Also checkpoint every K chunks into <out>/checkpoints (always: after each (strategy, dim) run, "
+        "on SIGTERM/Ctrl-C, at the end).",
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the newest checkpoint in <out>/checkpoints (same settings)."
+    ),
 ) -> None:
-    """Run the benchmark and write bbob_results.csv/.md, bbob_runtimes.npz and bbob_ecdf.png into --out."""
+    """Run the benchmark and write bbob_results.csv/.md, bbob_runtimes.npz and bbob_ecdf.png into --out.
+
+    Checkpoints go to <out>/checkpoints and one metrics row per chunk to <out>/metrics (metrics.csv/.jsonl).
+    """
     from rich.console import Console
 
+    from eggroll.checkpoint import CheckpointError
     from eggroll.problems.bbob.runner import run_benchmark
 
     console = Console()
@@ -50,10 +74,23 @@ def bbob(
             coco_observer=coco,
             progress=progress,
             x64=x64,
+            chunk_generations=chunk_generations,
+            checkpoint_dir=out / "checkpoints",
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            log_dir=out / "metrics",
         )
-    except ValueError as err:
+    except (ValueError, CheckpointError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(code=2) from None
+    if result.resumed_from is not None:
+        console.print(f"resumed from step {result.resumed_from} ({result.checkpoint_dir})")
+    if result.interrupted:
+        console.print(
+            f"[yellow]stopped by {result.interrupted} at step {result.step} ({result.stopped_at})[/yellow]; "
+            f"checkpoint saved in {result.checkpoint_dir}. Continue with the same command plus --resume."
+        )
+        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
     console.print(f"[bold]{len(result.records)} runs[/bold] written to {out}:")
     for kind, path in result.files.items():
         console.print(f"  {kind:9s} {path}")

@@ -15,6 +15,11 @@ Strategies are told ``f - fopt`` instead of ``f``: the two differ by a constant
 per problem, to which every strategy here is invariant (they rank or
 standardise fitness), and ``f - fopt`` keeps full precision in float32 where
 ``f`` (with ``|fopt|`` up to 1000) would not.
+
+Long runs checkpoint (orbax, :class:`eggroll.checkpoint.Checkpointer`) at the
+end of every (strategy, dimension) run, every ``checkpoint_every`` chunks and on
+SIGTERM / Ctrl-C, resume bit for bit, and log one metrics row per chunk
+(:class:`eggroll.logging.MetricsLogger`).
 """
 
 from __future__ import annotations
@@ -210,7 +215,13 @@ class BenchmarkResult:
         problems: per dimension, the ``(function, instance)`` list.
         budgets: per dimension, the evaluation budget.
         files: paths written (tables, plot, COCO data folder).
-        seconds: wall time per (strategy, dimension).
+        seconds: wall time per (strategy, dimension) (summed over the legs of a resumed run).
+        step: chunks completed over all runs (the checkpoint and metrics step).
+        interrupted: ``"SIGTERM"`` / ``"SIGINT"`` if a signal stopped the run
+            (a checkpoint was saved; no output files were written), else ``""``.
+        stopped_at: where an interrupted run stopped, in words.
+        resumed_from: the checkpoint step this run continued from (``None``: a fresh run).
+        checkpoint_dir: where checkpoints went (``None``: none).
     """
 
     records: list[dict[str, Any]]
@@ -219,6 +230,11 @@ class BenchmarkResult:
     budgets: dict[int, int]
     files: dict[str, Path] = dataclasses.field(default_factory=dict)
     seconds: dict[tuple[str, int], float] = dataclasses.field(default_factory=dict)
+    step: int = 0
+    interrupted: str = ""
+    stopped_at: str = ""
+    resumed_from: int | None = None
+    checkpoint_dir: Path | None = None
 
     @property
     def strategies(self) -> list[str]:
@@ -312,8 +328,27 @@ def run_benchmark(
     progress: bool = True,
     plot: bool = True,
     x64: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    log_dir: str | Path | None = None,
 ) -> BenchmarkResult:
     """Runs strategies on BBOB problems with a budget of ``budget_multiplier * D`` evaluations.
+
+    The (strategy, dimension) *runs* go in order: dimensions outer, strategies
+    inner. Each run is a sequence of chunks of ``chunk_generations``
+    generations; the chunks of all runs are numbered 1, 2, ... in that order (the
+    *step*, used by checkpoints and metrics).
+
+    With ``checkpoint_dir`` the runner saves (orbax, via
+    :class:`eggroll.checkpoint.Checkpointer`) the finished runs (their runtimes
+    and best values) and, inside a run, the scan carry (the strategy states of
+    all problems, best-so-far values, target hits, evaluation count) with the run
+    key: at the end of every run, every ``checkpoint_every`` steps, and after the
+    current chunk when SIGTERM / Ctrl-C arrives (the run then stops and returns
+    with ``interrupted`` set). ``resume=True`` continues from the newest
+    checkpoint: finished runs are not recomputed, and the results are identical,
+    bit for bit, to those of an uninterrupted run.
 
     Args:
         strategies: names (see :func:`make_competitor`), :class:`Competitor` s,
@@ -324,25 +359,39 @@ def run_benchmark(
         budget_multiplier: evaluations per dimension (COCO's convention).
         out_dir: where to write ``bbob_results.csv``, ``bbob_results.md``,
             ``bbob_runtimes.npz``, ``bbob_ecdf.png`` (and ``coco/`` with the
-            observer); nothing is written if ``None``.
+            observer); nothing is written if ``None`` or if the run was interrupted.
         seed: seeds the initial means and the strategies' keys.
         x0: initial mean: ``"uniform"`` in ``[-4, 4]^D`` (one draw per problem,
             shared by all strategies) or ``"origin"``.
-        chunk_generations: generations per compiled call (progress granularity).
+        chunk_generations: generations per compiled call (progress, metrics and
+            checkpoint granularity).
         coco_observer: also log every evaluated point through a
             ``cocoex.Observer("bbob", ...)`` into ``out_dir/coco`` (readable by
             ``cocopp``); the points are replayed through cocoex after each run.
+            Cannot be combined with ``resume`` (checkpoints do not hold the points).
         progress: show a rich progress display.
         plot: draw the ECDF figure (needs ``out_dir``).
         x64: run in float64 (``jax.enable_x64``): the functions and evosax strategies then
             compute in double precision (eggroll's strategies keep float32 noise and means).
+        checkpoint_dir: where checkpoints go (``None``: none). A fresh run
+            (``resume=False``) refuses a directory that already holds checkpoints.
+        checkpoint_every: also save every this many steps (chunks), besides the
+            end of each run and interruptions (``None``: only those).
+        resume: continue from the newest checkpoint in ``checkpoint_dir``; the
+            settings (strategies, functions, dimensions, instances, budget, seed,
+            x0, chunk size, x64) must be those of the checkpointed run.
+        log_dir: write one metrics row per chunk there
+            (:class:`eggroll.logging.MetricsLogger`; numeric columns only, see the
+            docs); on resume the rows after the checkpoint are dropped first.
 
     Returns:
         A :class:`BenchmarkResult`.
 
     Raises:
-        ValueError: for unknown strategies, ids or dimensions, or a budget too
-            small for one generation.
+        ValueError: for unknown strategies, ids or dimensions, a budget too
+            small for one generation, a fresh run into a directory holding
+            checkpoints, or a resume with other settings.
+        eggroll.checkpoint.CheckpointError: no usable checkpoint to resume from.
     """
     if x64 and not jax.config.jax_enable_x64:
         with jax.enable_x64(True):
@@ -360,9 +409,14 @@ def run_benchmark(
                 progress=progress,
                 plot=plot,
                 x64=True,
+                checkpoint_dir=checkpoint_dir,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+                log_dir=log_dir,
             )
     if isinstance(strategies, str):
         strategies = [s.strip() for s in strategies.split(",") if s.strip()]
+    strategies = list(strategies)
     if not strategies:
         raise ValueError("run_benchmark() needs at least one strategy, e.g. ['cma_es'].")
     dims = parse_ids(dimensions)
@@ -377,58 +431,191 @@ def run_benchmark(
         )
     if chunk_generations < 1:
         raise ValueError(f"chunk_generations must be >= 1, got {chunk_generations}.")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive number of chunks (or None), got {checkpoint_every}.")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir (the checkpoints of the run to continue).")
+    if resume and coco_observer:
+        raise ValueError(
+            "--coco cannot be combined with --resume: COCO's observer replays every point a run evaluated, and "
+            "checkpoints do not store them. Resume without --coco (the tables, runtimes and ECDF are complete; "
+            "<out>/coco then holds only the runs finished before the stop), or rerun with --coco into a new --out."
+        )
     suites = {d: BBOBSuite(functions, instances, d) for d in dims}  # validates ids and dims up front
     out = Path(out_dir) if out_dir is not None else None
+    config = _config_record(strategies, suites, dims, budget_multiplier, seed, x0, chunk_generations, x64)
+    runs = [(d, si) for d in dims for si in range(len(strategies))]
+    key = jax.random.key(seed)
+    result = BenchmarkResult(records=[], hits={}, problems={}, budgets={})
+    for d in dims:
+        result.problems[d] = list(suites[d].problems)
+        result.budgets[d] = int(budget_multiplier * d)
+    prepared: dict[int, _Run] = {}
+
+    def prepare(i: int) -> _Run:
+        if i not in prepared:
+            d, si = runs[i]
+            means = _initial_means(jax.random.fold_in(key, d), len(suites[d]), d, x0)
+            budget = result.budgets[d]
+            run = _prepare_run(
+                strategies[si], suites[d], means, key, budget, budget_multiplier, chunk_generations, coco_observer
+            )
+            prepared[i] = run
+        return prepared[i]
+
+    ckpt = None
+    position = {"run": 0, "chunk": 0, "step": 0, "seconds": 0.0}
+    completed: list[dict[str, Any]] = []  # JSON description of the finished runs, in order
+    done_arrays: dict[str, dict[str, np.ndarray]] = {}  # their hits and best values
+    current: dict[str, Any] | None = None  # the restored carry of an unfinished run
+    if checkpoint_dir is not None:
+        from eggroll.checkpoint import Checkpointer
+
+        ckpt = Checkpointer(checkpoint_dir, every=checkpoint_every, max_to_keep=2)
+        try:
+            if not resume and ckpt.steps():
+                raise ValueError(
+                    f"{ckpt.directory} already holds checkpoints of a benchmark run (steps {ckpt.steps()}); "
+                    "pass --resume to continue it, or choose another --out to start a new run."
+                )
+            if resume:
+                meta = ckpt.read_meta()
+                _check_config(ckpt.directory, meta.get("config"), config)
+                position, completed = dict(meta["position"]), list(meta["completed"])
+                template: dict[str, Any] = {}
+                if completed:
+                    fdtype = np.dtype(jnp.asarray(1.0).dtype)
+                    template["completed"] = {
+                        _run_key(j): {
+                            "hits": np.zeros((len(suites[runs[j][0]]), TARGETS.size), np.int32),
+                            "best": np.zeros((len(suites[runs[j][0]]),), fdtype),
+                        }
+                        for j in range(len(completed))
+                    }
+                if position["chunk"] > 0:
+                    run = prepare(position["run"])
+                    template["current"] = {"carry": run.carry[:4], "key": run.key}
+                items, _ = ckpt.restore(template)
+                current = items.get("current")
+                for j, entry in enumerate(completed):
+                    arrays = items["completed"][_run_key(j)]
+                    hits, best = np.asarray(arrays["hits"]), np.asarray(arrays["best"])
+                    done_arrays[_run_key(j)] = {"hits": hits, "best": best}
+                    _add_run(result, entry, suites[entry["dimension"]], hits, best)
+                result.resumed_from = int(position["step"])
+        except BaseException:
+            ckpt.close()
+            raise
+        result.checkpoint_dir = ckpt.directory
+
+    def save(step: int, run: int, chunk: int, seconds: float, carry: Any = None, run_key: Any = None) -> None:
+        if ckpt is None:
+            return
+        items: dict[str, Any] = {}
+        if done_arrays:
+            items["completed"] = dict(done_arrays)
+        if carry is not None:
+            items["current"] = {"carry": carry[:4], "key": run_key}
+        meta = {
+            "config": config,
+            "position": {"run": run, "chunk": chunk, "step": step, "seconds": seconds},
+            "completed": completed,
+            "runs": len(runs),
+        }
+        ckpt.save(step, items, meta)
+
+    logger = None
+    if log_dir is not None:
+        from eggroll.logging import MetricsLogger
+
+        logger = MetricsLogger(log_dir)
+        logger.truncate(int(position["step"]) + 1)  # a resumed run rewrites the steps after its checkpoint
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    result = BenchmarkResult(records=[], hits={}, problems={}, budgets={})
-    targets_np = TARGETS
     observers: dict[str, Any] = {}
-    with _Progress(progress) as bar:
-        for d in dims:
-            suite = suites[d]
-            budget = int(budget_multiplier * d)
-            result.problems[d] = list(suite.problems)
-            result.budgets[d] = budget
-            key = jax.random.key(seed)
-            means = _initial_means(jax.random.fold_in(key, d), len(suite), d, x0)
-            for strategy in strategies:
-                comp = _resolve(strategy, d, budget)
-                n = comp.population_size
-                gens = budget // n
-                if gens < 1:
-                    raise ValueError(
-                        f"Budget {budget} evaluations ({budget_multiplier} x {d}) is smaller than one "
-                        f"generation of {comp.name} ({n} members): raise the budget."
+    step = int(position["step"])
+    from eggroll.checkpoint import GracefulInterrupt
+
+    try:
+        with _Progress(progress) as bar, GracefulInterrupt() as signals:
+            for i, (d, si) in enumerate(runs):
+                if i < position["run"]:
+                    continue  # finished before the checkpoint: restored above
+                if signals.requested is not None:
+                    result.interrupted = signals.signal_name
+                    result.stopped_at = f"before the {_ordinal(i + 1)} of {len(runs)} runs"
+                    break
+                run = prepare(i)
+                comp, suite = run.comp, suites[d]
+                carry, run_key = run.carry, run.key
+                chunk0, seconds0 = 0, 0.0
+                if i == position["run"] and current is not None:
+                    carry = (*current["carry"], carry[4])  # the problem data is not saved: it is rebuilt
+                    run_key, chunk0, seconds0 = current["key"], int(position["chunk"]), float(position["seconds"])
+                n, gens, size = comp.population_size, run.generations, run.size
+                n_prob = len(suite)
+                task = bar.add(f"{comp.name} {d}-D ({n_prob} problems)", gens)
+                if chunk0:
+                    bar.update(task, min(chunk0 * size, gens), "resumed")
+                points: list[np.ndarray] = []
+                c = chunk0
+                t_run = time.perf_counter()
+                while c < run.chunks:
+                    t0 = time.perf_counter()
+                    with jax.numpy_rank_promotion("allow"):  # third-party strategies (evosax) broadcast implicitly
+                        carry, xs = run.chunk(carry, run_key, c * size)
+                    best, hits = np.asarray(carry[1]), np.asarray(carry[2])
+                    seconds = time.perf_counter() - t0
+                    advance = min((c + 1) * size, gens) - c * size
+                    c += 1
+                    step += 1
+                    if coco_observer:
+                        points.append(np.asarray(xs)[:advance])  # (generations, P, N, D)
+                    if logger is not None:
+                        logger.log(
+                            step, _metrics_row(i, si, d, c, min(c * size, gens), n, best, hits, seconds, advance)
+                        )
+                    bar.update(
+                        task,
+                        advance,
+                        f"median best f-fopt {np.median(best):.2e}, targets hit {np.mean(hits >= 0):.0%}",
                     )
-                t0 = time.perf_counter()
-                hits, best, points = _run_one(comp, suite, means, gens, key, chunk_generations, coco_observer, bar, d)
-                result.seconds[(comp.name, d)] = time.perf_counter() - t0
-                result.hits[(comp.name, d)] = hits
-                for k, (f, i) in enumerate(suite.problems):
-                    reached = np.nonzero(hits[k] >= 0)[0]
-                    best_t = int(reached.max()) if reached.size else -1
-                    result.records.append(
-                        {
-                            "strategy": comp.name,
-                            "function": f,
-                            "instance": i,
-                            "dimension": d,
-                            "population_size": n,
-                            "budget": budget,
-                            "evaluations": gens * n,
-                            "final_delta": float(best[k]),
-                            "best_target": float(targets_np[best_t]) if best_t >= 0 else float("nan"),
-                            "evals_to_best_target": int(hits[k, best_t]) if best_t >= 0 else -1,
-                            "evals_to_1e-8": int(hits[k, -1]) if hits[k, -1] >= 0 else -1,
-                        }
+                    if c < run.chunks and (signals.requested is not None or (ckpt and ckpt.should_save(step))):
+                        save(step, i, c, seconds0 + time.perf_counter() - t_run, carry, run_key)
+                        if signals.requested is not None:
+                            break
+                if c < run.chunks:
+                    result.interrupted = signals.signal_name
+                    result.stopped_at = (
+                        f"{comp.name} {d}-D, generation {c * size} of {gens}, run {i + 1} of {len(runs)}"
                     )
+                    break
+                hits, best = np.asarray(carry[2]), np.asarray(carry[1])
+                entry = {
+                    "strategy": comp.name,
+                    "dimension": d,
+                    "population_size": n,
+                    "generations": gens,
+                    "budget": result.budgets[d],
+                    "seconds": seconds0 + time.perf_counter() - t_run,
+                }
+                completed.append(entry)
+                done_arrays[_run_key(i)] = {"hits": hits, "best": best}
+                _add_run(result, entry, suite, hits, best)
                 if coco_observer and out is not None:
                     if comp.name not in observers:
                         observers[comp.name] = _coco_observer(out / "coco", comp.name)
                     _replay_coco(observers[comp.name], comp.name, suite, points, bar)
+                save(step, i + 1, 0, 0.0)  # a finished run is never recomputed
+                del prepared[i], carry, points
+    finally:
+        if logger is not None:
+            logger.close()
+        if ckpt is not None:
+            ckpt.close()
     observers.clear()  # finalises COCO's files
-    if out is not None:
+    result.step = step
+    if out is not None and not result.interrupted:
         from eggroll.problems.bbob import report
 
         result.files.update(report.write_tables(result, out))
@@ -439,17 +626,164 @@ def run_benchmark(
     return result
 
 
-def _run_one(
-    comp: Competitor,
+_OPTION = {
+    "strategies": "--strategies",
+    "functions": "--functions",
+    "dimensions": "--dims",
+    "instances": "--instances",
+    "budget_multiplier": "--budget",
+    "seed": "--seed",
+    "x0": "--x0",
+    "chunk_generations": "--chunk-generations",
+    "x64": "--x64",
+}
+
+
+def _strategy_label(strategy: StrategyArg | Competitor) -> str:
+    if isinstance(strategy, str):
+        return strategy
+    if isinstance(strategy, Competitor):
+        return f"Competitor({strategy.name})"
+    return f"{getattr(strategy, '__module__', '?')}.{getattr(strategy, '__qualname__', type(strategy).__name__)}"
+
+
+def _config_record(
+    strategies: Sequence[StrategyArg | Competitor],
+    suites: dict[int, BBOBSuite],
+    dims: list[int],
+    budget_multiplier: float,
+    seed: int,
+    x0: str,
+    chunk_generations: int,
+    x64: bool,
+) -> dict[str, Any]:
+    """The settings a resumed run must share with its checkpoint (JSON-ready)."""
+    problems = suites[dims[0]].problems
+    return {
+        "strategies": [_strategy_label(s) for s in strategies],
+        "functions": sorted({f for f, _ in problems}),
+        "instances": sorted({i for _, i in problems}),
+        "dimensions": [int(d) for d in dims],
+        "budget_multiplier": float(budget_multiplier),
+        "seed": int(seed),
+        "x0": str(x0),
+        "chunk_generations": int(chunk_generations),
+        "x64": bool(x64),
+    }
+
+
+def _check_config(directory: Path, saved: dict[str, Any] | None, wanted: dict[str, Any]) -> None:
+    from eggroll.checkpoint import CheckpointError
+
+    if saved is None:
+        raise CheckpointError(
+            f"The checkpoint in {directory} has no benchmark settings; it was not written by run_benchmark. "
+            "Choose another --out to start a new run."
+        )
+    diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+    if diff:
+        listed = "; ".join(f"{_OPTION.get(k, k)}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"the checkpoint in {directory} was written with other settings ({listed}); resume with the same "
+            "settings (only --progress, --checkpoint-every and --coco/--no-coco may change), or choose another "
+            "--out to start a new run."
+        )
+
+
+def _run_key(i: int) -> str:
+    return f"run{i}"
+
+
+def _ordinal(k: int) -> str:
+    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+
+
+def _metrics_row(
+    run: int,
+    strategy_index: int,
+    d: int,
+    chunk: int,
+    generations: int,
+    n: int,
+    best: np.ndarray,
+    hits: np.ndarray,
+    seconds: float,
+    advance: int,
+) -> dict[str, float | int]:
+    """One metrics row (numbers only: :class:`~eggroll.logging.MetricsLogger` drops strings)."""
+    return {
+        "run": run,
+        "strategy_index": strategy_index,
+        "dimension": d,
+        "chunk": chunk,
+        "run_generations": generations,
+        "evaluations": generations * n,
+        "median_delta": float(np.median(best)),
+        "best_delta": float(np.min(best)),
+        "targets_reached": float(np.mean(hits >= 0)),
+        "solved_1e-8": float(np.mean(hits[:, -1] >= 0)),
+        "seconds": seconds,
+        "evals_per_s": advance * n * best.shape[0] / max(seconds, 1e-9),
+    }
+
+
+def _add_run(result: BenchmarkResult, entry: dict[str, Any], suite: BBOBSuite, hits: np.ndarray, best: np.ndarray):
+    """Adds a finished (strategy, dimension) run to ``result``: its hits, seconds and one record per problem."""
+    name, d, n = entry["strategy"], int(entry["dimension"]), int(entry["population_size"])
+    result.hits[(name, d)] = hits
+    result.seconds[(name, d)] = float(entry["seconds"])
+    for k, (f, i) in enumerate(suite.problems):
+        reached = np.nonzero(hits[k] >= 0)[0]
+        best_t = int(reached.max()) if reached.size else -1
+        result.records.append(
+            {
+                "strategy": name,
+                "function": f,
+                "instance": i,
+                "dimension": d,
+                "population_size": n,
+                "budget": int(entry["budget"]),
+                "evaluations": int(entry["generations"]) * n,
+                "final_delta": float(best[k]),
+                "best_target": float(TARGETS[best_t]) if best_t >= 0 else float("nan"),
+                "evals_to_best_target": int(hits[k, best_t]) if best_t >= 0 else -1,
+                "evals_to_1e-8": int(hits[k, -1]) if hits[k, -1] >= 0 else -1,
+            }
+        )
+
+
+@dataclasses.dataclass
+class _Run:
+    """One (strategy, dimension) run, ready to go: the competitor, the compiled chunk and the initial carry."""
+
+    comp: Competitor
+    generations: int
+    size: int
+    chunks: int
+    chunk: Callable
+    carry: tuple
+    key: jax.Array
+
+
+def _prepare_run(
+    strategy: StrategyArg | Competitor,
     suite: BBOBSuite,
     means: jax.Array,
-    gens: int,
     key: jax.Array,
+    budget: int,
+    budget_multiplier: float,
     chunk_generations: int,
     keep_points: bool,
-    bar: _Progress,
-    d: int,
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+) -> _Run:
+    d = suite.dimension
+    comp = _resolve(strategy, d, budget)
+    n = comp.population_size
+    gens = budget // n
+    if gens < 1:
+        raise ValueError(
+            f"Budget {budget} evaluations ({budget_multiplier} x {d}) is smaller than one "
+            f"generation of {comp.name} ({n} members): raise the budget."
+        )
     n_prob = len(suite)
     data = suite.device_data()
     seed_key = jax.random.fold_in(key, zlib.crc32(comp.name.encode()) % (2**31))
@@ -476,24 +810,7 @@ def _run_one(
     with jax.numpy_rank_promotion("allow"):  # third-party strategies (evosax) rely on implicit broadcasting
         carry, k_run = start(seed_key, means, comp.params, data)
     chunk = _make_chunk(comp, suite, gens, size, keep_points)
-    task = bar.add(f"{comp.name} {d}-D ({n_prob} problems)", gens)
-    points: list[np.ndarray] = []
-    done = 0
-    while done < gens:
-        with jax.numpy_rank_promotion("allow"):
-            carry, xs = chunk(carry, k_run, done)
-        step = min(size, gens - done)
-        done += step
-        if keep_points:
-            points.append(np.asarray(xs)[:step])  # (generations, P, N, D)
-        hits = np.asarray(carry[2])
-        best = np.asarray(carry[1])
-        bar.update(
-            task,
-            step,
-            f"median best f-fopt {np.median(best):.2e}, targets hit {np.mean(hits >= 0):.0%}",
-        )
-    return np.asarray(carry[2]), np.asarray(carry[1]), points
+    return _Run(comp, gens, size, -(-gens // size), chunk, carry, k_run)
 
 
 def _coco_observer(folder: Path, name: str) -> Any:
