@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -537,7 +538,9 @@ def run_benchmark(
     from eggroll.checkpoint import GracefulInterrupt
 
     try:
-        with _Progress(progress) as bar, GracefulInterrupt() as signals:
+        # without checkpoints there is nothing to save: signals keep their usual effect
+        watched = (signal.SIGTERM, signal.SIGINT) if ckpt is not None else ()
+        with _Progress(progress) as bar, GracefulInterrupt(watched) as signals:
             for i, (d, si) in enumerate(runs):
                 if i < position["run"]:
                     continue  # finished before the checkpoint: restored above
