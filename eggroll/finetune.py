@@ -206,6 +206,22 @@ def _width(lengths, multiple: int = 32) -> int:
     return -(-max(lengths) // multiple) * multiple
 
 
+def _host(tree):
+    """NumPy copies (all-gathered when the arrays span several processes)."""
+    from eggroll import parallel
+
+    return parallel.to_host(tree)
+
+
+def _split(x: np.ndarray, mesh) -> Any:
+    """A host array placed with its leading (member) axis split over ``mesh`` (any number of processes)."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
 def evaluate_model(config, params, tokenizer, task, examples, max_new_tokens: int, batch_size: int = 32):
     """Greedy completions of ``examples`` by ``params``: (mean reward, accuracy, completions)."""
     from eggroll.models.llama import generate_ids, pad_prompts
@@ -228,7 +244,7 @@ def evaluate_model(config, params, tokenizer, task, examples, max_new_tokens: in
             stop_ids=tuple(tokenizer.stop_ids),
             pad_id=tokenizer.pad_id,
         )
-        toks, lens, done = (np.asarray(x) for x in out)
+        toks, lens, done = _host(out)
         texts += [tokenizer.decode(toks[i, : lens[i] - int(done[i])]) for i in range(len(chunk))]
     rewards = task.rewards(texts, examples)
     acc = float(np.mean([task.correct(t, e) for t, e in zip(texts, examples, strict=True)]))
@@ -240,6 +256,7 @@ def finetune(
     model: tuple | None = None,
     task: Any = None,
     callback: Callable[[dict], None] | None = None,
+    mesh: Any = None,
 ) -> FinetuneResult:
     """Fine-tune a Llama-family model on a reward task with EGGROLL.
 
@@ -251,6 +268,11 @@ def finetune(
             returning ``True`` stops the run after that generation (a final evaluation
             of the mean is then made if that generation was not evaluated). A resumed run
             first calls it with ``{"generation": g, "resumed_from": g}``.
+        mesh: split the population over this device mesh (``None``: one device;
+            see :func:`eggroll.parallel.mesh_from_option`). Each device generates
+            the completions of its own members with the shared base weights; the
+            reward vector is all-gathered and the update is computed replicated.
+            Greedy decoding gives the same completions as on one device.
 
     With ``cfg.out_dir`` the strategy state (mean, optimizer state, noise key),
     the generation, the history and the padding width are saved in
@@ -293,7 +315,13 @@ def finetune(
         trainable=mask,
     )
     es_params = es.default_params.replace(sigma_init=cfg.sigma)
-    state = es.init(jax.random.PRNGKey(cfg.seed), params, es_params)
+    run_es = es
+    if mesh is not None:
+        from eggroll import parallel
+
+        run_es = parallel.sharded(es, mesh)  # raises a clear error if the population does not split evenly
+        params, es_params = parallel.replicate((params, es_params), mesh)
+    state = run_es.init(jax.random.PRNGKey(cfg.seed), params, es_params)
     gen_fn = jax.jit(generate_population, static_argnames=("config", "max_new_tokens", "stop_ids", "pad_id"))
     stop_ids = tuple(tok.stop_ids)
     eval_examples = task.examples(cfg.eval_prompts, seed=10_000_019 + cfg.seed)
@@ -356,7 +384,7 @@ def finetune(
         for gen in range(first, cfg.generations + 1):
             t0 = time.perf_counter()
             key = jax.random.PRNGKey(cfg.seed * 1_000_003 + gen)
-            population, state = es.ask(key, state, es_params)
+            population, state = run_es.ask(key, state, es_params)
             examples = task.examples(cfg.prompts_per_generation, seed=cfg.seed * 7919 + gen)
             per_member = assign_prompts(examples, n, g)
             enc = {id(e): ids for e, ids in zip(examples, _encode(tok, task, examples), strict=True)}
@@ -365,18 +393,21 @@ def finetune(
             ids, masks = zip(
                 *[pad_prompts([enc[id(e)] for e in ex], tok.pad_id, multiple=width) for ex in per_member], strict=True
             )
+            ids, masks = np.stack(ids), np.stack(masks)
+            if mesh is not None:  # each device holds the prompts of its own members
+                ids, masks = _split(ids, mesh), _split(masks, mesh)
             out = gen_fn(
                 config,
                 population,
-                np.stack(ids),
-                np.stack(masks),
+                ids,
+                masks,
                 key,
                 cfg.temperature,
                 max_new_tokens=max_new,
                 stop_ids=stop_ids,
                 pad_id=tok.pad_id,
             )
-            toks, lens, done = (np.asarray(x) for x in out)
+            toks, lens, done = _host(out)
             rewards = np.zeros((n, len(per_member[0])), np.float32)
             correct = 0
             for i in range(n):
@@ -384,7 +415,7 @@ def finetune(
                 rewards[i] = task.rewards(texts, per_member[i])
                 correct += sum(task.correct(t, e) for t, e in zip(texts, per_member[i], strict=True))
             fitness = rewards.mean(axis=1)
-            state, metrics = es.tell(key, population, fitness, state, es_params)
+            state, metrics = run_es.tell(key, population, fitness, state, es_params)
             dt = time.perf_counter() - t0
             record = {
                 "generation": gen,
@@ -394,13 +425,14 @@ def finetune(
                 "tokens": int(lens.sum()),
                 "tokens_per_s": float(lens.sum() / dt),
                 "seconds": dt,
-                "update_norm": float(metrics["update_norm"]),
+                "update_norm": float(_host(metrics["update_norm"])),
             }
             if gen % cfg.eval_every == 0 or gen == cfg.generations:
                 run_eval(gen, record)
             history.append(record)
             if logger is not None:
-                logger.log(gen, {**record, "sigma": float(state.sigma)})
+                fixed = {"eval_reward": math.nan, "eval_accuracy": math.nan}  # CSV columns; empty if not evaluated
+                logger.log(gen, {**fixed, **record, "sigma": float(_host(state.sigma))})
             stop = callback is not None and callback(record) is True
             if signals.requested is not None:
                 interrupted, stop = signals.signal_name, True

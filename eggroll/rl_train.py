@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 STRATEGIES = ("eggroll", "open_es")
 
@@ -193,6 +194,7 @@ def train(
     checkpoint_every: int | None = None,
     resume: bool = False,
     log_dir: str | Path | None = None,
+    mesh: Any = None,
 ) -> RLResult:
     """Run the training loop.
 
@@ -218,6 +220,13 @@ def train(
         log_dir: write one row per generation there (:class:`eggroll.logging.MetricsLogger`:
             JSONL and CSV always, TensorBoard when tensorboardX is installed), with
             the returns, sigma, env steps, seconds and env steps per second.
+        mesh: split the population over this device mesh
+            (:func:`eggroll.parallel.make_mesh` / :func:`eggroll.parallel.mesh_from_option`;
+            ``None``: one device). Members' episodes run on their own device, the
+            return vector is all-gathered and the update is computed replicated;
+            the observation statistics are summed across devices. The result
+            matches a one-device run to float tolerance, and a checkpoint may be
+            resumed on a different number of devices.
 
     Returns:
         the :class:`RLResult` (``interrupted`` tells whether SIGTERM / Ctrl-C stopped it).
@@ -238,8 +247,16 @@ def train(
     es_params = es.default_params
     key = jax.random.key(config.seed)
     key, k_init, k_fit = jax.random.split(key, 3)
-    es_state = es.init(k_init, params, es_params)
+    run_es = es
+    if mesh is not None:
+        from eggroll import parallel
+
+        run_es = parallel.sharded(es, mesh)
+        params, es_params, key, k_init, k_fit = parallel.replicate((params, es_params, key, k_init, k_fit), mesh)
+    es_state = run_es.init(k_init, params, es_params)
     fit_state = fitness.init(k_fit)
+    if mesh is not None:
+        fit_state = parallel.replicate(fit_state, mesh)
     ckpt = None
     if checkpoint_dir is not None:
         ckpt = Checkpointer(checkpoint_dir, every=checkpoint_every, max_to_keep=2)
@@ -253,14 +270,23 @@ def train(
     @jax.jit
     def generation(key, es_state, fit_state):
         k_ask, k_eval, k_tell = jax.random.split(key, 3)
-        population, es_state = es.ask(k_ask, es_state, es_params)
+        population, es_state = run_es.ask(k_ask, es_state, es_params)
         fit, fit_state = fitness.evaluate(k_eval, population, fit_state)
-        es_state, _ = es.tell(k_tell, population, fit, es_state, es_params)
+        if mesh is not None:  # the statistics are reduced over all members: keep them replicated
+            fit_state = jax.lax.with_sharding_constraint(fit_state, NamedSharding(mesh, PartitionSpec()))
+        es_state, _ = run_es.tell(k_tell, population, fit, es_state, es_params)
         return es_state, fit_state, (jnp.mean(fit), jnp.max(fit), fit_state.env_steps)
 
     @jax.jit
     def evaluate_mean(key, mean, fit_state):
         return jnp.mean(eval_fitness.rollout(key, mean, fit_state).returns)
+
+    def host(tree: Any) -> Any:
+        if mesh is None:
+            return tree
+        from eggroll import parallel
+
+        return parallel.to_host(tree)
 
     history: dict[str, list[float]] = {
         k: [] for k in ("generation", "mean_return", "max_return", "env_steps", "seconds")
@@ -271,7 +297,7 @@ def train(
     eval_key = jax.random.key(config.seed + 1_000_003)
 
     def run_eval(gen: int) -> float:
-        ret = float(evaluate_mean(jax.random.fold_in(eval_key, gen), es.get_mean(es_state), fit_state))
+        ret = float(host(evaluate_mean(jax.random.fold_in(eval_key, gen), es.get_mean(es_state), fit_state)))
         history["eval_generation"].append(gen)
         history["eval_return"].append(ret)
         return ret
@@ -327,9 +353,8 @@ def train(
     with _progress(progress, config, first - 1) as (bar, task), GracefulInterrupt() as signals:
         for gen in range(first, config.generations + 1):
             t0 = time.perf_counter()
-            es_state, fit_state, (mean_ret, max_ret, steps) = generation(
-                jax.random.fold_in(key, gen), es_state, fit_state
-            )
+            es_state, fit_state, stats = generation(jax.random.fold_in(key, gen), es_state, fit_state)
+            mean_ret, max_ret, steps = host(stats)
             mean_ret, max_ret, steps = float(mean_ret), float(max_ret), float(steps)
             seconds = time.perf_counter() - t0
             if gen == first:
@@ -349,9 +374,10 @@ def train(
                 stop = config.target_return is not None and ret >= config.target_return
             if logger is not None:
                 sigma = getattr(es_state, "sigma", None)
-                extra = {"sigma": float(sigma)} if sigma is not None else {}
+                extra = {"sigma": float(host(sigma))} if sigma is not None else {}
                 done = steps - (history["env_steps"][-2] if len(history["env_steps"]) > 1 else 0.0)
-                logger.log(gen, {**row, **extra, "env_steps_per_s": done / max(seconds, 1e-9)})
+                fixed = {"eval_return": math.nan}  # a fixed CSV column; empty (JSON null) when not evaluated
+                logger.log(gen, {**fixed, **row, **extra, "env_steps_per_s": done / max(seconds, 1e-9)})
             if bar is not None:
                 bar.update(task, advance=1, description=_describe(row, best[0]))
             if callback is not None:
@@ -374,11 +400,11 @@ def train(
     return RLResult(
         config=config,
         history=history,
-        best_params=best[1],
-        best_obs_stats=best[2],
+        best_params=host(best[1]),
+        best_obs_stats=host(best[2]),
         best_eval_return=best[0],
-        final_params=es.get_mean(es_state),
-        final_obs_stats=fit_state.obs_stats,
+        final_params=host(es.get_mean(es_state)),
+        final_obs_stats=host(fit_state.obs_stats),
         compile_seconds=compile_seconds,
         generation=gen,
         interrupted=interrupted,

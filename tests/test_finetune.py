@@ -149,3 +149,32 @@ def test_finetune_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
     record = json.loads((out / "history.json").read_text())
     assert [h["generation"] for h in record["history"]] == [1, 2, 3, 4]
     assert [e[0] for e in record["evals"]] == [0, 2, 4]
+
+
+def test_finetune_devices_split_the_population_like_one_device(tmp_path):
+    """`--devices 4` generates each member's completions on its own device; same rewards, same update."""
+    model = tmp_path / "tiny.gguf"
+    _tiny_gguf(model)
+    reward = tmp_path / "reward.py"
+    reward.write_text(REWARD)
+    args = ["--model", str(model), "--task", "python", "--reward", f"{reward}:digits", "--generations", "3"]
+    args += ["--population", "8", "--prompts", "2", "--sigma", "0.05", "--lr", "0.005", "--max-new-tokens", "4"]
+    args += ["--eval-every", "3", "--eval-prompts", "2", "--evolve", "attn,mlp,embed", "--no-export"]
+    runs = {}
+    for devices in ("1", "4"):
+        result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / devices), "--devices", devices])
+        assert result.exit_code == 0, result.output
+        runs[devices] = json.loads((tmp_path / devices / "history.json").read_text())["history"]
+    assert "on 4 devices" in " ".join(result.output.split())
+    for a, b in zip(runs["1"], runs["4"], strict=True):
+        assert (a["reward_mean"], a["reward_max"], a["tokens"]) == (b["reward_mean"], b["reward_max"], b["tokens"])
+        np.testing.assert_allclose(a["update_norm"], b["update_norm"], rtol=1e-4)
+    _, base_params, _ = load_model(str(model))
+    like = merge_layers(select_leaves(base_params)[0])
+    one, four = (restore_checkpoint(str(tmp_path / d / "checkpoints" / "3"), like) for d in ("1", "4"))
+    assert not np.array_equal(one["layers"]["wq"], base_params["layers"]["wq"])
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+    uneven = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "u"), "--devices", "3"])
+    assert uneven.exit_code == 2 and "cannot be split over 3 devices" in " ".join(uneven.output.split())

@@ -125,3 +125,38 @@ def test_rl_stopped_and_resumed_matches_an_uninterrupted_run(tmp_path):
     assert other.exit_code == 2 and "sigma: 0.05 in the checkpoint, 0.1 now" in " ".join(other.output.split())
     missing = runner.invoke(app, [*TINY, "--out", str(tmp_path / "none"), "--resume"])
     assert missing.exit_code == 2 and "No finished checkpoint" in " ".join(missing.output.split())
+
+
+def test_rl_devices_split_the_population_and_resume_across_device_counts(tmp_path):
+    """`--devices 4` matches one device; a one-device checkpoint resumes on 4 devices; bad splits are refused."""
+    args = [*TINY, "--population", "16"]
+    one = runner.invoke(app, [*args, "--generations", "4", "--out", str(tmp_path / "one"), "--devices", "1"])
+    four = runner.invoke(app, [*args, "--generations", "4", "--out", str(tmp_path / "four"), "--devices", "4"])
+    assert one.exit_code == 0 and four.exit_code == 0, one.output + four.output
+    assert "population split over 4 devices" in four.output
+    rows = [
+        [json.loads(line) for line in (tmp_path / d / "metrics" / "metrics.jsonl").read_text().splitlines()]
+        for d in ("one", "four")
+    ]
+    assert [r["generation"] for r in rows[1]] == [1, 2, 3, 4]
+    # Episodes are per member, so returns are identical; the update only differs by reduction order.
+    assert [r["mean_return"] for r in rows[0]] == [r["mean_return"] for r in rows[1]]
+    (_, p1, s1), (_, p4, s4) = load_policy(tmp_path / "one"), load_policy(tmp_path / "four")
+    for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p4, s4)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+    # Two generations on one device, the rest on four: the same run.
+    split = tmp_path / "split"
+    first = runner.invoke(app, [*args, "--generations", "2", "--out", str(split), "--devices", "1"])
+    assert first.exit_code == 0, first.output
+    rest = runner.invoke(app, [*args, "--generations", "4", "--out", str(split), "--devices", "4", "--resume"])
+    assert rest.exit_code == 0, rest.output
+    resumed_rows = [json.loads(line) for line in (split / "metrics" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["mean_return"] for r in resumed_rows] == [r["mean_return"] for r in rows[0]]
+
+    uneven = runner.invoke(app, [*args, "--generations", "1", "--out", str(tmp_path / "u"), "--devices", "3"])
+    assert uneven.exit_code == 2 and "cannot be split over 3 devices" in " ".join(uneven.output.split())
+    too_many = runner.invoke(app, [*args, "--out", str(tmp_path / "m"), "--devices", "64"])
+    assert too_many.exit_code == 2 and "device(s) are available" in " ".join(too_many.output.split())
+    garbage = runner.invoke(app, [*args, "--out", str(tmp_path / "g"), "--devices", "many"])
+    assert garbage.exit_code == 2 and "--devices takes a number" in " ".join(garbage.output.split())

@@ -42,6 +42,9 @@ def finetune(
     export: bool = typer.Option(True, help="Export the result as safetensors (Hugging Face layout)."),
     reward: str = typer.Option(None, help="For --task python: file.py:function(completion, prompt) -> float."),
     seed: int = typer.Option(0, help="Seed of noise and prompt sampling."),
+    devices: str = typer.Option(
+        "auto", help="Split the population over this host's devices: a number, 'all', or 'auto' (one device)."
+    ),
 ) -> None:
     """Fine-tune with EGGROLL and show reward, held-out accuracy and tokens/s as it goes."""
     from rich.console import Console
@@ -79,7 +82,25 @@ def finetune(
         cfg.resolved_group_size()
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    console.print(f"[bold]EGGROLL fine-tuning[/] task={task} N={population} r={rank} sigma={sigma} -> {out}")
+    import jax
+
+    from eggroll import parallel
+
+    if jax.process_count() > 1:
+        console.print(
+            "[red]error:[/] eggroll finetune runs on one host (all of its devices with --devices all); "
+            "multi-host fine-tuning is not supported yet. Start it without --coordinator / EGGROLL_COORDINATOR."
+        )
+        raise typer.Exit(2)
+    try:
+        mesh = parallel.mesh_from_option(devices)
+        if mesh is not None:
+            parallel.check_population_size(population, mesh.size, antithetic=True)
+    except ValueError as e:
+        console.print(f"[red]error:[/] --devices {devices}: {e}")
+        raise typer.Exit(2) from None
+    where = f" on {mesh.size} devices" if mesh is not None else ""
+    console.print(f"[bold]EGGROLL fine-tuning[/] task={task} N={population} r={rank} sigma={sigma}{where} -> {out}")
     columns = [
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -112,7 +133,7 @@ def finetune(
             )
 
         try:
-            result = run(cfg, callback=show)
+            result = run(cfg, callback=show, mesh=mesh)
         except (ValueError, CheckpointError) as err:
             progress.stop()
             console.print(f"[red]error:[/] {err}")

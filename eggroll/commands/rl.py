@@ -7,6 +7,7 @@ Examples::
     eggroll rl --env hopper --population 64 --horizon 200 --backend spring
     eggroll rl --env hopper --generations 500 --checkpoint-every 25      # Ctrl-C / SIGTERM saves too
     eggroll rl --env hopper --generations 500 --checkpoint-every 25 --resume
+    eggroll rl --env hopper --population 1024 --devices all        # population split over every GPU
     eggroll rl replay runs/rl/CartPole-v1-eggroll --out cartpole.gif
 """
 
@@ -61,14 +62,20 @@ def rl(
     resume: bool = typer.Option(
         False, "--resume", help="Continue from the newest checkpoint in <out>/checkpoints (same settings)."
     ),
+    devices: str = typer.Option(
+        "auto",
+        help="Split the population over devices: a number, 'all', or 'auto' (1 device; all in a multi-process run).",
+    ),
     render: bool = typer.Option(False, "--render", help="Also write a replay of the best policy (GIF / HTML)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
     """Train a policy; save the best mean policy, the learning curve (PNG) and its history."""
     if ctx.invoked_subcommand is not None:
         return
+    import jax
     from rich.console import Console
 
+    from eggroll import parallel
     from eggroll.checkpoint import CheckpointError
     from eggroll.rl_train import RLConfig, save_run, train
 
@@ -96,6 +103,9 @@ def rl(
             backend=backend,
             seed=seed,
         ).validate()
+        mesh = parallel.mesh_from_option(devices)
+        if mesh is not None:
+            console.print(f"population split over {mesh.size} devices ({jax.process_count()} process(es))")
         result = train(
             config,
             progress=not quiet,
@@ -103,12 +113,15 @@ def rl(
             checkpoint_every=checkpoint_every,
             resume=resume,
             log_dir=out / "metrics",
+            mesh=mesh,
         )
     except (ValueError, CheckpointError) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None
     if result.resumed_from is not None:
         console.print(f"resumed from generation {result.resumed_from} ({result.checkpoint_dir})")
+    if jax.process_index() != 0:  # multi-process: process 0 writes the files and reports
+        raise typer.Exit(143 if result.interrupted == "SIGTERM" else 130 if result.interrupted else 0)
     files = save_run(result, out)
     h = result.history
     steps_per_s = h["env_steps"][-1] / max(sum(h["seconds"][1:]) + result.compile_seconds, 1e-9)
