@@ -75,6 +75,28 @@ def test_runner_bad_input() -> None:
         )
     with pytest.raises(ValueError, match="needs an out_dir"):
         runner.run_benchmark(["cma_es"], functions="1", dimensions=[2], coco_observer=True, progress=False)
+    with pytest.raises(ValueError, match="checkpoint_every must be a positive number of chunks"):
+        runner.run_benchmark(["cma_es"], functions="1", dimensions=[2], checkpoint_dir="x", checkpoint_every=0)
+    with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
+        runner.run_benchmark(["cma_es"], functions="1", dimensions=[2], resume=True, progress=False)
+
+
+def test_resuming_a_finished_run_recomputes_nothing(tmp_path: Path) -> None:
+    from eggroll.logging import read_jsonl
+
+    kw = dict(functions="1,2", dimensions=[2], instances="1", budget_multiplier=40, chunk_generations=4)
+    kw.update(out_dir=tmp_path, checkpoint_dir=tmp_path / "ckpt", log_dir=tmp_path / "metrics", progress=False)
+    first = runner.run_benchmark(["evosax:SNES"], plot=False, **kw)
+    assert first.step == 4 and first.resumed_from is None and not first.interrupted  # 80 evals / 6 = 13 gens
+    table = (tmp_path / "bbob_results.csv").read_text()
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        runner.run_benchmark(["evosax:SNES"], plot=False, **kw)
+    again = runner.run_benchmark(["evosax:SNES"], plot=False, resume=True, **kw)
+    assert again.resumed_from == 4 and again.step == 4
+    assert again.seconds == first.seconds  # restored from the checkpoint, not measured again
+    np.testing.assert_array_equal(again.hits[("SNES", 2)], first.hits[("SNES", 2)])
+    assert (tmp_path / "bbob_results.csv").read_text() == table
+    assert [r["generation"] for r in read_jsonl(tmp_path / "metrics" / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
 def test_cli_runs_and_writes(tmp_path: Path) -> None:
