@@ -688,8 +688,8 @@ def _check_config(directory: Path, saved: dict[str, Any] | None, wanted: dict[st
         listed = "; ".join(f"{_OPTION.get(k, k)}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
         raise ValueError(
             f"the checkpoint in {directory} was written with other settings ({listed}); resume with the same "
-            "settings (only --progress, --checkpoint-every and --coco/--no-coco may change), or choose another "
-            "--out to start a new run."
+            "settings (only --progress and --checkpoint-every may change), or choose another --out to start a "
+            "new run."
         )
 
 
