@@ -86,3 +86,7 @@ def test_short_training_run_lowers_validation_bits(split):
     assert history[-1]["generation"] == 30 and int(carry.generation) == 30
     assert carry.es_state.mean["head"].dtype == jnp.int8 and carry.hidden.dtype == jnp.int8
     assert start > 7.0 and end < start - 1.2, (start, end)
+    # a stop flag (e.g. SIGTERM) ends the run after the current generation, scored on the validation split
+    polls = []
+    carry2, history2 = text.train_lm(task, carry, generations=40, stop=lambda: polls.append(1) or True)
+    assert int(carry2.generation) == 31 and len(polls) == 1 and "valid_bpb" in history2[-1]
