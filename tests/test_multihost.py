@@ -134,5 +134,72 @@ def test_two_processes_train_together_like_one(tmp_path):
     assert [r["generation"] for r in rows] == list(range(GENERATIONS))
 
 
+
+def test_two_processes_run_the_rl_command_together_like_one(tmp_path):
+    """`eggroll --coordinator ... rl` on 2 processes x 2 devices: one shared run, the same policy as one device.
+
+    Pendulum's returns differ between members, so the ranking and the update are exercised (CartPole's short
+    episodes would tie). The observation statistics and the update are sums across devices, so they (and the
+    returns of later generations, which use the statistics) differ from one device only by summation order.
+    """
+    import jax
+
+    from eggroll.checkpoint import Checkpointer
+    from eggroll.rl_train import build, load_policy
+
+    port = _free_port()
+    args = ["rl", "--env", "Pendulum-v1", "--generations", "3", "--population", "16", "--horizon", "30"]
+    args += ["--rollouts", "1", "--hidden", "4", "--eval-every", "3", "--eval-episodes", "1", "--quiet"]
+    args += ["--checkpoint-every", "2", "--sigma", "0.2"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EGGROLL_", "JAX_"))}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "eggroll.cli", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+            + ["--process-id", str(i), *args, "--out", str(tmp_path / "multi")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    outputs = []
+    for p in procs:
+        try:
+            outputs.append(p.communicate(timeout=300)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    for p, o in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, o[-3000:]
+    assert "population split over 4 devices (2 process(es))" in outputs[0]
+    assert "best evaluated return" in outputs[0] and "best evaluated return" not in outputs[1]  # process 0 reports
+
+    single = subprocess.run(
+        [sys.executable, "-m", "eggroll.cli", *args, "--out", str(tmp_path / "single"), "--devices", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-2000:]
+    rows = [
+        [json.loads(line) for line in (tmp_path / d / "metrics" / "metrics.jsonl").read_text().splitlines()]
+        for d in ("multi", "single")
+    ]
+    assert [r["generation"] for r in rows[0]] == [1, 2, 3]
+    assert rows[0][0]["mean_return"] == rows[1][0]["mean_return"]  # generation 1: the same episodes exactly
+    np.testing.assert_allclose([r["mean_return"] for r in rows[0]], [r["mean_return"] for r in rows[1]], rtol=1e-4)
+    (config, p_multi, s_multi), (_, p_single, s_single) = (load_policy(tmp_path / d) for d in ("multi", "single"))
+    initial = build(config)[3]
+    assert not np.array_equal(jax.tree.leaves(p_single)[0], jax.tree.leaves(initial)[0])
+    for a, b in zip(jax.tree.leaves((p_multi, s_multi)), jax.tree.leaves((p_single, s_single)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    with Checkpointer(tmp_path / "multi" / "checkpoints") as ck:  # one shared, complete checkpoint series
+        assert ck.steps() == [2, 3]
+
+
 if __name__ == "__main__":
     worker(Path(sys.argv[1]))
