@@ -292,10 +292,12 @@ def test_cli_runs_against_an_openai_compatible_server(tmp_path):
     plot = tmp_path / "curve.png"
     with serve_in_thread(backend) as url:
         args = ["--base-url", url, "--generations", "3", "--dim", "3", "--block-size", "2", "--plot", str(plot)]
-        result = CliRunner().invoke(app, [*args, "--show-prompt", "--cache", str(tmp_path / "c.json")])
+        args += ["--out", str(tmp_path / "run"), "--show-prompt", "--cache", str(tmp_path / "c.json")]
+        result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "best f - f_opt" in result.output and "0/6 (0.0%)" in result.output  # 3 generations x 2 blocks
     assert "last prompt" in result.output and plot.stat().st_size > 1000
     assert backend.calls == 6 and (tmp_path / "c.json").exists()
+    assert (tmp_path / "run" / "result.json").exists() and (tmp_path / "run" / "metrics" / "metrics.csv").exists()
     bad = CliRunner().invoke(app, ["--function", "banana"])
     assert bad.exit_code != 0 and "sphere" in bad.output
