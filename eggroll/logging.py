@@ -25,6 +25,7 @@ import csv
 import json
 import math
 import os
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -113,9 +114,15 @@ class MetricsLogger:
                         "(or pass tensorboard=None to use it only when installed)."
                     ) from None
             else:
-                self._tb = SummaryWriter(str(self.directory / "tensorboard"))
+                self._tb = self._writer(SummaryWriter)
 
     # ------------------------------------------------------------------ files
+    def _writer(self, summary_writer: Any, purge_step: int | None = None) -> Any:
+        # A unique file per writer: tensorboardX names files by the second, and a writer opened in the
+        # same second as the previous one (a quick resume) would otherwise overwrite its events.
+        suffix = f".{os.getpid()}.{time.time_ns()}"
+        return summary_writer(str(self.directory / "tensorboard"), purge_step=purge_step, filename_suffix=suffix)
+
     def _open(self) -> None:
         if self._jsonl is not None:
             return
@@ -126,10 +133,20 @@ class MetricsLogger:
         self._csv_file = open(self.csv_path, "a", newline="")  # noqa: SIM115
 
     def truncate(self, generation: int) -> None:
-        """Drop rows with ``generation >= generation`` (call when resuming from that step)."""
+        """Drop rows with ``generation >= generation`` (call when resuming from that step).
+
+        The JSONL and CSV files are rewritten without them; TensorBoard gets a
+        purge marker at ``generation`` (``SummaryWriter(purge_step=...)``), so
+        it hides the earlier run's events from that step on.
+        """
         if not self.enabled:
             return
         self._close_files()
+        if self._tb is not None:
+            from tensorboardX import SummaryWriter
+
+            self._tb.close()
+            self._tb = self._writer(SummaryWriter, purge_step=int(generation))
         if self.jsonl_path.exists():
             rows = [r for r in read_jsonl(self.jsonl_path) if r.get("generation", -1) < generation]
             with open(self.jsonl_path, "w") as f:

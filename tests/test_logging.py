@@ -83,6 +83,35 @@ def test_truncate_drops_rows_past_a_resume_point_and_appending_continues(tmp_pat
     assert table[0] == ["generation", "x"] and [r[0] for r in table[1:]] == ["0", "1", "2", "3"]
 
 
+
+def test_truncate_purges_tensorboard_events_past_the_resume_point(tmp_path):
+    """A resumed log hides the first run's TensorBoard events from the resume step on (TensorBoard's purge rule)."""
+    from tensorboardX.proto import event_pb2
+
+    with MetricsLogger(tmp_path) as log:
+        for g in range(5):
+            log.log(g, {"x": float(g)})
+    with MetricsLogger(tmp_path) as log:
+        log.truncate(3)
+        log.log(3, {"x": 30.0})
+    files = sorted((tmp_path / "tensorboard").rglob("events.out.tfevents.*"), key=lambda f: f.stat().st_mtime_ns)
+    assert len(files) >= 2  # one file per writer: nothing of the first run is overwritten
+    seen: dict[int, float] = {}
+    purges = []
+    for path in files:  # replay the files in write order, as TensorBoard does
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+            pos += 12 + length + 4
+            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+                purges.append(event.step)
+                seen = {s: v for s, v in seen.items() if s < event.step}
+            for v in event.summary.value:
+                seen[event.step] = v.simple_value
+    assert purges == [3]
+    assert seen == {0: 0.0, 1: 1.0, 2: 2.0, 3: 30.0}
+
 def test_new_columns_warn_and_disabled_logger_writes_nothing(tmp_path):
     with MetricsLogger(tmp_path / "a", tensorboard=False) as log:
         log.log(0, {"x": 1.0})
