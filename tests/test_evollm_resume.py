@@ -153,7 +153,7 @@ def test_endpoint_down_mid_run_saves_the_last_generation_and_resume_finishes_it(
     message = str(failed.value)
     assert failed.value.generation == 4 and failed.value.saved_generation == 3
     assert "generation 4 failed: " in message and f"could not get an answer from {url}/completions" in message
-    assert "generation 3 is saved in" in message and "--resume" in message
+    assert "Generation 3 is saved in" in message and "--resume" in message
     assert _steps(ckpt) == [3]  # saved on the failure although the schedule (every 5) had not come
     assert [r["generation"] for r in read_jsonl(logs / "metrics.jsonl")] == [1, 2, 3]
 
@@ -203,3 +203,30 @@ def test_ctrl_c_finishes_the_generation_saves_and_reports_130(tmp_path):
         run(other, sphere, jax.random.key(0), 5, checkpoint_dir=ckpt, resume=True)
     with pytest.raises(ValueError, match="needs checkpoint_dir"):
         run(other, sphere, jax.random.key(0), 5, resume=True)
+
+
+def test_cli_reports_a_dead_endpoint_in_one_line_and_resumes_on_a_new_url(tmp_path):
+    server = None
+
+    def unplug_after_two(prompt, seed):  # 2-D, block size 4: one prompt per generation
+        if unplug_after_two.calls == 1:
+            server.shutdown()
+            server.server_close()
+        unplug_after_two.calls += 1
+        return nudge(prompt, seed)
+
+    unplug_after_two.calls = 0
+    server = make_server(FunctionBackend(unplug_after_two), port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    args = ["--generations", "3", "--population", "4", "--out", str(tmp_path), "--quiet"]
+    failed = CliRunner().invoke(_app(), [*args, "--base-url", url])
+    flat = " ".join(failed.output.split())
+    assert failed.exit_code == 1, failed.output
+    assert "generation 3 failed: LLMConnectionError: could not get an answer from" in flat
+    assert "Generation 2 is saved in" in flat and "--resume" in flat and "Traceback" not in flat
+    with serve_in_thread(FunctionBackend(nudge)) as new_url:  # the endpoint may move between runs
+        resumed = CliRunner().invoke(_app(), [*args, "--base-url", new_url, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert [r["generation"] for r in read_jsonl(tmp_path / "metrics" / "metrics.jsonl")] == [1, 2, 3]
+    assert json.loads((tmp_path / "result.json").read_text())["llm_queries"] == 3

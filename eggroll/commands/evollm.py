@@ -76,6 +76,7 @@ def optimise(
     if ctx.invoked_subcommand is not None:
         return
     import json
+    import logging
 
     import jax
     import numpy as np
@@ -88,6 +89,9 @@ def optimise(
 
     console = Console()
     fid = _function_id(function)
+    # A backend failure inside the io_callback is reported below in one line (with what was saved);
+    # JAX's own log of the callback's traceback would only repeat it.
+    logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
     out = out or Path("runs") / "evollm" / f"{function.lower() if not function.isdigit() else f'f{fid}'}-{dim}d"
     settings = {
         "function": fid,

@@ -446,12 +446,13 @@ class GenerationFailed(RuntimeError):
 
     def __init__(self, generation: int, saved_generation: int | None, checkpoint_dir: str, cause: str):
         saved = (
-            f"generation {saved_generation} is saved in {checkpoint_dir}; once the backend works again, continue "
+            f"Generation {saved_generation} is saved in {checkpoint_dir}; once the backend works again, continue "
             "with resume=True (on the command line: the same command plus --resume)"
             if saved_generation
-            else "no generation had finished, so there is nothing to resume; start again once the backend works"
+            else "No generation had finished, so there is nothing to resume; start again once the backend works"
         )
-        super().__init__(f"generation {generation} failed: {cause}. {saved}.")
+        cause = cause.rstrip(". ")
+        super().__init__(f"generation {generation} failed: {cause}{'' if cause.endswith('?') else '.'} {saved}.")
         self.generation, self.saved_generation, self.cause = generation, saved_generation, cause
 
 
@@ -609,9 +610,11 @@ def run(
             ckpt.close()
             raise
 
-    def save(generation: int) -> None:
+    def save(done: tuple[int, Any, Any]) -> None:
+        generation, state, key = done
         if ckpt is not None and generation >= 1:
-            meta = {"generation": generation, "settings": wanted, "history": history}
+            kept = {name: values[:generation] for name, values in history.items()}
+            meta = {"generation": generation, "settings": wanted, "history": kept}
             ckpt.save(generation, {"state": state, "key": key}, meta)
 
     ask, tell = jax.jit(strategy.ask), jax.jit(strategy.tell)
@@ -629,12 +632,14 @@ def run(
         bar = Progress(*Progress.get_default_columns(), "{task.fields[best]}", transient=False)
         task = bar.add_task(description, total=num_generations, completed=first - 1, best="")
         bar.start()
-    generation, interrupted = first - 1, ""
+    done = (first - 1, state, key)  # the last finished generation, its state and the key after it
+    interrupted = ""
     catch = GracefulInterrupt() if ckpt is not None else contextlib.nullcontext()
     try:
         with catch as signals:
             for g in range(first, num_generations + 1):
                 t0 = time.perf_counter()
+                _, state, key = done
                 next_key, k_ask, k_tell = jax.random.split(key, 3)
                 try:
                     population, new_state = ask(k_ask, state, params)
@@ -643,19 +648,16 @@ def run(
                 except Exception as err:
                     if ckpt is None:
                         raise
-                    save(generation)  # the last finished generation; nothing is lost
-                    last = generation if generation >= 1 else None
+                    save(done)  # the last finished generation: nothing is lost
+                    last = done[0] if done[0] >= 1 else None
                     raise GenerationFailed(g, last, str(ckpt.directory), _one_line(err)) from err
-                except KeyboardInterrupt:  # a second Ctrl-C: save what finished, then stop at once
-                    save(generation)
-                    raise
-                state, key, generation = new_state, next_key, g
                 row = {name: np.asarray(metrics[name]).item() for name in names if np.ndim(metrics[name]) == 0}
                 row["seconds"] = time.perf_counter() - t0
                 for name, value in row.items():
                     history.setdefault(name, []).append(value)
+                done = (g, new_state, next_key)
                 if logger is not None:
-                    totals = {"total_llm_queries": state.llm_queries} if hasattr(state, "llm_queries") else {}
+                    totals = {"total_llm_queries": new_state.llm_queries} if hasattr(new_state, "llm_queries") else {}
                     logger.log(g, {**row, **jax.device_get(totals)})
                 if bar is not None:
                     bar.update(task, advance=1, best=f"best {row.get('best_fitness', float('nan')):.4g}")
@@ -663,8 +665,11 @@ def run(
                     interrupted = signals.signal_name
                     break
                 if ckpt is not None and ckpt.should_save(g):
-                    save(g)
-        save(generation)  # the end of the run, or the interrupted generation (no-op if already saved)
+                    save(done)
+        save(done)  # the end of the run, or the interrupted generation (no-op if already saved)
+    except KeyboardInterrupt:  # a second Ctrl-C stops at once: keep what finished
+        save(done)
+        raise
     finally:
         if bar is not None:
             bar.stop()
@@ -672,6 +677,7 @@ def run(
             logger.close()
         if ckpt is not None:
             ckpt.close()
+    generation, state, _ = done
     arrays = {k: np.asarray(v) for k, v in history.items()}
     if interrupted:
         raise RunInterrupted(interrupted, generation, str(ckpt.directory), state, arrays)
