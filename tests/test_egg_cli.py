@@ -5,9 +5,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
+from eggroll.checkpoint import CheckpointError
 from eggroll.commands.lm import app, load_checkpoint
+from eggroll.problems import text
 
 TINY = [
     "--width",
@@ -64,6 +67,10 @@ def test_train_resume_and_sample(tmp_path: Path):
     assert whole.exit_code == 0, whole.output
     _, tree3 = load_checkpoint(straight)
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, tree3), jax.tree.map(np.asarray, tree2))
+    # the Python API checks the settings too (rank is not visible in the array shapes)
+    other_task = text.make_task(text.LMConfig(**{**meta2["config"], "rank": 2}), *text.split_bytes(text.load_corpus()))
+    with pytest.raises(CheckpointError, match=r"rank 2 \(checkpoint: 1\)"):
+        load_checkpoint(straight, other_task)
 
     out = runner.invoke(app, ["sample", "--ckpt", str(ckpt), "--prompt", "Hello", "--length", "20", "--seed", "3"])
     assert out.exit_code == 0, out.output

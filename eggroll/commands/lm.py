@@ -3,7 +3,8 @@
 Examples::
 
     eggroll lm --minutes 5                         # train on pydoc_data.topics, checkpoints in ./egg_lm
-    eggroll lm --resume --minutes 5                # continue the same run
+    eggroll lm --resume --minutes 5                # continue the same run (its settings, from the checkpoint)
+    eggroll lm --devices all --population 1024     # split the population over every device
     eggroll lm sample --ckpt egg_lm --prompt "The "
 """
 
@@ -150,10 +151,19 @@ def restore_run(ckpt, task=None) -> tuple[dict[str, Any], Any]:
     import jax
     import jax.numpy as jnp
 
+    from eggroll.checkpoint import CheckpointError
     from eggroll.problems.text import LMConfig, _compiled
 
     meta = read_run_meta(ckpt)
     if task is not None:
+        ours = dataclasses.asdict(task.config)
+        diff = [f"{k} {v} (checkpoint: {meta['config'].get(k)})" for k, v in ours.items()
+                if k != "generations" and meta["config"].get(k) != v]  # fmt: skip
+        if diff:
+            raise CheckpointError(
+                f"the checkpoint in {ckpt.directory} belongs to a run with other settings than this task: "
+                f"{'; '.join(diff)}. Build the task from the checkpoint's settings (meta['config'])."
+            )
         template = _carry_tree(task.init())
     else:
         init = _compiled(LMConfig(**meta["config"]))[1]
@@ -250,11 +260,14 @@ def train(
     given = {k: v for k, v in settings.items() if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") != "DEFAULT"}
     meta_prev: dict[str, Any] = {}
     if resume:
+        ckpt = None
         try:
             ckpt = _open(ckpt_dir, ckpt_every)
             meta_prev = read_run_meta(ckpt)
             config = resume_config(meta_prev, given, ckpt.directory)
         except CheckpointError as err:
+            if ckpt is not None:
+                ckpt.close()
             _fail(str(err))
         saved_corpus = meta_prev.get("corpus", {})
         if corpus is None and saved_corpus.get("path"):
