@@ -25,7 +25,9 @@ through :func:`jax.experimental.io_callback` (ordered), so ``jax.jit(es.tell)``
 and a whole run inside ``lax.scan`` work; the jitted program waits for the host
 while the model answers. ``jax.vmap`` over ``tell`` is not supported (an ordered
 host callback cannot be batched): run seeds in a Python loop instead.
-:func:`run` is a ready loop with a progress bar.
+:func:`run` is a ready loop with a progress bar, checkpoints (every K generations, on
+SIGTERM / Ctrl-C, when the model fails mid-run, at the end), bit-for-bit ``resume`` and a
+per-generation metrics log.
 """
 
 from __future__ import annotations
