@@ -195,9 +195,13 @@ def test_ctrl_c_finishes_the_generation_saves_and_reports_130(tmp_path):
     for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(reference), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert len(history["best_fitness"]) == 5
+    extended, _ = run(_es(FunctionBackend(nudge)), sphere, jax.random.key(0), 7, checkpoint_dir=ckpt, resume=True)
+    longer, _ = run(_es(FunctionBackend(nudge)), sphere, jax.random.key(0), 7)  # more generations on resume
+    for x, y in zip(jax.tree.leaves(extended), jax.tree.leaves(longer), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
     with pytest.raises(ValueError, match="pass --resume"):
-        run(_es(FunctionBackend(nudge)), sphere, jax.random.key(0), 5, checkpoint_dir=ckpt)
+        run(_es(FunctionBackend(nudge)), sphere, jax.random.key(0), 9, checkpoint_dir=ckpt)
     other = evollm(8, jnp.array([3.0, -2.0, 1.0]), FunctionBackend(nudge), block_size=2, archive_size=4)
     with pytest.raises(ValueError, match="population_size: 6 in the checkpoint, 8 now"):
         run(other, sphere, jax.random.key(0), 5, checkpoint_dir=ckpt, resume=True)
