@@ -247,6 +247,12 @@ def train(
         _fail(f"--ckpt-every must be >= 1, got {ckpt_every}.")
     if ckpt_dir.exists() and not ckpt_dir.is_dir():
         _fail(f"--ckpt-dir {str(ckpt_dir)!r} exists and is not a directory.")
+
+    if jax.process_count() > 1:
+        _fail(
+            "eggroll lm runs on one host (all of its devices with --devices all); multi-host training of the "
+            "integer LM is not supported yet. Start it without --coordinator / EGGROLL_COORDINATOR."
+        )
     try:
         mesh = mesh_from_option(devices)
     except ValueError as err:
