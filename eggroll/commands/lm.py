@@ -222,7 +222,7 @@ def train(
         False, "--resume", help="Continue from the newest checkpoint in --ckpt-dir (its settings)."
     ),
     devices: str = typer.Option(
-        "auto", help="Devices that split the population: auto (1, or all in a multi-process run), all, or N."
+        "auto", help="Devices of this host that split the population: auto (one device), all, or N."
     ),
     plot: Path | None = typer.Option(None, help="Learning-curve PNG (default: CKPT_DIR/learning_curve.png)."),
     seed: int = typer.Option(0, help="Seed of the model and the noise."),
