@@ -301,3 +301,17 @@ def test_cli_runs_against_an_openai_compatible_server(tmp_path):
     assert (tmp_path / "run" / "result.json").exists() and (tmp_path / "run" / "metrics" / "metrics.csv").exists()
     bad = CliRunner().invoke(app, ["--function", "banana"])
     assert bad.exit_code != 0 and "sphere" in bad.output
+
+
+def test_vmap_over_tell_calls_the_model_once_per_element():
+    backend = FunctionBackend(copy_best(offset=1))
+    es = evollm(4, jnp.zeros(2), backend)
+    params = es.default_params
+    state = es.init(jax.random.key(0), None, params)
+    populations = jnp.asarray(np.random.default_rng(4).uniform(-4, 4, size=(3, 4, 2)), jnp.float32)
+    keys = jax.random.split(jax.random.key(1), 3)
+    batched = jax.vmap(lambda k, p: es.tell(k, p, jnp.arange(4.0), state, params)[0].mean)(keys, populations)
+    assert backend.calls == 3
+    for i in range(3):
+        one, _ = es.tell(keys[i], populations[i], jnp.arange(4.0), state, params)
+        np.testing.assert_array_equal(np.asarray(batched[i]), np.asarray(one.mean))

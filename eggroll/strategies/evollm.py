@@ -21,10 +21,14 @@ parse-failure and fallback rates of the generation.
 
 How it composes with ``jit`` and ``lax.scan``: ``ask`` is ordinary traceable JAX.
 ``tell`` updates the archive in JAX and calls the language model on the host
-through :func:`jax.experimental.io_callback` (ordered), so ``jax.jit(es.tell)``
-and a whole run inside ``lax.scan`` work; the jitted program waits for the host
-while the model answers. ``jax.vmap`` over ``tell`` is not supported (an ordered
-host callback cannot be batched): run seeds in a Python loop instead.
+through :func:`jax.experimental.io_callback`, so ``jax.jit(es.tell)`` and a whole
+run inside ``lax.scan`` work; the jitted program waits for the host while the
+model answers. The callback is unordered: consecutive generations are already
+ordered by their data (each ``tell`` needs the previous archive), and an ordered
+callback can leave a failed model call's error in JAX's runtime token, where it
+breaks later calls in the process (e.g. a resume after the endpoint came
+back). ``jax.vmap`` over ``tell`` works, with one host call per batch element,
+one after another (no speed-up).
 :func:`run` is a ready loop with a progress bar, checkpoints (every K generations, on
 SIGTERM / Ctrl-C, when the model fails mid-run, at the end), bit-for-bit ``resume`` and a
 per-generation metrics log.
@@ -364,7 +368,7 @@ def evollm(
         best_f = jnp.where(improved, f[order[0]], state.best_f)
         seed = jax.random.randint(key, (), 0, 2**30, jnp.int32)
         shapes = (jax.ShapeDtypeStruct((dim,), dtype), jax.ShapeDtypeStruct((3,), jnp.int32))
-        mean, stats = io_callback(propose, shapes, archive_x, archive_f, best_x, seed, ordered=True)
+        mean, stats = io_callback(propose, shapes, archive_x, archive_f, best_x, seed, ordered=False)
         mean = jnp.where(jnp.isfinite(mean), jnp.clip(mean, lower_j, upper_j), best_x)
         new = EvoLLMState(
             mean=mean,
