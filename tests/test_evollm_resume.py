@@ -85,6 +85,9 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run_with_smollm2(tmp_path):
     flat = " ".join(other.output.split())
     assert other.exit_code == 2 and "seed: 0 in the checkpoint, 1 now" in flat and "block_size: 4" in flat
     assert _steps(out / "checkpoints")[-1] == stopped_at  # the refused commands wrote nothing
+    missing = runner.invoke(_app(), [*ARGS[1:], "--out", str(tmp_path / "none"), "--resume"])
+    flat = " ".join(missing.output.split())
+    assert missing.exit_code == 2 and "No finished checkpoint" in flat and "pass the run's --out" in flat
 
     resumed = runner.invoke(_app(), [*ARGS[1:], "--out", str(out), "--resume"])
     assert resumed.exit_code == 0, resumed.output

@@ -108,7 +108,8 @@ def optimise(
     try:  # before loading the model: a wrong folder or mismatched settings fail at once
         resumed_from = check_checkpoint_dir(out / "checkpoints", settings, resume)
     except (ValueError, CheckpointError) as err:
-        console.print(f"[red]error:[/] {err}")
+        hint = f" (eggroll evollm keeps them in <out>/checkpoints: pass the run's --out, here {out})"
+        console.print(f"[red]error:[/] {err}{hint if isinstance(err, CheckpointError) else ''}")
         raise typer.Exit(2) from None
     if resumed_from is not None:
         console.print(f"resuming from generation {resumed_from} ({out / 'checkpoints'})")
