@@ -103,6 +103,7 @@ class Checkpointer:
             raise ValueError(f"max_to_keep={max_to_keep} must be >= 1.")
         self.every = every
         self._ocp = ocp
+        self._created = not self.directory.exists()  # removed again if it stays empty (a mistyped --resume path)
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -200,9 +201,11 @@ class Checkpointer:
                 found = self.directory.glob(f"*{_TMP_MARK}*") if self.directory.exists() else []
                 partial = sorted(p.name for p in found)
                 extra = f" (only unfinished saves: {', '.join(partial)})" if partial else ""
+                if self._created and self.directory.is_dir() and not any(self.directory.iterdir()):
+                    self.directory.rmdir()  # do not leave an empty folder behind a mistyped path
                 raise CheckpointError(
-                    f"No finished checkpoint in {self.directory}{extra}. Start without --resume, or point "
-                    "--checkpoint-dir at the directory of the run to continue."
+                    f"No finished checkpoint in {self.directory}{extra}. Start without --resume, or point the "
+                    "command (its --out or checkpoint directory) at the folder of the run to continue."
                 )
             return steps[-1]
         if step not in steps:
@@ -224,8 +227,8 @@ class Checkpointer:
     def _check_match(self, step: int, saved: dict[str, Any] | None, expected: dict[str, Any]) -> None:
         where = self.directory / str(step)
         advice = (
-            "Resume with the same configuration (strategy, population size, model, fitness function), or use a "
-            "fresh --checkpoint-dir to start a new run."
+            "Resume with the same configuration (strategy, population size, model, fitness function), or start a "
+            "new run in a fresh checkpoint folder (another --out)."
         )
         if saved is None:
             raise CheckpointError(f"Checkpoint {where} has no fingerprint; it was not written by eggroll. {advice}")

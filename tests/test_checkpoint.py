@@ -251,12 +251,13 @@ def test_mismatched_or_missing_checkpoint_gives_a_clear_error(tmp_path):
     d = tmp_path / "ck"
     with pytest.raises(CheckpointError, match=r"No finished checkpoint in .*ck.*without --resume"):
         _restore(d, {"t": _small_tree()})
+    assert not d.exists()  # a mistyped path is not left behind as an empty folder
     ck = Checkpointer(d, async_save=False)
     assert ck.save(3, {"t": _small_tree()}, {"generation": 3})
     assert not ck.save(3, {"t": _small_tree()})  # an existing step is never overwritten
     ck.close()
     mismatch = r"ck/3 does not match this run: leaf \['t'\]\['x'\] is float32\[4\] in the checkpoint but float32\[5\]"
-    with pytest.raises(CheckpointError, match=mismatch + r" here.*fresh --checkpoint-dir"):
+    with pytest.raises(CheckpointError, match=mismatch + r" here.*fresh checkpoint folder"):
         _restore(d, {"t": _small_tree(5)})
     with pytest.raises(CheckpointError, match=r"has no leaf \['u'\]"):
         _restore(d, {"u": _small_tree()})
