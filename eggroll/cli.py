@@ -59,11 +59,24 @@ def demo(
     population: int = typer.Option(512, help="Population size (even)."),
     rank: int = typer.Option(1, help="Rank of the EGGROLL perturbations."),
     seed: int = typer.Option(0, help="Random seed."),
+    checkpoint_every: int = typer.Option(
+        None, help="Checkpoint into OUT/checkpoints every K chunks of 20 generations (and on SIGTERM / Ctrl-C)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue the checkpointed demo in --out."),
 ) -> None:
     """Evolve a Flax MLP with EGGROLL (and OpenAI-ES for comparison); save a plot."""
     from eggroll import demo as demo_lib
+    from eggroll.checkpoint import CheckpointError
 
-    demo_lib.run(out, demo_lib.DemoConfig(generations=generations, population_size=population, rank=rank, seed=seed))
+    cfg = demo_lib.DemoConfig(generations=generations, population_size=population, rank=rank, seed=seed)
+    try:
+        demo_lib.run(out, cfg, checkpoint_every=checkpoint_every, resume=resume)
+    except (ValueError, CheckpointError) as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    except demo_lib.DemoInterrupted as stop:
+        typer.secho(f"{stop}; checkpoint saved, continue with the same command plus --resume", err=True)
+        raise typer.Exit(130 if stop.signal == "SIGINT" else 143) from None
 
 
 @app.command()

@@ -65,6 +65,42 @@ def test_cli_demo_runs_and_saves_plot(tmp_path):
     assert all(v < summary["initial_mse"] for v in summary["final_mse"].values())
 
 
+def test_cli_demo_sigterm_then_resume_gives_the_uninterrupted_curves(tmp_path):
+    """`eggroll demo --checkpoint-every 1`: real SIGTERM mid-run: saved, exit 143; --resume ends the same run."""
+    import json
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "eggroll.cli", "demo", "--generations", "600", "--population", "32"]
+    args += ["--checkpoint-every", "1"]
+    out = tmp_path / "split"
+    proc = subprocess.Popen([*args, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        steps = [p for p in (out / "checkpoints").glob("*") if p.name.isdigit()] if out.exists() else []
+        if steps:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 143, output[-2000:]
+    assert "stopped by SIGTERM" in output and "--resume" in output
+    assert not (out / "demo.json").exists()
+
+    fresh = subprocess.run([*args, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 2 and "pass --resume" in fresh.stderr
+    other = subprocess.run([*args, "--out", str(out), "--resume", "--seed", "1"], capture_output=True, text=True)
+    assert other.returncode == 2 and "seed: 0 in the checkpoint, 1 now" in other.stderr
+    resumed = subprocess.run([*args, "--out", str(out), "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "resumed from step" in resumed.stdout
+
+    whole = subprocess.run([*args, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    got, want = (json.loads((d / "demo.json").read_text()) for d in (out, tmp_path / "whole"))
+    assert got["curves"] == want["curves"] and len(want["curves"]["OpenAI-ES"]) == 600
+
+
 def test_cli_help_lists_commands():
     r = subprocess.run([sys.executable, "-m", "eggroll.cli", "--help"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "demo" in r.stdout
