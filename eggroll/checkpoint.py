@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["CheckpointError", "Checkpointer", "GracefulInterrupt", "fingerprint"]
+__all__ = ["CheckpointError", "Checkpointer", "GracefulInterrupt", "check_settings", "fingerprint"]
 
 _TMP_MARK = ".orbax-checkpoint-tmp"
 
@@ -45,6 +46,39 @@ def fingerprint(tree: Any) -> dict[str, Any]:
         "treedef": str(treedef),
         "leaves": {jax.tree_util.keystr(p): [list(np.shape(x)), _dtype_name(x)] for p, x in flat},
     }
+
+
+def check_settings(
+    saved: Mapping[str, Any] | None,
+    wanted: Mapping[str, Any],
+    where: str | os.PathLike,
+    *,
+    may_change: str = "",
+    names: Mapping[str, str] | None = None,
+) -> None:
+    """Refuse to resume a run whose settings differ from the checkpoint's, naming each difference.
+
+    Args:
+        saved: the settings recorded in the checkpoint's metadata.
+        wanted: this run's settings (JSON values; only these keys are compared).
+        where: the checkpoint folder, for the message.
+        may_change: what may differ on resume, e.g. ``"--generations"`` (said in the message).
+        names: how to call each key in the message (e.g. ``{"dims": "--dims"}``).
+
+    Raises:
+        ValueError: e.g. ``the checkpoint in runs/x was written with other settings (sigma: 0.05 in the
+            checkpoint, 0.1 now); resume with the same settings ...``.
+    """
+    saved = saved or {}
+    names = names or {}
+    diff = [(names.get(k, k), saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v]
+    if diff:
+        listed = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in diff)
+        allowed = f" (only {may_change} may change)" if may_change else ""
+        raise ValueError(
+            f"the checkpoint in {where} was written with other settings ({listed}); resume with the same "
+            f"settings{allowed}, or choose another --out to start a new run"
+        )
 
 
 def _dtype_name(x: Any) -> str:
@@ -103,6 +137,7 @@ class Checkpointer:
             raise ValueError(f"max_to_keep={max_to_keep} must be >= 1.")
         self.every = every
         self._ocp = ocp
+        self._closed = False
         self._created = not self.directory.exists()  # removed again if it stays empty (a mistyped --resume path)
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -120,6 +155,36 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         """The newest finalised step, or ``None``."""
         return self._manager.latest_step()
+
+    def refuse_fresh_run(self, resume: bool, what: str = "a run") -> None:
+        """Without ``resume``, refuse (and close) a directory that already holds checkpoints.
+
+        Raises:
+            ValueError: the directory holds steps and ``resume`` is false; nothing is overwritten.
+        """
+        if resume or not self.steps():
+            return
+        steps = self.steps()
+        self.close()
+        raise ValueError(
+            f"{self.directory} already holds checkpoints of {what} (steps {steps}); pass --resume (resume=True) "
+            "to continue it, or choose another --out to start a new run"
+        )
+
+    def check_settings(
+        self,
+        saved: Mapping[str, Any] | None,
+        wanted: Mapping[str, Any],
+        *,
+        may_change: str = "",
+        names: Mapping[str, str] | None = None,
+    ) -> None:
+        """:func:`check_settings` for this directory; closes the checkpointer before raising."""
+        try:
+            check_settings(saved, wanted, self.directory, may_change=may_change, names=names)
+        except ValueError:
+            self.close()
+            raise
 
     def should_save(self, step: int) -> bool:
         """Whether ``step`` falls on the ``every`` schedule."""
@@ -147,7 +212,10 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
-        """Finish pending saves and release the manager."""
+        """Finish pending saves and release the manager (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         self._manager.wait_until_finished()
         self._manager.close()
 

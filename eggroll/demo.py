@@ -153,19 +153,10 @@ def run(
         if checkpoint_every is not None and checkpoint_every < 1:
             raise ValueError(f"--checkpoint-every must be >= 1 chunk, got {checkpoint_every}")
         ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), every=checkpoint_every, max_to_keep=2)
-        if not resume and ckpt.steps():
-            ckpt.close()
-            raise ValueError(
-                f"{ckpt.directory} already holds checkpoints of a demo run (steps {ckpt.steps()}); pass --resume "
-                "to continue it, or choose another --out"
-            )
+        ckpt.refuse_fresh_run(resume, "a demo run")
         if resume:
             meta = ckpt.read_meta()
-            if meta.get("config") != asdict(cfg):
-                ckpt.close()
-                diff = {k: (meta.get("config", {}).get(k), v) for k, v in asdict(cfg).items()}
-                listed = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items() if a != b)
-                raise ValueError(f"the checkpoint in {ckpt.directory} was written with other settings ({listed})")
+            ckpt.check_settings(meta.get("config"), asdict(cfg))
             index = int(meta["strategy"])
             es = strategies[labels[min(index, len(labels) - 1)]]
             template = {

@@ -331,12 +331,7 @@ def finetune(
     if cfg.out_dir:
         os.makedirs(cfg.out_dir, exist_ok=True)
         ckpt = Checkpointer(os.path.join(cfg.out_dir, "resume"), every=cfg.checkpoint_every or None, max_to_keep=2)
-        if not cfg.resume and ckpt.steps():
-            ckpt.close()
-            raise ValueError(
-                f"{cfg.out_dir} already holds a fine-tuning run (resume checkpoints at generations {ckpt.steps()}); "
-                "pass --resume to continue it, or choose another --out to start a new run"
-            )
+        ckpt.refuse_fresh_run(cfg.resume, "a fine-tuning run")
 
     history: list[dict] = []
     evals: list[tuple[int, float, float]] = []
@@ -357,14 +352,11 @@ def finetune(
     first = 1
     if cfg.resume:
         restored, meta = ckpt.restore({"state": state})
-        diff = {k: (meta["config"].get(k), v) for k, v in _resume_fields(cfg).items() if meta["config"].get(k) != v}
-        if diff:
-            ckpt.close()
-            listed = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
-            raise ValueError(
-                f"the checkpoint in {ckpt.directory} was written with other settings ({listed}); resume with the "
-                "same settings, or choose another --out"
-            )
+        ckpt.check_settings(
+            meta.get("config"),
+            _resume_fields(cfg),
+            may_change="--generations, --eval-every, --eval-prompts, --checkpoint-every, --export and --devices",
+        )
         state, width, first = restored["state"], meta["width"], int(meta["generation"]) + 1
         history, evals = list(meta["history"]), [tuple(e) for e in meta["evals"]]
         if callback is not None:

@@ -260,12 +260,7 @@ def train(
     ckpt = None
     if checkpoint_dir is not None:
         ckpt = Checkpointer(checkpoint_dir, every=checkpoint_every, max_to_keep=2)
-        if not resume and ckpt.steps():
-            ckpt.close()
-            raise ValueError(
-                f"{ckpt.directory} already holds checkpoints of a run (generations {ckpt.steps()}); "
-                "pass --resume to continue it, or choose another --out to start a new run"
-            )
+        ckpt.refuse_fresh_run(resume)
 
     @jax.jit
     def generation(key, es_state, fit_state):
@@ -322,17 +317,11 @@ def train(
     first = 1
     if resume:
         restored, meta = ckpt.restore(items())
-        saved = meta.get("config", {})
-        wanted = _resume_fields(config)
-        diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
-        if diff:
-            ckpt.close()
-            listed = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
-            raise ValueError(
-                f"the checkpoint in {ckpt.directory} was written with other settings ({listed}); resume with the "
-                "same settings (only --generations, --eval-every, --eval-episodes, --target and --time-budget may "
-                "change), or choose another --out"
-            )
+        ckpt.check_settings(
+            meta.get("config"),
+            _resume_fields(config),
+            may_change="--generations, --eval-every, --eval-episodes, --target, --time-budget and --devices",
+        )
         es_state, fit_state, key = restored["es_state"], restored["fit_state"], restored["key"]
         history = {k: list(v) for k, v in meta["history"].items()}
         if meta.get("best_eval_return") is not None:

@@ -174,12 +174,8 @@ def train(
     log_dir = log_dir if log_dir is not None else checkpoint_dir
     logger = MetricsLogger(log_dir, tensorboard=tensorboard) if log_dir is not None else None
     start, resumed_from = 0, None
-    if ckpt is not None and not resume and ckpt.steps():
-        ckpt.close()
-        raise ValueError(
-            f"{ckpt.directory} already holds checkpoints of a run (steps {ckpt.steps()}). Pass resume=True "
-            "(--resume) to continue it, or choose another checkpoint directory for a new run."
-        )
+    if ckpt is not None:
+        ckpt.refuse_fresh_run(resume)
     if resume and ckpt.latest_step() is not None:
         items, meta = ckpt.restore({"state": state, "fn_state": fn_state, "run_key": run_key})
         state, fn_state, run_key = items["state"], items["fn_state"], items["run_key"]

@@ -70,6 +70,21 @@ def worker(out: Path) -> None:
     (out / f"info_{pid}.json").write_text(json.dumps(info))
 
 
+def _finish(procs: list[subprocess.Popen], timeout: float) -> list[str]:
+    """Wait for every process (killing all of them if one hangs); each must exit 0. Returns their outputs."""
+    outputs = []
+    for p in procs:
+        try:
+            outputs.append(p.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    for p, o in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, o[-3000:]
+    return outputs
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -103,16 +118,7 @@ def test_two_processes_train_together_like_one(tmp_path):
                 text=True,
             )
         )
-    outputs = []
-    for p in procs:
-        try:
-            outputs.append(p.communicate(timeout=240)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    for p, o in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, o[-3000:]
+    _finish(procs, timeout=240)
 
     infos = [json.loads((tmp_path / f"info_{i}.json").read_text()) for i in range(2)]
     assert all(i["joined"] and i["process_count"] == 2 and i["devices"] == 4 for i in infos), infos
@@ -132,7 +138,6 @@ def test_two_processes_train_together_like_one(tmp_path):
         assert ck.steps() == [2, 3]
     rows = read_jsonl(tmp_path / "ckpt" / "metrics.jsonl")
     assert [r["generation"] for r in rows] == list(range(GENERATIONS))
-
 
 
 def test_two_processes_run_the_rl_command_together_like_one(tmp_path):
@@ -164,16 +169,7 @@ def test_two_processes_run_the_rl_command_together_like_one(tmp_path):
         )
         for i in range(2)
     ]
-    outputs = []
-    for p in procs:
-        try:
-            outputs.append(p.communicate(timeout=300)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    for p, o in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, o[-3000:]
+    outputs = _finish(procs, timeout=300)
     assert "population split over 4 devices (2 process(es))" in outputs[0]
     assert "best evaluated return" in outputs[0] and "best evaluated return" not in outputs[1]  # process 0 reports
 

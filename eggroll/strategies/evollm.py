@@ -507,22 +507,14 @@ def check_checkpoint_dir(checkpoint_dir: Any, settings: dict[str, Any], resume: 
 
 def _check(ckpt: Any, settings: dict[str, Any], resume: bool) -> int | None:
     if not resume:
-        if ckpt.steps():
-            raise ValueError(
-                f"{ckpt.directory} already holds checkpoints of a run (generations {ckpt.steps()}); pass --resume "
-                "(resume=True) to continue it, or choose another --out (checkpoint_dir) to start a new run"
-            )
+        ckpt.refuse_fresh_run(resume)
         return None
     meta = ckpt.read_meta()
-    saved = meta.get("settings", {})
-    diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
-    if diff:
-        listed = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
-        raise ValueError(
-            f"the checkpoint in {ckpt.directory} was written with other settings ({listed}); resume with the same "
-            "settings (only the number of generations, the cache, the endpoint URL and the output options may "
-            "change), or choose another --out (checkpoint_dir) to start a new run"
-        )
+    ckpt.check_settings(
+        meta.get("settings"),
+        settings,
+        may_change="the number of generations, the cache, the endpoint URL and the output options",
+    )
     return int(meta["generation"])
 
 

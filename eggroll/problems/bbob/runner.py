@@ -474,11 +474,7 @@ def run_benchmark(
 
         ckpt = Checkpointer(checkpoint_dir, every=checkpoint_every, max_to_keep=2)
         try:
-            if not resume and ckpt.steps():
-                raise ValueError(
-                    f"{ckpt.directory} already holds checkpoints of a benchmark run (steps {ckpt.steps()}); "
-                    "pass --resume to continue it, or choose another --out to start a new run."
-                )
+            ckpt.refuse_fresh_run(resume, "a benchmark run")
             if resume:
                 meta = ckpt.read_meta()
                 _check_config(ckpt.directory, meta.get("config"), config)
@@ -676,21 +672,14 @@ def _config_record(
 
 
 def _check_config(directory: Path, saved: dict[str, Any] | None, wanted: dict[str, Any]) -> None:
-    from eggroll.checkpoint import CheckpointError
+    from eggroll.checkpoint import CheckpointError, check_settings
 
     if saved is None:
         raise CheckpointError(
             f"The checkpoint in {directory} has no benchmark settings; it was not written by run_benchmark. "
             "Choose another --out to start a new run."
         )
-    diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
-    if diff:
-        listed = "; ".join(f"{_OPTION.get(k, k)}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
-        raise ValueError(
-            f"the checkpoint in {directory} was written with other settings ({listed}); resume with the same "
-            "settings (only --progress and --checkpoint-every may change), or choose another --out to start a "
-            "new run."
-        )
+    check_settings(saved, wanted, directory, may_change="--progress and --checkpoint-every", names=_OPTION)
 
 
 def _run_key(i: int) -> str:
