@@ -83,7 +83,6 @@ def test_truncate_drops_rows_past_a_resume_point_and_appending_continues(tmp_pat
     assert table[0] == ["generation", "x"] and [r[0] for r in table[1:]] == ["0", "1", "2", "3"]
 
 
-
 def test_truncate_purges_tensorboard_events_past_the_resume_point(tmp_path):
     """A resumed log hides the first run's TensorBoard events from the resume step on (TensorBoard's purge rule)."""
     from tensorboardX.proto import event_pb2
@@ -111,6 +110,7 @@ def test_truncate_purges_tensorboard_events_past_the_resume_point(tmp_path):
                 seen[event.step] = v.simple_value
     assert purges == [3]
     assert seen == {0: 0.0, 1: 1.0, 2: 2.0, 3: 30.0}
+
 
 def test_new_columns_warn_and_disabled_logger_writes_nothing(tmp_path):
     with MetricsLogger(tmp_path / "a", tensorboard=False) as log:
