@@ -42,11 +42,17 @@ def _tiny_gguf(path):
     gguf_io.write_gguf(str(path), config, params, tokens, ["Ġ t", "h e"], token_types=types)
 
 
-def test_finetune_command_raises_held_out_reward(tmp_path):
+def _model_and_reward(tmp_path):
+    """The tiny GGUF model and the digit-fraction reward file, written into ``tmp_path``."""
     model = tmp_path / "tiny.gguf"
     _tiny_gguf(model)
     reward = tmp_path / "reward.py"
     reward.write_text(REWARD)
+    return model, reward
+
+
+def test_finetune_command_raises_held_out_reward(tmp_path):
+    model, reward = _model_and_reward(tmp_path)
     out = tmp_path / "run"
     args = ["--model", str(model), "--task", "python", "--reward", f"{reward}:digits"]
     args += ["--generations", "30", "--population", "16", "--prompts", "4", "--rank", "1"]
@@ -111,10 +117,7 @@ def test_finetune_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
 
     from eggroll.finetune import finetune
 
-    model = tmp_path / "tiny.gguf"
-    _tiny_gguf(model)
-    reward = tmp_path / "reward.py"
-    reward.write_text(REWARD)
+    model, reward = _model_and_reward(tmp_path)
     args = ["--model", str(model), "--task", "python", "--reward", f"{reward}:digits", "--generations", "4"]
     args += ["--population", "8", "--prompts", "2", "--sigma", "0.05", "--lr", "0.005", "--max-new-tokens", "4"]
     args += ["--eval-every", "2", "--eval-prompts", "2", "--evolve", "attn,mlp,embed", "--no-export"]
@@ -153,10 +156,7 @@ def test_finetune_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
 
 def test_finetune_devices_split_the_population_like_one_device(tmp_path):
     """`--devices 4` generates each member's completions on its own device; same rewards, same update."""
-    model = tmp_path / "tiny.gguf"
-    _tiny_gguf(model)
-    reward = tmp_path / "reward.py"
-    reward.write_text(REWARD)
+    model, reward = _model_and_reward(tmp_path)
     args = ["--model", str(model), "--task", "python", "--reward", f"{reward}:digits", "--generations", "3"]
     args += ["--population", "8", "--prompts", "2", "--sigma", "0.05", "--lr", "0.005", "--max-new-tokens", "4"]
     args += ["--eval-every", "3", "--eval-prompts", "2", "--evolve", "attn,mlp,embed", "--no-export"]
