@@ -124,7 +124,7 @@ def test_sigterm_then_resume_is_bit_for_bit(tmp_path):
         if not line:
             break
         lines.append(line)
-        if line.startswith("gen 4"):
+        if line.startswith("gen 5"):
             proc.send_signal(signal.SIGTERM)
             break
     rest, _ = proc.communicate(timeout=120)
@@ -145,7 +145,7 @@ def test_sigterm_then_resume_is_bit_for_bit(tmp_path):
     # The log reads as one run: every generation once, the rows after the checkpoint re-done identically.
     rows = read_jsonl(run_dir / "metrics.jsonl")
     ref_rows = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
-    assert [r["generation"] for r in rows] == list(range(TOTAL))
+    assert [r["generation"] for r in rows] == list(range(1, TOTAL + 1))
     for r, q in zip(rows, ref_rows, strict=True):
         assert r["mean_fitness"] == q["mean_fitness"] and r["update_norm"] == q["update_norm"]
     steps = _steps(run_dir)

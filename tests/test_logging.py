@@ -153,7 +153,7 @@ def test_train_logs_generation_fitness_sigma_update_norm_and_throughput(tmp_path
         callback=lambda g, row: seen.append(g),
     )
     rows = read_jsonl(tmp_path / "metrics.jsonl")
-    assert [r["generation"] for r in rows] == [1, 3, 5] == seen
+    assert [r["generation"] for r in rows] == [2, 4, 6] == seen
     for key in (
         "best_fitness",
         "mean_fitness",

@@ -137,7 +137,7 @@ def test_two_processes_train_together_like_one(tmp_path):
     with Checkpointer(tmp_path / "ckpt") as ck:
         assert ck.steps() == [2, 3]
     rows = read_jsonl(tmp_path / "ckpt" / "metrics.jsonl")
-    assert [r["generation"] for r in rows] == list(range(GENERATIONS))
+    assert [r["generation"] for r in rows] == list(range(1, GENERATIONS + 1))
 
 
 def test_two_processes_run_the_rl_command_together_like_one(tmp_path):

@@ -1,4 +1,4 @@
-"""A training loop the CLIs share: jitted generations, progress, logs, checkpoints, resume.
+"""Train a strategy on a fitness function in one call: the Python API over :func:`eggroll.run.loop.run`.
 
 :func:`train` runs ``num_generations`` of ask / evaluate / tell with
 :func:`eggroll.parallel.generation_step` (one device, or the population split
@@ -9,7 +9,7 @@ over ``mesh``), shows a rich progress bar, writes metrics with
 if it had never stopped.
 
 Randomness: ``key`` is split once into the strategy's init key and a run key;
-generation ``g`` is evaluated with ``fold_in(run_key, g)``. The checkpoint
+generation ``g`` (1-based) is evaluated with ``fold_in(run_key, g - 1)``. The checkpoint
 stores the strategy state (mean, optimizer state, sigma, noise key,
 generation), the fitness function's state and the run key, so nothing depends
 on how many times the run was stopped.
@@ -27,17 +27,18 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jax
 
 from eggroll import parallel
+from eggroll.run.loop import RunOptions, Task, run
 from eggroll.types import Strategy
 
-__all__ = ["TrainResult", "mean_of", "train"]
+__all__ = ["StrategyTask", "TrainResult", "mean_of", "train"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -63,7 +64,8 @@ class TrainResult:
         generation: completed generations.
         interrupted: stopped early by SIGTERM / Ctrl-C (a checkpoint was saved).
         resumed_from: the checkpoint step the run started from (``None`` if fresh).
-        history: the logged rows (scalar metrics per logged generation).
+        history: the logged rows (scalar metrics per logged generation; ``generation``
+            counts completed generations, 1 after the first, as in every command).
         checkpoint_dir: where checkpoints went (``None`` if disabled).
     """
 
@@ -76,21 +78,41 @@ class TrainResult:
     checkpoint_dir: str | None = None
 
 
-def _progress(enabled: bool, total: int, start: int):
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+class StrategyTask(Task):
+    """A strategy on a fitness function as a :class:`eggroll.run.loop.Task` (what :func:`train` runs).
 
-    prog = Progress(
-        TextColumn("[bold]gen"),
-        MofNCompleteColumn(),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-        transient=False,
-    )
-    prog.add_task("train", total=total, completed=start, info="")
-    return prog
+    The carry is ``{"state", "fn_state", "run_key"}``; generation ``g`` uses
+    ``fold_in(run_key, g - 1)``, so a resumed run draws the same keys.
+    """
+
+    name = "train"
+    label = "gen"
+
+    def __init__(self, es, fitness_fn, mean, key, *, params=None, fn_state=None, population_level=False, mesh=None):
+        self.es, self.population_size = es, es.population_size
+        self.params = es.default_params if params is None else params
+        init_key, run_key = jax.random.split(key)
+        if mesh is not None:
+            placed = parallel.replicate((init_key, mean, self.params, run_key, fn_state), mesh)
+            init_key, mean, self.params, run_key, fn_state = placed
+        self._first = (init_key, mean, run_key, fn_state)
+        self._es_init = es.init if mesh is None else parallel.sharded(es, mesh).init
+        self._step = _step(es, fitness_fn, mesh, population_level)
+
+    def init(self) -> dict[str, Any]:
+        init_key, mean, run_key, fn_state = self._first
+        return {"state": self._es_init(init_key, mean, self.params), "fn_state": fn_state, "run_key": run_key}
+
+    def step(self, carry, generation):
+        key = jax.random.fold_in(carry["run_key"], generation - 1)
+        state, fn_state, metrics = self._step(key, carry["state"], self.params, carry["fn_state"])
+        scalars = {k: v for k, v in metrics.items() if k != "best_solution"}
+        return {**carry, "state": state, "fn_state": fn_state}, scalars
+
+    def describe(self, row):
+        best, mean = (row.get(k) for k in ("best_fitness", "mean_fitness"))
+        nan = float("nan")
+        return f"best {nan if best is None else best:.4g} mean {nan if mean is None else mean:.4g}"
 
 
 def train(
@@ -115,7 +137,7 @@ def train(
     callback: Callable[[int, dict[str, Any]], None] | None = None,
     stop_after: int | None = None,
 ) -> TrainResult:
-    """Train ``es`` on ``fitness_fn`` for ``num_generations`` generations.
+    """Train ``es`` on ``fitness_fn`` for ``num_generations`` generations (through :func:`eggroll.run.loop.run`).
 
     Args:
         es: the strategy.
@@ -151,97 +173,39 @@ def train(
         ValueError: bad arguments.
         eggroll.checkpoint.CheckpointError: ``resume`` with a corrupt or mismatched checkpoint.
     """
-    from eggroll.checkpoint import Checkpointer, GracefulInterrupt
-    from eggroll.logging import MetricsLogger
-
-    if not isinstance(num_generations, int) or num_generations < 0:
+    if isinstance(num_generations, bool) or not isinstance(num_generations, int) or num_generations < 0:
         raise ValueError(f"num_generations must be a non-negative int, got {num_generations!r}.")
     if log_every < 1:
         raise ValueError(f"log_every={log_every} must be >= 1.")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir (where the run to continue saved its checkpoints).")
-    params = es.default_params if params is None else params
-    init_key, run_key = jax.random.split(key)
-
-    init = es.init if mesh is None else parallel.sharded(es, mesh).init
-    if mesh is not None:
-        placed = parallel.replicate((init_key, mean, params, run_key, fn_state), mesh)
-        init_key, mean, params, run_key, fn_state = placed
-    state = init(init_key, mean, params)
-    step = _step(es, fitness_fn, mesh, population_level)
-
-    ckpt = Checkpointer(checkpoint_dir, every=checkpoint_every) if checkpoint_dir is not None else None
+    task = StrategyTask(
+        es, fitness_fn, mean, key, params=params, fn_state=fn_state, population_level=population_level, mesh=mesh
+    )
+    if num_generations == 0:
+        carry = task.init()
+        return TrainResult(carry["state"], carry["fn_state"], 0)
+    options = RunOptions(
+        generations=num_generations,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        quiet=not progress,
+        log_every=log_every,
+        max_to_keep=max_to_keep,
+        tensorboard=tensorboard,
+        stop_after=stop_after,
+    )
     log_dir = log_dir if log_dir is not None else checkpoint_dir
-    logger = MetricsLogger(log_dir, tensorboard=tensorboard) if log_dir is not None else None
-    start, resumed_from = 0, None
-    if ckpt is not None:
-        ckpt.refuse_fresh_run(resume)
-    if resume and ckpt.latest_step() is not None:
-        items, meta = ckpt.restore({"state": state, "fn_state": fn_state, "run_key": run_key})
-        state, fn_state, run_key = items["state"], items["fn_state"], items["run_key"]
-        start = resumed_from = int(meta["generation"])
-    if logger is not None:
-        logger.truncate(start)
-
-    def save(gen: int) -> None:
-        if ckpt is not None:
-            ckpt.save(gen, {"state": state, "fn_state": fn_state, "run_key": run_key}, {"generation": gen})
-
-    history: list[dict[str, Any]] = []
-    interrupted = False
-    prog = _progress(progress and jax.process_index() == 0, num_generations, start)
-    gen = start
-    t_last, gen_last = time.perf_counter(), start
-    try:
-        if prog is not None:
-            prog.start()
-        with GracefulInterrupt() as stop:
-            while gen < num_generations:
-                state, fn_state, metrics = step(jax.random.fold_in(run_key, gen), state, params, fn_state)
-                gen += 1
-                if gen % log_every == 0 or gen == num_generations:
-                    scalars = {k: v for k, v in metrics.items() if k not in ("best_solution",)}
-                    scalars = parallel.to_host(scalars)
-                    now = time.perf_counter()
-                    dt = max(now - t_last, 1e-9)
-                    scalars["generations_per_s"] = (gen - gen_last) / dt
-                    scalars["evaluations_per_s"] = (gen - gen_last) * es.population_size / dt
-                    scalars["wall_s"] = now
-                    t_last, gen_last = now, gen
-                    row = logger.log(gen - 1, scalars) if logger is not None else {"generation": gen - 1, **scalars}
-                    row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
-                    history.append(row)
-                    if callback is not None:
-                        callback(gen - 1, row)
-                    if prog is not None:
-                        prog.update(
-                            prog.task_ids[0],
-                            completed=gen,
-                            info=f"best {row.get('best_fitness', float('nan')):.4g} "
-                            f"mean {row.get('mean_fitness', float('nan')):.4g}",
-                        )
-                if ckpt is not None and ckpt.should_save(gen):
-                    save(gen)
-                if stop.requested is not None or (stop_after is not None and gen >= stop_after):
-                    interrupted = gen < num_generations
-                    break
-        save(gen)
-    finally:
-        if prog is not None:
-            prog.stop()
-        if ckpt is not None:
-            ckpt.close()
-        if logger is not None:
-            logger.close()
-    jax.block_until_ready(state)
+    result = run(task, options, callback=callback, checkpoint_dir=checkpoint_dir, metrics_dir=log_dir)
+    jax.block_until_ready(result.carry["state"])
     return TrainResult(
-        state=state,
-        fn_state=fn_state,
-        generation=gen,
-        interrupted=interrupted,
-        resumed_from=resumed_from,
-        history=history,
-        checkpoint_dir=None if ckpt is None else str(ckpt.directory),
+        state=result.carry["state"],
+        fn_state=result.carry["fn_state"],
+        generation=result.generation,
+        interrupted=bool(result.interrupted),
+        resumed_from=result.resumed_from,
+        history=result.history,
+        checkpoint_dir=None if checkpoint_dir is None else str(Path(checkpoint_dir).absolute()),
     )
 
 

@@ -1,0 +1,112 @@
+"""What every command shares: the common options, one error line, one way to end.
+
+Every command takes the same options with the same names and meanings
+(``--out --generations --population --seed --checkpoint-every --resume
+--devices --time-budget --quiet``), writes the same files into ``--out``
+(``result.json``, ``metrics/``, ``checkpoints/``, its plot) through
+:func:`eggroll.run.loop.run`, and exits the same way: 0 done, 2 bad input
+(one line saying what to change), 130 Ctrl-C, 143 SIGTERM (both after a
+checkpoint, with the hint to add ``--resume``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+
+from eggroll.run.progress import console
+
+__all__ = [
+    "CHECKPOINT_EVERY",
+    "DEVICES",
+    "QUIET",
+    "RESUME",
+    "SEED",
+    "TIME_BUDGET",
+    "execute",
+    "fail",
+    "finish",
+    "generations_option",
+    "options",
+    "out_option",
+    "population_option",
+]
+
+
+def out_option(default: str | None) -> Any:
+    return typer.Option(default, "--out", help="The run's folder: result.json, metrics/, checkpoints/ and the plot.")
+
+
+def generations_option(default: int, unit: str = "generations") -> Any:
+    return typer.Option(
+        default, "--generations", help=f"{unit.capitalize()} to run in total (a resume counts those done)."
+    )
+
+
+def population_option(default: int, extra: str = "") -> Any:
+    return typer.Option(default, "--population", help=f"Population size (members per generation){extra}.")
+
+
+SEED = typer.Option(0, "--seed", help="Random seed of the whole run.")
+CHECKPOINT_EVERY = typer.Option(
+    None, "--checkpoint-every", help="Checkpoint every K generations (always on SIGTERM / Ctrl-C and at the end)."
+)
+RESUME = typer.Option(False, "--resume", help="Continue the run in --out from its newest checkpoint (same settings).")
+DEVICES = typer.Option(
+    "auto", "--devices", help="Split the population over devices: a number, 'all', or 'auto' (1; all if multi-process)."
+)
+TIME_BUDGET = typer.Option(
+    None, "--time-budget", help="Seconds: stop early enough that the run (last evaluation included) ends within them."
+)
+QUIET = typer.Option(False, "--quiet", help="No progress display.")
+
+
+def fail(message: Any) -> NoReturn:
+    """Print ``error: <message>`` as one line on stderr and exit 2 (bad input)."""
+    text = " ".join(str(message).split()) or type(message).__name__
+    typer.secho(f"error: {text}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def options(**kwargs: Any):
+    """:class:`eggroll.run.loop.RunOptions` from the common options, validated (bad values exit 2)."""
+    from eggroll.run.loop import RunOptions
+
+    try:
+        return RunOptions(**kwargs).validate()
+    except ValueError as err:
+        fail(err)
+
+
+def execute(build: Callable[[], Any], run_options: Any, **run_kwargs: Any):
+    """Build the task and run it through the one loop; bad input (settings, files, checkpoints) exits 2."""
+    from eggroll.run.checkpoint import CheckpointError
+    from eggroll.run.loop import run
+
+    try:
+        return run(build(), run_options, **run_kwargs)
+    except (ValueError, CheckpointError, FileNotFoundError) as err:
+        fail(err)
+
+
+def finish(result: Any, files: dict[str, Any] | None = None) -> None:
+    """Report where the files are and end the command with the run's exit status (0, 130, 143)."""
+    if result.resumed_from is not None:
+        console.print(f"resumed from generation {result.resumed_from} ({result.checkpoint_dir})")
+    files = files if files is not None else result.record.get("files", {})
+    for name, path in files.items():
+        console.print(f"  {name:10s} {path}")
+    if result.out is not None:
+        console.print(f"  {'result':10s} {Path(result.out) / 'result.json'}")
+    if result.stopped_by in ("SIGTERM", "SIGINT"):
+        console.print(
+            f"[yellow]stopped by {result.stopped_by} after generation {result.generation}[/]; checkpoint saved, "
+            "continue with the same command plus --resume"
+        )
+    elif result.stopped_by in ("time_budget", "target"):
+        console.print(f"stopped after generation {result.generation}: {result.stopped_by.replace('_', ' ')} reached")
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)

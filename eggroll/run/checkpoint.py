@@ -1,0 +1,354 @@
+"""Checkpoints with orbax: save every K generations and on SIGTERM / Ctrl-C, resume bit for bit.
+
+A checkpoint holds a dict of pytrees (typically the strategy state, which
+includes the mean parameters, the optimizer state and the noise key; the
+fitness function's state, e.g. observation statistics; and the run's RNG key)
+plus a small JSON record (generation, a fingerprint of the run's
+configuration, anything you add). Steps are numbered by completed generations.
+
+Safety: orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it
+only when every file is written, so a process killed in the middle of a save
+leaves the previous steps untouched; the unfinished directory is never read
+and is cleaned up by the next run. The newest ``max_to_keep`` steps are kept.
+
+Example:
+    >>> ckpt = Checkpointer("/tmp/run1", every=50)             # doctest: +SKIP
+    >>> ckpt.save(100, {"state": state, "key": key})           # doctest: +SKIP
+    >>> items, meta = ckpt.restore({"state": state, "key": key})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["CheckpointError", "Checkpointer", "GracefulInterrupt", "check_settings", "fingerprint"]
+
+_TMP_MARK = ".orbax-checkpoint-tmp"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used; the message names the directory and what to do."""
+
+
+def fingerprint(tree: Any) -> dict[str, Any]:
+    """Structure, shapes and dtypes of a pytree, as JSON (to detect mismatched resumes)."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    return {
+        "treedef": str(treedef),
+        "leaves": {jax.tree_util.keystr(p): [list(np.shape(x)), _dtype_name(x)] for p, x in flat},
+    }
+
+
+def check_settings(
+    saved: Mapping[str, Any] | None,
+    wanted: Mapping[str, Any],
+    where: str | os.PathLike,
+    *,
+    may_change: str = "",
+    names: Mapping[str, str] | None = None,
+) -> None:
+    """Refuse to resume a run whose settings differ from the checkpoint's, naming each difference.
+
+    Args:
+        saved: the settings recorded in the checkpoint's metadata.
+        wanted: this run's settings (JSON values; only these keys are compared).
+        where: the checkpoint folder, for the message.
+        may_change: what may differ on resume, e.g. ``"--generations"`` (said in the message).
+        names: how to call each key in the message (e.g. ``{"dims": "--dims"}``).
+
+    Raises:
+        ValueError: e.g. ``the checkpoint in runs/x was written with other settings (sigma: 0.05 in the
+            checkpoint, 0.1 now); resume with the same settings ...``.
+    """
+    saved = saved or {}
+    names = names or {}
+    diff = [(names.get(k, k), saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v]
+    if diff:
+        listed = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in diff)
+        allowed = f" (only {may_change} may change)" if may_change else ""
+        raise ValueError(
+            f"the checkpoint in {where} was written with other settings ({listed}); resume with the same "
+            f"settings{allowed}, or choose another --out to start a new run"
+        )
+
+
+def _dtype_name(x: Any) -> str:
+    return str(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
+
+
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _encode(tree: Any) -> Any:
+    """Typed PRNG keys become their uint32 key data (orbax stores plain arrays)."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _decode(tree: Any, template: Any) -> Any:
+    def back(x, t):
+        return jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if _is_key(t) else x
+
+    return jax.tree.map(back, tree, template)
+
+
+def _abstract(tree: Any) -> Any:
+    def one(x):
+        x = x if isinstance(x, jax.Array) else jnp.asarray(x)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+
+    return jax.tree.map(one, tree)
+
+
+class Checkpointer:
+    """Periodic, atomic, resumable checkpoints of a training run (orbax).
+
+    Args:
+        directory: where the steps live (created if missing).
+        every: save every ``every`` generations (``None``: only when asked).
+        max_to_keep: newest steps kept on disk (>= 2 keeps a fallback).
+        async_save: write in a background thread (the arrays are copied to the
+            host first, so training continues safely).
+
+    Raises:
+        CheckpointError: the directory exists but is not a directory.
+    """
+
+    def __init__(
+        self, directory: str | os.PathLike, *, every: int | None = None, max_to_keep: int = 3, async_save: bool = True
+    ):
+        import orbax.checkpoint as ocp
+
+        self.directory = Path(directory).absolute()
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CheckpointError(f"Checkpoint path {self.directory} exists and is not a directory.")
+        if every is not None and every < 1:
+            raise ValueError(f"every={every} must be a positive number of generations (or None).")
+        if max_to_keep < 1:
+            raise ValueError(f"max_to_keep={max_to_keep} must be >= 1.")
+        self.every = every
+        self._ocp = ocp
+        self._closed = False
+        self._created = not self.directory.exists()  # removed again if it stays empty (a mistyped --resume path)
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+            ),
+            item_handlers={"items": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+        )
+
+    # ------------------------------------------------------------------ queries
+    def steps(self) -> list[int]:
+        """Completed (finalised) steps, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest finalised step, or ``None``."""
+        return self._manager.latest_step()
+
+    def refuse_fresh_run(self, resume: bool, what: str = "a run") -> None:
+        """Without ``resume``, refuse (and close) a directory that already holds checkpoints.
+
+        Raises:
+            ValueError: the directory holds steps and ``resume`` is false; nothing is overwritten.
+        """
+        if resume or not self.steps():
+            return
+        steps = self.steps()
+        self.close()
+        raise ValueError(
+            f"{self.directory} already holds checkpoints of {what} (steps {steps}); pass --resume (resume=True) "
+            "to continue it, or choose another --out to start a new run"
+        )
+
+    def check_settings(
+        self,
+        saved: Mapping[str, Any] | None,
+        wanted: Mapping[str, Any],
+        *,
+        may_change: str = "",
+        names: Mapping[str, str] | None = None,
+    ) -> None:
+        """:func:`check_settings` for this directory; closes the checkpointer before raising."""
+        try:
+            check_settings(saved, wanted, self.directory, may_change=may_change, names=names)
+        except ValueError:
+            self.close()
+            raise
+
+    def should_save(self, step: int) -> bool:
+        """Whether ``step`` falls on the ``every`` schedule."""
+        return self.every is not None and step > 0 and step % self.every == 0
+
+    # ------------------------------------------------------------------ save / restore
+    def save(self, step: int, items: dict[str, Any], meta: dict[str, Any] | None = None) -> bool:
+        """Save ``items`` (a dict of pytrees) and JSON ``meta`` as ``step``.
+
+        Returns:
+            ``False`` if that step already exists (nothing written), else ``True``.
+        """
+        if step in self._manager.all_steps():
+            return False
+        meta = dict(meta or {})
+        meta.setdefault("step", int(step))
+        meta["fingerprint"] = fingerprint(items)
+        args = self._ocp.args.Composite(
+            items=self._ocp.args.StandardSave(_encode(items)), meta=self._ocp.args.JsonSave(meta)
+        )
+        return bool(self._manager.save(step, args=args, force=True))
+
+    def wait(self) -> None:
+        """Block until background saves are finalised on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finish pending saves and release the manager (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def read_meta(self, step: int | None = None) -> dict[str, Any]:
+        """The JSON record of ``step`` (default: the newest)."""
+        step = self._step_or_latest(step)
+        try:
+            out = self._manager.restore(step, args=self._ocp.args.Composite(meta=self._ocp.args.JsonRestore()))
+        except Exception as e:  # noqa: BLE001 - any read failure is a corrupt checkpoint to the user
+            raise self._corrupt(step, e) from e
+        return dict(out["meta"])
+
+    def restore(self, template: dict[str, Any], step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Restore ``step`` (default: the newest) into the structure of ``template``.
+
+        Args:
+            template: a dict of pytrees like the one saved (e.g. the freshly
+                initialised state); arrays are restored with its shapes, dtypes
+                and shardings.
+            step: which step.
+
+        Returns:
+            ``(items, meta)``.
+
+        Raises:
+            CheckpointError: no checkpoint, a checkpoint of a different run
+                configuration, or an unreadable (corrupt) checkpoint; the message
+                names the directory and what to do.
+        """
+        step = self._step_or_latest(step)
+        meta = self.read_meta(step)
+        self._check_match(step, meta.get("fingerprint"), fingerprint(template))
+        args = self._ocp.args.Composite(items=self._ocp.args.StandardRestore(_abstract(_encode(template))))
+        try:
+            out = self._manager.restore(step, args=args)
+        except Exception as e:  # noqa: BLE001
+            raise self._corrupt(step, e) from e
+        return _decode(out["items"], template), meta
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ errors
+    def _step_or_latest(self, step: int | None) -> int:
+        steps = self.steps()
+        if step is None:
+            if not steps:
+                found = self.directory.glob(f"*{_TMP_MARK}*") if self.directory.exists() else []
+                partial = sorted(p.name for p in found)
+                extra = f" (only unfinished saves: {', '.join(partial)})" if partial else ""
+                if self._created and self.directory.is_dir() and not any(self.directory.iterdir()):
+                    self.directory.rmdir()  # do not leave an empty folder behind a mistyped path
+                raise CheckpointError(
+                    f"No finished checkpoint in {self.directory}{extra}. Start without --resume, or point the "
+                    "command (its --out or checkpoint directory) at the folder of the run to continue."
+                )
+            return steps[-1]
+        if step not in steps:
+            raise CheckpointError(f"Step {step} is not in {self.directory}; available steps: {steps}.")
+        return step
+
+    def _corrupt(self, step: int, error: Exception) -> CheckpointError:
+        older = [s for s in self.steps() if s < step]
+        fallback = (
+            f"delete {self.directory / str(step)} to resume from step {older[-1]}"
+            if older
+            else f"delete {self.directory} to start over"
+        )
+        return CheckpointError(
+            f"Checkpoint step {step} in {self.directory} could not be read; it is corrupt or incomplete "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). To continue, {fallback}."
+        )
+
+    def _check_match(self, step: int, saved: dict[str, Any] | None, expected: dict[str, Any]) -> None:
+        where = self.directory / str(step)
+        advice = (
+            "Resume with the same configuration (strategy, population size, model, fitness function), or start a "
+            "new run in a fresh checkpoint folder (another --out)."
+        )
+        if saved is None:
+            raise CheckpointError(f"Checkpoint {where} has no fingerprint; it was not written by eggroll. {advice}")
+        got, want = saved["leaves"], expected["leaves"]
+        for name in want:
+            if name not in got:
+                raise CheckpointError(f"Checkpoint {where} does not match this run: it has no leaf {name}. {advice}")
+            if got[name] != want[name]:
+                (s1, d1), (s2, d2) = got[name], want[name]
+                raise CheckpointError(
+                    f"Checkpoint {where} does not match this run: leaf {name} is {d1}{s1} in the checkpoint but "
+                    f"{d2}{s2} here. {advice}"
+                )
+        extra = sorted(set(got) - set(want))
+        if extra or saved["treedef"] != expected["treedef"]:
+            detail = f"it has extra leaves {extra[:3]}" if extra else "the pytree structures differ"
+            raise CheckpointError(f"Checkpoint {where} does not match this run: {detail}. {advice}")
+
+
+class GracefulInterrupt:
+    """Turn SIGTERM and the first Ctrl-C into a flag the training loop polls.
+
+    The loop finishes the current generation, saves a checkpoint and stops. A
+    second Ctrl-C raises :class:`KeyboardInterrupt` at once. Handlers are only
+    installed from the main thread and are restored on exit.
+
+    Example:
+        >>> with GracefulInterrupt() as stop:       # doctest: +SKIP
+        ...     while not stop.requested: ...
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
+        self.signals = signals
+        self.requested: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signum
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.requested).name if self.requested is not None else ""
+
+    def __enter__(self) -> GracefulInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old.clear()

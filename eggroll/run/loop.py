@@ -1,0 +1,399 @@
+"""The one run loop under every command and the Python API.
+
+A command supplies a :class:`Task` (how to build its state, what one
+generation does, what to evaluate, what to write at the end); :func:`run`
+does everything else, once, for all of them:
+
+- the generation loop, with an evaluation schedule (``eval_every`` and the
+  last generation) and stop rules: ``generations``, a ``time_budget`` checked
+  so the whole run ends within it (the next generation and evaluation are
+  estimated from the ones before), and the task's own target
+  (:meth:`Task.done`);
+- orbax checkpoints (``<out>/checkpoints``) every ``checkpoint_every``
+  generations, when SIGTERM / Ctrl-C arrives (the current generation finishes
+  first) and at the end; ``resume=True`` continues from the newest one so that
+  the state, the history, the metrics, the best solution and every file in
+  ``out`` equal those of a run that was never stopped (only wall-clock fields
+  differ: :func:`is_wall_clock`);
+- metrics (``<out>/metrics``: JSONL, CSV, TensorBoard), one progress display
+  and one result record (``<out>/result.json``);
+- the exit status a CLI returns (:attr:`RunResult.exit_code`: 0, 130 Ctrl-C, 143 SIGTERM).
+
+Generations are numbered from 1 (``generation`` = generations completed);
+an evaluation before the first generation is row 0. A task that works in
+chunks (the demo, BBOB) counts chunks as its generations.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> class Count(Task):
+    ...     name = "count"
+    ...     def init(self):
+    ...         return {"x": jnp.zeros(())}
+    ...     def step(self, carry, generation):
+    ...         x = carry["x"] + 1
+    ...         return {"x": x}, {"x": float(x)}
+    >>> result = run(Count(), RunOptions(generations=3, quiet=True))
+    >>> [row["x"] for row in result.history], result.stopped_by, result.exit_code
+    ([1.0, 2.0, 3.0], 'generations', 0)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+
+__all__ = ["RunOptions", "RunResult", "Task", "is_wall_clock", "run", "write_json"]
+
+_WALL_CLOCK = frozenset({"seconds", "wall_s", "compile_seconds", "elapsed_s", "eval_seconds"})
+
+
+def is_wall_clock(key: str) -> bool:
+    """Whether a metric or record field is a wall-clock measurement (differs between otherwise equal runs)."""
+    return key in _WALL_CLOCK or key.endswith("_per_s") or key.endswith("_seconds")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What every command shares (the common CLI options).
+
+    Attributes:
+        out: the run's folder (``checkpoints/``, ``metrics/``, ``result.json``
+            and the task's files); ``None`` writes nothing.
+        generations: generations to run in total (a resumed run counts those done before).
+        checkpoint_every: save every this many generations (``None``: only on
+            SIGTERM / Ctrl-C and at the end). Needs ``out``.
+        resume: continue from the newest checkpoint in ``out``.
+        time_budget: seconds; the loop stops early enough that the run (its
+            last generation and evaluation included) ends within them.
+        eval_every: evaluate every this many generations (and after the last);
+            ``None``: only after the last (tasks without an evaluation ignore it).
+        quiet: no progress display.
+        log_every: log a row (and wait for the device) every this many
+            generations and after the last; rows in between are not kept.
+        max_to_keep: checkpoints kept on disk.
+        tensorboard: see :class:`eggroll.run.logging.MetricsLogger`.
+        stop_after: stop as if interrupted once this many generations are done
+            (tests and time-boxed jobs; a resume continues).
+    """
+
+    out: str | Path | None = None
+    generations: int = 100
+    checkpoint_every: int | None = None
+    resume: bool = False
+    time_budget: float | None = None
+    eval_every: int | None = None
+    quiet: bool = False
+    log_every: int = 1
+    max_to_keep: int = 2
+    tensorboard: bool | None = None
+    stop_after: int | None = None
+
+    def validate(self) -> RunOptions:
+        """Raise ``ValueError`` naming the option that is wrong and what to pass instead."""
+        if isinstance(self.generations, bool) or not isinstance(self.generations, int) or self.generations < 1:
+            raise ValueError(f"--generations must be a whole number >= 1, got {self.generations!r}")
+        for name in ("checkpoint_every", "eval_every", "stop_after", "log_every"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
+        if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
+            raise ValueError(f"--time-budget must be a positive number of seconds, got {self.time_budget!r}")
+        if self.max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1, got {self.max_to_keep}")
+        return self
+
+
+class Task:
+    """What a command supplies to :func:`run`; override the hooks it needs.
+
+    The carry is a pytree of arrays holding everything a resume needs
+    (strategy state, fitness state, keys, the best solution so far); it is
+    saved in every checkpoint. Host-side data that must survive a resume
+    goes through :meth:`save_extra` / :meth:`load_extra` (JSON).
+
+    Attributes:
+        name: the command (``"rl"``); written to ``result.json``.
+        label: the progress display's label (default ``name``).
+        columns: the CSV columns, in order (default: the first row's keys).
+        may_change: the options a resume may change, for the refusal message.
+        population_size: members evaluated per generation (``None``: no
+            ``evaluations_per_s`` metric).
+    """
+
+    population_size: int | None = None
+    name: str = "run"
+    label: str = ""
+    columns: tuple[str, ...] | None = None
+    may_change: str = "--generations, --time-budget, --eval-every, --checkpoint-every and --quiet"
+
+    def settings(self) -> dict[str, Any]:
+        """The settings a resumed run must share with its checkpoint (JSON)."""
+        return {}
+
+    def init(self) -> Any:
+        """The initial carry (also the template a checkpoint is restored into)."""
+        raise NotImplementedError
+
+    def step(self, carry: Any, generation: int) -> tuple[Any, dict[str, Any]]:
+        """Run generation ``generation`` (1-based); return the new carry and its metrics (host scalars)."""
+        raise NotImplementedError
+
+    def evaluate(self, carry: Any, generation: int) -> tuple[Any, dict[str, Any]] | None:
+        """Evaluate after ``generation`` (0: before the first); ``None`` if the task has no evaluation."""
+        return None
+
+    def done(self, row: Mapping[str, Any]) -> bool:
+        """Whether the run has reached its target (checked after every generation and evaluation)."""
+        return False
+
+    def describe(self, row: Mapping[str, Any]) -> str:
+        """The progress display's status text for a row."""
+        keys = [k for k in row if k != "generation" and not is_wall_clock(k)][:3]
+        return "  ".join(f"{k} {row[k]:.4g}" if isinstance(row[k], float) else f"{k} {row[k]}" for k in keys)
+
+    def save_extra(self) -> dict[str, Any]:
+        """Host-side JSON the checkpoint keeps besides the carry."""
+        return {}
+
+    def load_extra(self, extra: Mapping[str, Any]) -> None:
+        """Take back what :meth:`save_extra` returned (on resume)."""
+
+    def finish(self, carry: Any, result: RunResult) -> dict[str, Any]:
+        """Write the task's files into ``result.out`` (process 0 only); return what ``result.json`` records.
+
+        Returns:
+            JSON: e.g. ``{"files": {...}, "best_eval_return": ...}``.
+        """
+        return {}
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` returns.
+
+    Attributes:
+        carry: the final carry.
+        generation: generations completed (those before a resume included).
+        history: one row per generation (and row 0 for an initial evaluation).
+        stopped_by: ``"generations"``, ``"time_budget"``, ``"target"``,
+            ``"stop_after"``, ``"SIGTERM"`` or ``"SIGINT"``.
+        resumed_from: the generation of the checkpoint the run continued from.
+        out: the run's folder.
+        record: what was written to ``result.json``.
+        checkpoint_dir: where the checkpoints are (``None``: none).
+    """
+
+    carry: Any
+    generation: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_by: str = "generations"
+    resumed_from: int | None = None
+    out: Path | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+    checkpoint_dir: str | None = None
+
+    @property
+    def interrupted(self) -> str:
+        """The signal that stopped the run (``"SIGTERM"``, ``"SIGINT"``; ``"stop_after"`` too), else ``""``."""
+        return self.stopped_by if self.stopped_by in ("SIGTERM", "SIGINT", "stop_after") else ""
+
+    @property
+    def exit_code(self) -> int:
+        """What a command exits with: 130 after Ctrl-C, 143 after SIGTERM, else 0."""
+        return {"SIGINT": 130, "SIGTERM": 143}.get(self.stopped_by, 0)
+
+
+def write_json(path: Path, record: Any) -> Path:
+    """Write JSON atomically (a killed process leaves the old file, never half of one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=_json_default))
+    tmp.replace(path)
+    return path
+
+
+def _json_default(x: Any) -> Any:
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"{type(x).__name__} is not JSON")
+
+
+def _clean(row: Mapping[str, Any]) -> dict[str, Any]:
+    from eggroll.parallel import to_host
+
+    out = {}
+    for k, v in to_host(dict(row)).items():
+        v = v.item() if hasattr(v, "item") else v
+        out[k] = None if isinstance(v, float) and math.isnan(v) else v
+    return out
+
+
+def run(
+    task: Task,
+    options: RunOptions,
+    *,
+    callback: Callable[[int, dict[str, Any]], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    metrics_dir: str | Path | None = None,
+) -> RunResult:
+    """Run ``task`` under ``options``: the loop every command shares.
+
+    Args:
+        task: the command's hooks.
+        options: generations, folder, checkpoints, budget, evaluation schedule.
+        callback: ``callback(generation, row)`` after each row is logged.
+        checkpoint_dir: checkpoints go here instead of ``<out>/checkpoints``.
+        metrics_dir: metrics go here instead of ``<out>/metrics``.
+
+    Returns:
+        A :class:`RunResult` (``exit_code`` says what a command should exit with).
+
+    Raises:
+        ValueError: bad options, a fresh run into a folder that holds a run, or
+            a resume with other settings (each difference named).
+        eggroll.run.checkpoint.CheckpointError: no usable checkpoint to resume from.
+    """
+    from eggroll.run.checkpoint import Checkpointer, GracefulInterrupt
+    from eggroll.run.logging import MetricsLogger
+    from eggroll.run.progress import ProgressBar
+
+    options.validate()
+    t_start = time.perf_counter()
+    out = Path(options.out) if options.out is not None else None
+    main = jax.process_index() == 0
+    settings = task.settings()
+    checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else None if out is None else out / "checkpoints"
+    metrics_dir = metrics_dir if metrics_dir is not None else None if out is None else out / "metrics"
+    if options.resume and checkpoint_dir is None:
+        raise ValueError("--resume needs --out (the folder of the run to continue)")
+    ckpt = None
+    if checkpoint_dir is not None:
+        ckpt = Checkpointer(checkpoint_dir, every=options.checkpoint_every, max_to_keep=options.max_to_keep)
+        ckpt.refuse_fresh_run(options.resume, f"`eggroll {task.name}`")
+    carry = task.init()
+    history: list[dict[str, Any]] = []
+    start, resumed_from = 0, None
+    if options.resume and ckpt.latest_step() is not None:
+        items, meta = ckpt.restore({"carry": carry})
+        ckpt.check_settings(meta.get("settings"), settings, may_change=task.may_change)
+        carry, history = items["carry"], [dict(r) for r in meta.get("history", [])]
+        task.load_extra(meta.get("extra", {}))
+        start = resumed_from = int(meta["generation"])
+
+    def save(gen: int) -> None:
+        if ckpt is not None:
+            meta = {"generation": gen, "settings": settings, "history": history, "extra": task.save_extra()}
+            ckpt.save(gen, {"carry": carry}, json.loads(json.dumps(meta, default=_json_default)))
+
+    logger = None
+    if metrics_dir is not None:
+        logger = MetricsLogger(metrics_dir, tensorboard=options.tensorboard, columns=task.columns)
+        logger.truncate(start + 1 if resumed_from is not None else 0)
+
+    last_logged = [start, time.perf_counter()]
+
+    def record(row: dict[str, Any]) -> None:
+        if row["generation"] > 0:
+            now = time.perf_counter()
+            rate = (row["generation"] - last_logged[0]) / max(now - last_logged[1], 1e-9)
+            last_logged[:] = [row["generation"], now]
+            row["generations_per_s"] = rate
+            if task.population_size:
+                row["evaluations_per_s"] = rate * task.population_size
+        row = _clean(row)
+        history.append(row)
+        if logger is not None:
+            logger.log(row["generation"], {k: v for k, v in row.items() if v is not None})
+        bar.update(row["generation"], task.describe(row))
+        if callback is not None:
+            callback(row["generation"], row)
+
+    gen, stopped_by = start, ""
+    step_times: list[float] = []
+    eval_times: list[float] = []
+
+    def evaluate(row: dict[str, Any]) -> None:
+        nonlocal carry
+        t0 = time.perf_counter()
+        got = task.evaluate(carry, row["generation"])
+        if got is not None:
+            carry, metrics = got
+            row.update(metrics)
+            eval_times.append(time.perf_counter() - t0)
+
+    def over_budget() -> bool:
+        if options.time_budget is None:
+            return False
+        typical = statistics.median(step_times[1:] or step_times)
+        next_eval = max(eval_times) if eval_times else 0.0
+        return time.perf_counter() - t_start + typical + next_eval > options.time_budget
+
+    label = task.label or task.name
+    try:
+        with ProgressBar(label, options.generations, start, enabled=main and not options.quiet) as bar:
+            if resumed_from is None:
+                row0 = {"generation": 0}
+                evaluate(row0)
+                if len(row0) > 1:
+                    record(row0)
+            with GracefulInterrupt() as signals:
+                while gen < options.generations and not stopped_by:
+                    t0 = time.perf_counter()
+                    carry, metrics = task.step(carry, gen + 1)
+                    gen += 1
+                    step_times.append(time.perf_counter() - t0)
+                    row = {"generation": gen, **metrics, "seconds": step_times[-1]}
+                    if signals.requested is not None:
+                        stopped_by = signals.signal_name
+                    elif gen >= options.generations:
+                        stopped_by = "generations"
+                    elif options.stop_after is not None and gen >= options.stop_after:
+                        stopped_by = "stop_after"
+                    elif over_budget():
+                        stopped_by = "time_budget"
+                    last = stopped_by in ("generations", "time_budget")
+                    scheduled = options.eval_every is not None and gen % options.eval_every == 0
+                    if scheduled or last:
+                        evaluate(row)
+                    if not stopped_by and task.done(row):
+                        stopped_by = "target"
+                        if not scheduled:
+                            evaluate(row)
+                    if stopped_by or scheduled or gen % options.log_every == 0:
+                        record(row)
+                    if not stopped_by and ckpt is not None and ckpt.should_save(gen):
+                        save(gen)
+                    if signals.requested is not None and not stopped_by:
+                        stopped_by = signals.signal_name
+        save(gen)
+        result = RunResult(carry, gen, history, stopped_by or "generations", resumed_from, out)
+        result.checkpoint_dir = None if ckpt is None else str(ckpt.directory)
+        if out is not None and main:
+            extra = task.finish(carry, result)
+            result.record = {
+                "command": task.name,
+                "settings": settings,
+                "generation": gen,
+                "generations": options.generations,
+                "stopped_by": result.stopped_by,
+                "final": {k: v for k, v in (history[-1] if history else {}).items() if not is_wall_clock(k)},
+                **extra,
+                "seconds": time.perf_counter() - t_start,
+            }
+            write_json(out / "result.json", result.record)
+        return result
+    finally:
+        if logger is not None:
+            logger.close()
+        if ckpt is not None:
+            ckpt.close()
