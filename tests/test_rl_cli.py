@@ -31,12 +31,17 @@ def test_rl_command_trains_saves_plots_and_replays(tmp_path):
     assert history["best_eval_return"] == max(history["history"]["eval_return"][1:])
     png = Image.open(out / "learning_curve.png")
     assert png.size[0] > 300 and png.size[1] > 200
-    # one metrics row per generation, as JSONL and CSV (eggroll.logging)
+    # one metrics row per generation (row 0: the initial policy's evaluation), as JSONL and CSV (eggroll.logging)
     rows = [json.loads(line) for line in (out / "metrics" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["generation"] for r in rows] == [1, 2, 3]
+    assert [r["generation"] for r in rows] == [0, 1, 2, 3]
+    assert [r["eval_return"] for r in rows] == history["history"]["eval_return"]
+    rows = rows[1:]
     assert all(r["env_steps_per_s"] > 0 and r["sigma"] > 0 for r in rows)
     assert [r["mean_return"] for r in rows] == history["history"]["mean_return"]
-    assert (out / "metrics" / "metrics.csv").read_text().count("\n") == 4
+    assert (out / "metrics" / "metrics.csv").read_text().count("\n") == 5
+    record = json.loads((out / "result.json").read_text())
+    assert record["command"] == "rl" and record["generation"] == 3 and record["stopped_by"] == "generations"
+    assert record["best_eval_return"] == history["best_eval_return"]
 
     config, params, obs_stats = load_policy(out)
     assert config.hidden == (8,) and config.population_size == 16
@@ -108,7 +113,7 @@ def test_rl_stopped_and_resumed_matches_an_uninterrupted_run(tmp_path):
     history = json.loads((out / "history.json").read_text())["history"]
     assert history["generation"] == [1, 2, 3, 4, 5] and history["eval_generation"] == [0, 2, 4, 5]
     rows = [json.loads(line) for line in (out / "metrics" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["generation"] for r in rows] == [1, 2, 3, 4, 5]  # each generation logged once across the stops
+    assert [r["generation"] for r in rows] == [0, 1, 2, 3, 4, 5]  # each generation logged once across the stops
     _, params, stats = load_policy(out)
     for a, b in zip(jax.tree.leaves((params, stats)), jax.tree.leaves((reference, ref_stats)), strict=True):
         np.testing.assert_array_equal(a, b)  # the best (evaluated) policy and its observation statistics
@@ -138,9 +143,9 @@ def test_rl_devices_split_the_population_and_resume_across_device_counts(tmp_pat
         [json.loads(line) for line in (tmp_path / d / "metrics" / "metrics.jsonl").read_text().splitlines()]
         for d in ("one", "four")
     ]
-    assert [r["generation"] for r in rows[1]] == [1, 2, 3, 4]
+    assert [r["generation"] for r in rows[1]] == [0, 1, 2, 3, 4]  # 0: the initial policy's evaluation
     # Episodes are per member, so returns are identical; the update only differs by reduction order.
-    assert [r["mean_return"] for r in rows[0]] == [r["mean_return"] for r in rows[1]]
+    assert [r.get("mean_return") for r in rows[0]] == [r.get("mean_return") for r in rows[1]]
     (_, p1, s1), (_, p4, s4) = load_policy(tmp_path / "one"), load_policy(tmp_path / "four")
     for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p4, s4)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -152,7 +157,7 @@ def test_rl_devices_split_the_population_and_resume_across_device_counts(tmp_pat
     rest = runner.invoke(app, [*args, "--generations", "4", "--out", str(split), "--devices", "4", "--resume"])
     assert rest.exit_code == 0, rest.output
     resumed_rows = [json.loads(line) for line in (split / "metrics" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["mean_return"] for r in resumed_rows] == [r["mean_return"] for r in rows[0]]
+    assert [r.get("mean_return") for r in resumed_rows] == [r.get("mean_return") for r in rows[0]]
 
     uneven = runner.invoke(app, [*args, "--generations", "1", "--out", str(tmp_path / "u"), "--devices", "3"])
     assert uneven.exit_code == 2 and "cannot be split over 3 devices" in " ".join(uneven.output.split())

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import typer
 
+from eggroll.commands import _common as common
+from eggroll.run.progress import console
+
 app = typer.Typer(
     help="Evolve an MLP policy on a gymnax (CartPole-v1, Pendulum-v1 ...) or Brax (hopper, ant ...) environment.",
     no_args_is_help=False,
@@ -38,8 +41,8 @@ def rl(
     ctx: typer.Context,
     env: str = typer.Option("CartPole-v1", help="gymnax id or Brax name (hopper, ant, inverted_pendulum ...)."),
     strategy: str = typer.Option("eggroll", help="eggroll (low-rank) or open_es (full-rank OpenAI-ES)."),
-    generations: int = typer.Option(50, help="Generations to run (at most)."),
-    population: int = typer.Option(256, help="Population size (even)."),
+    generations: int = common.generations_option(50),
+    population: int = common.population_option(256, ", even"),
     sigma: float = typer.Option(0.05, help="Perturbation scale."),
     lr: float = typer.Option(0.05, help="Adam learning rate."),
     rank: int = typer.Option(1, help="Rank of EGGROLL's matrix perturbations."),
@@ -49,38 +52,41 @@ def rl(
     horizon: int | None = typer.Option(None, help="Steps per episode (default: the environment's; Brax 1000)."),
     stochastic: bool = typer.Option(False, help="Sample actions during training."),
     normalize_obs: bool = typer.Option(True, help="Running observation normalisation."),
-    eval_every: int = typer.Option(5, help="Evaluate the mean policy every N generations."),
+    eval_every: int = typer.Option(5, help="Evaluate the mean policy every N generations (and after the last)."),
     eval_episodes: int = typer.Option(16, help="Episodes per evaluation of the mean policy."),
     target: float | None = typer.Option(None, help="Stop when the evaluated mean policy reaches this return."),
-    time_budget: float | None = typer.Option(None, help="Stop after this many seconds (wall clock)."),
     backend: str | None = typer.Option(None, help="Brax physics backend (generalized, positional, spring)."),
-    seed: int = typer.Option(0, help="Random seed."),
-    out: Path | None = typer.Option(None, help="Output folder (default runs/rl/<env>-<strategy>)."),
-    checkpoint_every: int | None = typer.Option(
-        None, min=1, help="Save a checkpoint in <out>/checkpoints every K generations (always on SIGTERM/Ctrl-C, end)."
-    ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue from the newest checkpoint in <out>/checkpoints (same settings)."
-    ),
-    devices: str = typer.Option(
-        "auto",
-        help="Split the population over devices: a number, 'all', or 'auto' (1 device; all in a multi-process run).",
-    ),
+    seed: int = common.SEED,
+    out: Path | None = common.out_option(None),
+    checkpoint_every: int | None = common.CHECKPOINT_EVERY,
+    resume: bool = common.RESUME,
+    devices: str = common.DEVICES,
+    time_budget: float | None = common.TIME_BUDGET,
+    quiet: bool = common.QUIET,
     render: bool = typer.Option(False, "--render", help="Also write a replay of the best policy (GIF / HTML)."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
-    """Train a policy; save the best mean policy, the learning curve (PNG) and its history."""
+    """Train a policy; save the best mean policy, the learning curve (PNG) and its history.
+
+    --out (default runs/rl/<env>-<strategy>) receives policy.msgpack (+ .json), history.json,
+    learning_curve.png, result.json, metrics/ and checkpoints/.
+    """
     if ctx.invoked_subcommand is not None:
         return
     import jax
-    from rich.console import Console
 
     from eggroll import parallel
-    from eggroll.checkpoint import CheckpointError
-    from eggroll.rl_train import RLConfig, save_run, train
+    from eggroll.apps.rl import RLConfig, RLTask
 
-    console = Console()
     out = out or Path("runs") / "rl" / f"{env}-{strategy}"
+    run_options = common.options(
+        out=out,
+        generations=generations,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        time_budget=time_budget,
+        eval_every=eval_every,
+        quiet=quiet,
+    )
     try:
         config = RLConfig(
             env=env,
@@ -104,43 +110,23 @@ def rl(
             seed=seed,
         ).validate()
         mesh = parallel.mesh_from_option(devices)
-        if mesh is not None:
-            console.print(f"population split over {mesh.size} devices ({jax.process_count()} process(es))")
-        result = train(
-            config,
-            progress=not quiet,
-            checkpoint_dir=out / "checkpoints",
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-            log_dir=out / "metrics",
-            mesh=mesh,
-        )
-    except (ValueError, CheckpointError) as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(2) from None
-    if result.resumed_from is not None:
-        console.print(f"resumed from generation {result.resumed_from} ({result.checkpoint_dir})")
+    except ValueError as err:
+        common.fail(err)
+    if mesh is not None:
+        console.print(f"population split over {mesh.size} devices ({jax.process_count()} process(es))")
+    result = common.execute(lambda: RLTask(config, mesh), run_options)
     if jax.process_index() != 0:  # multi-process: process 0 writes the files and reports
-        raise typer.Exit(143 if result.interrupted == "SIGTERM" else 130 if result.interrupted else 0)
-    files = save_run(result, out)
-    h = result.history
-    steps_per_s = h["env_steps"][-1] / max(sum(h["seconds"][1:]) + result.compile_seconds, 1e-9)
+        raise typer.Exit(result.exit_code)
+    rows = [r for r in result.history if r["generation"] > 0 and r.get("seconds") is not None]
+    times = sorted(r["seconds"] for r in rows[1:] or rows)
     console.print(
-        f"[bold]{env}[/] {strategy}: {len(h['generation'])} generations, best evaluated return "
-        f"[green]{result.best_eval_return:.2f}[/], compile {result.compile_seconds:.1f} s, "
-        f"{1000 * _median(h['seconds'][1:] or h['seconds']):.0f} ms/generation, {steps_per_s:,.0f} env steps/s"
+        f"[bold]{env}[/] {strategy}: {result.generation} generations, best evaluated return "
+        f"[green]{result.record.get('best_eval_return', float('nan')):.2f}[/], "
+        f"{1000 * (times[len(times) // 2] if times else float('nan')):.0f} ms/generation"
     )
-    for name, path in files.items():
-        console.print(f"  {name:8s} {path}")
-    console.print(f"  checkpoint {result.checkpoint_dir} (generation {result.generation})")
-    if result.interrupted:
-        console.print(
-            f"[yellow]stopped by {result.interrupted} after generation {result.generation}[/]; checkpoint saved, "
-            "continue with the same command plus --resume"
-        )
-        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
-    if render:
-        console.print(f"  replay   {_replay(out / 'policy.msgpack', out / 'replay', seed)}")
+    if render and not result.exit_code:
+        result.record.setdefault("files", {})["replay"] = str(_replay(out / "policy.msgpack", out / "replay", seed))
+    common.finish(result)
 
 
 @app.command()
@@ -150,22 +136,18 @@ def replay(
     seed: int = typer.Option(0, help="Episode seed."),
 ) -> None:
     """Replay a saved policy for one episode and write it to a file (GIF for gymnax, HTML for Brax)."""
-    from rich.console import Console
-
-    console = Console()
     try:
         path = _replay(policy, out or (policy if policy.is_dir() else policy.parent) / "replay", seed, console)
     except (FileNotFoundError, ValueError) as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(2) from None
+        common.fail(err)
     console.print(f"wrote {path}")
 
 
 def _replay(policy: Path, out: Path, seed: int, console=None) -> Path:
     import jax
 
+    from eggroll.apps.rl import build, load_policy
     from eggroll.problems.rl.render import play_episode, render_episode
-    from eggroll.rl_train import build, load_policy
 
     config, params, obs_stats = load_policy(policy)
     fitness, _, _, _ = build(config)
@@ -180,8 +162,3 @@ def _replay(policy: Path, out: Path, seed: int, console=None) -> Path:
     if console is not None:
         console.print(f"episode return {episode.total:.2f} over {len(episode.rewards)} steps")
     return render_episode(fitness.env, episode, out)
-
-
-def _median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if xs else float("nan")

@@ -70,7 +70,10 @@ class RunOptions:
         generations: generations to run in total (a resumed run counts those done before).
         checkpoint_every: save every this many generations (``None``: only on
             SIGTERM / Ctrl-C and at the end). Needs ``out``.
-        resume: continue from the newest checkpoint in ``out``.
+        resume: continue from the newest checkpoint in ``out`` (none there: an
+            error naming the folder, unless ``resume_missing_ok``).
+        resume_missing_ok: with ``resume``, start fresh when there is no
+            checkpoint yet (jobs that always pass ``--resume``, e.g. on preemptible machines).
         time_budget: seconds; the loop stops early enough that the run (its
             last generation and evaluation included) ends within them.
         eval_every: evaluate every this many generations (and after the last);
@@ -88,6 +91,7 @@ class RunOptions:
     generations: int = 100
     checkpoint_every: int | None = None
     resume: bool = False
+    resume_missing_ok: bool = False
     time_budget: float | None = None
     eval_every: int | None = None
     quiet: bool = False
@@ -283,7 +287,7 @@ def run(
     carry = task.init()
     history: list[dict[str, Any]] = []
     start, resumed_from = 0, None
-    if options.resume and ckpt.latest_step() is not None:
+    if options.resume and (ckpt.latest_step() is not None or not options.resume_missing_ok):
         items, meta = ckpt.restore({"carry": carry})
         ckpt.check_settings(meta.get("settings"), settings, may_change=task.may_change)
         carry, history = items["carry"], [dict(r) for r in meta.get("history", [])]

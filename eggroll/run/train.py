@@ -189,6 +189,7 @@ def train(
         generations=num_generations,
         checkpoint_every=checkpoint_every,
         resume=resume,
+        resume_missing_ok=True,
         quiet=not progress,
         log_every=log_every,
         max_to_keep=max_to_keep,
