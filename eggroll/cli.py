@@ -13,6 +13,8 @@ import os
 
 import typer
 
+from eggroll.commands import _common as common
+
 app = typer.Typer(
     help="eggroll: evolution strategies in JAX with low-rank perturbations.",
     no_args_is_help=True,
@@ -54,29 +56,32 @@ def main_options(
 
 @app.command()
 def demo(
-    out: str = typer.Option("runs/demo", help="Folder for demo.png and demo.json."),
-    generations: int = typer.Option(400, help="Generations per strategy."),
-    population: int = typer.Option(512, help="Population size (even)."),
+    out: str = common.out_option("runs/demo"),
+    generations: int = common.generations_option(400, "generations per strategy"),
+    population: int = common.population_option(512, ", even"),
     rank: int = typer.Option(1, help="Rank of the EGGROLL perturbations."),
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = common.SEED,
     checkpoint_every: int = typer.Option(
-        None, help="Checkpoint into OUT/checkpoints every K chunks of 20 generations (and on SIGTERM / Ctrl-C)."
+        None,
+        "--checkpoint-every",
+        help="Checkpoint into OUT/checkpoints every K chunks of 20 generations (and on SIGTERM / Ctrl-C); "
+        "without it the demo keeps no checkpoints.",
     ),
-    resume: bool = typer.Option(False, "--resume", help="Continue the checkpointed demo in --out."),
+    resume: bool = common.RESUME,
+    time_budget: float = common.TIME_BUDGET,
+    quiet: bool = common.QUIET,
 ) -> None:
-    """Evolve a Flax MLP with EGGROLL (and OpenAI-ES for comparison); save a plot."""
-    from eggroll import demo as demo_lib
-    from eggroll.checkpoint import CheckpointError
+    """Evolve a Flax MLP with EGGROLL (and OpenAI-ES for comparison); save a plot (demo.png) and demo.json."""
+    from eggroll.apps import demo as demo_lib
 
     cfg = demo_lib.DemoConfig(generations=generations, population_size=population, rank=rank, seed=seed)
-    try:
-        demo_lib.run(out, cfg, checkpoint_every=checkpoint_every, resume=resume)
-    except (ValueError, CheckpointError) as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-    except demo_lib.DemoInterrupted as stop:
-        typer.secho(f"{stop}; checkpoint saved, continue with the same command plus --resume", err=True)
-        raise typer.Exit(130 if stop.signal == "SIGINT" else 143) from None
+    common.options(out=out, generations=max(generations, 1), checkpoint_every=checkpoint_every, time_budget=time_budget)
+    result = common.execute_result(
+        lambda: demo_lib.run_task(
+            out, cfg, checkpoint_every=checkpoint_every, resume=resume, time_budget=time_budget, quiet=quiet
+        )
+    )
+    common.finish(result)
 
 
 @app.command()

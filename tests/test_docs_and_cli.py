@@ -93,7 +93,7 @@ def test_cli_demo_sigterm_then_resume_gives_the_uninterrupted_curves(tmp_path):
     assert other.returncode == 2 and "seed: 0 in the checkpoint, 1 now" in other.stderr
     resumed = subprocess.run([*args, "--out", str(out), "--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    assert "resumed from step" in resumed.stdout
+    assert "resumed from generation" in resumed.stdout
 
     whole = subprocess.run([*args, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr[-2000:]

@@ -27,6 +27,7 @@ __all__ = [
     "SEED",
     "TIME_BUDGET",
     "execute",
+    "execute_result",
     "fail",
     "finish",
     "generations_option",
@@ -92,6 +93,16 @@ def execute(build: Callable[[], Any], run_options: Any, **run_kwargs: Any):
         fail(err)
 
 
+def execute_result(run_it: Callable[[], Any]):
+    """Call ``run_it()`` (which builds and runs a task, returning its result); bad input exits 2."""
+    from eggroll.run.checkpoint import CheckpointError
+
+    try:
+        return run_it()
+    except (ValueError, CheckpointError, FileNotFoundError) as err:
+        fail(err)
+
+
 def finish(result: Any, files: dict[str, Any] | None = None) -> None:
     """Report where the files are and end the command with the run's exit status (0, 130, 143)."""
     if result.resumed_from is not None:
@@ -101,7 +112,12 @@ def finish(result: Any, files: dict[str, Any] | None = None) -> None:
         console.print(f"  {name:10s} {path}")
     if result.out is not None:
         console.print(f"  {'result':10s} {Path(result.out) / 'result.json'}")
-    if result.stopped_by in ("SIGTERM", "SIGINT"):
+    if result.stopped_by in ("SIGTERM", "SIGINT") and result.checkpoint_dir is None:
+        console.print(
+            f"[yellow]stopped by {result.stopped_by} after generation {result.generation}[/] (this run kept no "
+            "checkpoint: add --checkpoint-every K to make it resumable)"
+        )
+    elif result.stopped_by in ("SIGTERM", "SIGINT"):
         console.print(
             f"[yellow]stopped by {result.stopped_by} after generation {result.generation}[/]; checkpoint saved, "
             "continue with the same command plus --resume"

@@ -69,7 +69,9 @@ class RunOptions:
             and the task's files); ``None`` writes nothing.
         generations: generations to run in total (a resumed run counts those done before).
         checkpoint_every: save every this many generations (``None``: only on
-            SIGTERM / Ctrl-C and at the end). Needs ``out``.
+            SIGTERM / Ctrl-C and at the end).
+        checkpoints: keep checkpoints in ``<out>/checkpoints`` at all (``False``:
+            a short job rerun into the same folder; SIGTERM still stops it cleanly).
         resume: continue from the newest checkpoint in ``out`` (none there: an
             error naming the folder, unless ``resume_missing_ok``).
         resume_missing_ok: with ``resume``, start fresh when there is no
@@ -90,6 +92,7 @@ class RunOptions:
     out: str | Path | None = None
     generations: int = 100
     checkpoint_every: int | None = None
+    checkpoints: bool = True
     resume: bool = False
     resume_missing_ok: bool = False
     time_budget: float | None = None
@@ -276,7 +279,8 @@ def run(
     out = Path(options.out) if options.out is not None else None
     main = jax.process_index() == 0
     settings = task.settings()
-    checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else None if out is None else out / "checkpoints"
+    if checkpoint_dir is None and out is not None and options.checkpoints:
+        checkpoint_dir = out / "checkpoints"
     metrics_dir = metrics_dir if metrics_dir is not None else None if out is None else out / "metrics"
     if options.resume and checkpoint_dir is None:
         raise ValueError("--resume needs --out (the folder of the run to continue)")

@@ -1,0 +1,255 @@
+"""The demonstration run by ``eggroll demo``: EGGROLL trains a Flax MLP, no downloads.
+
+A 2 x 64 tanh MLP learns a 1-D curve (``sin(3x) + 0.3 x^2`` on [-2, 2]) from
+mean squared error alone, with low-rank perturbations (rank 1) evaluated
+through :func:`eggroll.apply_flax` (no per-member weight matrix is formed).
+For comparison the same budget is spent by full-rank OpenAI-ES. Generations run
+in jitted chunks of ``lax.scan``, each a step of the one run loop
+(:class:`DemoTask`); the progress display reports the loss. A plot of both
+learning curves and of the fitted curve is saved. (``eggroll.demo`` is the old
+name of this module.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+import eggroll
+from eggroll.run.loop import RunOptions, Task
+from eggroll.run.loop import run as loop_run
+from eggroll.run.progress import console
+
+
+class MLP(nn.Module):
+    """A small tanh MLP with a scalar output."""
+
+    width: int = 64
+    depth: int = 2
+
+    @nn.compact
+    def __call__(self, x):
+        for _ in range(self.depth):
+            x = nn.tanh(nn.Dense(self.width)(x))
+        return nn.Dense(1)(x)
+
+
+@dataclass
+class DemoConfig:
+    generations: int = 400
+    population_size: int = 512
+    rank: int = 1
+    sigma: float = 0.05
+    learning_rate: float = 0.02
+    width: int = 64
+    seed: int = 0
+    chunk: int = 20
+
+
+def target(x: jax.Array) -> jax.Array:
+    return jnp.sin(3 * x) + 0.3 * x**2
+
+
+class DemoTask(Task):
+    """The demo as a :class:`eggroll.run.loop.Task`: EGGROLL, then OpenAI-ES, in chunks of ``cfg.chunk`` generations.
+
+    One loop step is one jitted chunk of one strategy (``lax.scan`` over
+    ``cfg.chunk`` generations); the loss curves of both strategies are kept
+    with the checkpoint, so a resumed demo draws the same curves.
+    """
+
+    name = "demo"
+    label = "evolving"
+    columns = ("generation", "strategy", "mse", "seconds", "generations_per_s", "evaluations_per_s")
+    may_change = "--checkpoint-every, --time-budget and --quiet"
+
+    def __init__(self, cfg: DemoConfig):
+        if cfg.generations < 1 or cfg.population_size < 2 or cfg.rank < 1 or cfg.chunk < 1:
+            raise ValueError(
+                f"--generations, --rank must be >= 1 and --population >= 2, got {cfg.generations}, {cfg.rank}, "
+                f"{cfg.population_size}"
+            )
+        self.cfg = cfg
+        self.population_size = cfg.population_size * cfg.chunk
+        self.x = jnp.linspace(-2, 2, 128)[:, None]
+        self.y = target(self.x)
+        self.model = MLP(width=cfg.width)
+        self.variables = self.model.init(jax.random.key(cfg.seed), self.x)
+        opt = optax.adam(cfg.learning_rate)
+        self.strategies = {
+            f"EGGROLL (rank {cfg.rank})": eggroll.eggroll(
+                population_size=cfg.population_size, solution=self.variables, rank=cfg.rank, optimizer=opt
+            ),
+            "OpenAI-ES": eggroll.open_es(population_size=cfg.population_size, solution=self.variables, optimizer=opt),
+        }
+        self.labels = list(self.strategies)
+        self.chunks = -(-cfg.generations // cfg.chunk)
+        self.curves: dict[str, list[float]] = {label: [] for label in self.labels}
+        self._chunk = {label: _chunk_fn(es, self.model, self.x, self.y, cfg) for label, es in self.strategies.items()}
+        self.keys = jax.random.split(jax.random.key(cfg.seed + 1), cfg.generations)
+
+    @property
+    def total(self) -> int:
+        """Loop steps: chunks of every strategy."""
+        return self.chunks * len(self.labels)
+
+    def settings(self) -> dict[str, Any]:
+        return asdict(self.cfg)
+
+    def init(self) -> dict[str, Any]:
+        return {
+            label: es.init(jax.random.key(self.cfg.seed), self.variables, _params(es, self.cfg))
+            for label, es in self.strategies.items()
+        }
+
+    def step(self, carry, generation):
+        index, chunk = divmod(generation - 1, self.chunks)
+        label = self.labels[index]
+        start = chunk * self.cfg.chunk
+        state, losses = self._chunk[label](carry[label], self.keys[start : start + self.cfg.chunk])
+        self.curves[label] = self.curves[label][:start] + [float(v) for v in losses]
+        return {**carry, label: state}, {"strategy": index, "mse": self.curves[label][-1]}
+
+    def describe(self, row) -> str:
+        return f"{self.labels[row['strategy']]}: mse {row['mse']:.4f}"
+
+    def save_extra(self) -> dict[str, Any]:
+        return {"curves": self.curves}
+
+    def load_extra(self, extra) -> None:
+        self.curves = {label: list(extra["curves"][label]) for label in self.labels}
+
+    def finish(self, carry, result) -> dict[str, Any]:
+        if result.interrupted:  # the demo's files describe finished runs only
+            return {}
+        out = str(result.out)
+        x, y, model = self.x, self.y, self.model
+        fits = {label: model.apply(self.strategies[label].get_mean(carry[label]), x) for label in self.labels}
+        seconds = {label: 0.0 for label in self.labels}
+        for row in result.history:
+            if row.get("seconds") is not None:
+                seconds[self.labels[row["strategy"]]] += row["seconds"]
+        start_loss = float(jnp.mean((model.apply(self.variables, x) - y) ** 2))
+        summary = {
+            "config": asdict(self.cfg),
+            "parameters": int(sum(v.size for v in jax.tree.leaves(self.variables))),
+            "initial_mse": start_loss,
+            "final_mse": {k: v[-1] for k, v in self.curves.items()},
+            "curves": self.curves,
+            "seconds": seconds,
+        }
+        for label in self.labels:
+            console.print(
+                f"  {label:<18} mse {start_loss:.4f} -> {self.curves[label][-1]:.5f}  ({seconds[label]:.1f} s)"
+            )
+        plot(out, x, y, self.curves, fits)
+        with open(os.path.join(out, "demo.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        self.summary = summary
+        files = {"plot": os.path.join(out, "demo.png"), "summary": os.path.join(out, "demo.json")}
+        return {"final_mse": summary["final_mse"], "initial_mse": start_loss, "files": files}
+
+
+def _params(es: eggroll.Strategy, cfg: DemoConfig) -> Any:
+    return es.default_params.replace(sigma_init=cfg.sigma)
+
+
+def _chunk_fn(es: eggroll.Strategy, model: MLP, x: jax.Array, y: jax.Array, cfg: DemoConfig):
+    loss = lambda v: jnp.mean((eggroll.apply_flax(model, v, x) - y) ** 2)
+    params = _params(es, cfg)
+
+    @jax.jit
+    def chunk(state, keys):
+        def step(state, key):
+            pop, state = es.ask(key, state, params)
+            state, _ = es.tell(key, pop, eggroll.evaluate(loss, pop), state, params)
+            return state, loss(es.get_mean(state))
+
+        return jax.lax.scan(step, state, keys)
+
+    return chunk
+
+
+class DemoInterrupted(Exception):
+    """SIGTERM / Ctrl-C stopped the demo (after a checkpoint when it checkpoints); ``signal`` names it."""
+
+    def __init__(self, signal: str, step: int):
+        super().__init__(f"stopped by {signal} at step {step}")
+        self.signal, self.step = signal, step
+
+
+def run(
+    out_dir: str = "runs/demo",
+    cfg: DemoConfig | None = None,
+    *,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    time_budget: float | None = None,
+    quiet: bool = False,
+) -> dict:
+    """Train with EGGROLL and OpenAI-ES through the one run loop; save ``demo.png`` and ``demo.json`` in ``out_dir``.
+
+    With ``checkpoint_every`` (in chunks of ``cfg.chunk`` generations) or ``resume`` the run saves
+    ``out_dir/checkpoints`` on that schedule, at the end and on SIGTERM / Ctrl-C; ``resume=True``
+    continues from the newest checkpoint with the same curves as an uninterrupted run. Without
+    them the demo keeps no checkpoints (a short job that people rerun into the same folder).
+
+    Raises:
+        ValueError: ``resume`` without checkpoints, a fresh run into a folder that holds them,
+            or a resume with other settings.
+        DemoInterrupted: SIGTERM / Ctrl-C arrived.
+    """
+    result = run_task(out_dir, cfg or DemoConfig(), checkpoint_every=checkpoint_every, resume=resume,
+                      time_budget=time_budget, quiet=quiet)  # fmt: skip
+    if result.interrupted:
+        raise DemoInterrupted(result.stopped_by, result.generation)
+    return result.summary
+
+
+def run_task(out_dir, cfg: DemoConfig, *, checkpoint_every=None, resume=False, time_budget=None, quiet=False):
+    """Build the :class:`DemoTask` and run it; the loop's :class:`~eggroll.run.loop.RunResult` (with ``summary``)."""
+    task = DemoTask(cfg)
+    options = RunOptions(
+        out=out_dir,
+        generations=task.total,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        time_budget=time_budget,
+        quiet=quiet,
+        checkpoints=checkpoint_every is not None or resume,
+    )
+    console.print(
+        f"[bold]eggroll demo[/]: a {sum(v.size for v in jax.tree.leaves(task.variables))}-parameter MLP fits a curve "
+        f"by evolution (population {cfg.population_size}, rank {cfg.rank}, {cfg.generations} generations)"
+    )
+    result = loop_run(task, options)
+    result.summary = getattr(task, "summary", None)
+    return result
+
+
+def plot(out_dir, x, y, curves, fits) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, curve in curves.items():
+        ax1.semilogy(curve, label=label)
+    ax1.set(xlabel="generation", ylabel="MSE of the mean", title="learning curves")
+    ax1.legend()
+    ax2.plot(x[:, 0], y[:, 0], "k", lw=3, alpha=0.3, label="target")
+    for label, fit in fits.items():
+        ax2.plot(x[:, 0], fit[:, 0], label=label)
+    ax2.set(xlabel="x", title="fitted curve")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "demo.png"), dpi=110)
+    plt.close(fig)
