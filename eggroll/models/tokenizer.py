@@ -13,8 +13,6 @@ template and inserted the same way.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
 from collections.abc import Sequence
 
@@ -118,85 +116,4 @@ def _pre_tokenizer(name: str):
     raise ValueError(
         f"GGUF pre-tokenizer {name!r} is not supported (known: smollm, gpt2, llama-bpe, qwen2); "
         "load the model from a Hugging Face directory with tokenizer.json instead"
-    )
-
-
-def tokenizer_from_gguf(reader) -> Tokenizer:
-    """Build the tokenizer stored in an open GGUF file's metadata (``gpt2`` byte-level BPE models)."""
-    from tokenizers import AddedToken, decoders, models
-    from tokenizers import Tokenizer as HFTokenizer
-
-    from eggroll.models.gguf import field
-
-    kind = field(reader, "tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ValueError(
-            f"GGUF tokenizer model {kind!r} is not supported (only byte-level BPE 'gpt2'); "
-            "load the model from a Hugging Face directory with tokenizer.json instead"
-        )
-    tokens = list(field(reader, "tokenizer.ggml.tokens"))
-    merges = [tuple(m.split(" ", 1)) for m in field(reader, "tokenizer.ggml.merges", [])]
-    types = list(field(reader, "tokenizer.ggml.token_type", [1] * len(tokens)))
-    vocab = {t: i for i, t in enumerate(tokens)}
-    backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-    backend.pre_tokenizer = _pre_tokenizer(field(reader, "tokenizer.ggml.pre", "gpt2"))
-    backend.decoder = decoders.ByteLevel()
-    special = [tokens[i] for i, t in enumerate(types) if t == _CONTROL]
-    backend.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in special])
-    eos = field(reader, "tokenizer.ggml.eos_token_id")
-    bos = field(reader, "tokenizer.ggml.bos_token_id")
-    pad = field(reader, "tokenizer.ggml.padding_token_id", eos if eos is not None else 0)
-    stops = {int(eos)} if eos is not None else set()
-    for name in ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "</s>"):
-        if name in vocab:
-            stops.add(vocab[name])
-    return Tokenizer(
-        backend=backend,
-        bos_id=None if bos is None else int(bos),
-        eos_id=None if eos is None else int(eos),
-        pad_id=int(pad),
-        add_bos=bool(field(reader, "tokenizer.ggml.add_bos_token", False)),
-        chat_template=field(reader, "tokenizer.chat_template"),
-        stop_ids=tuple(sorted(stops)),
-    )
-
-
-def tokenizer_from_dir(path: str) -> Tokenizer:
-    """Load ``tokenizer.json`` (+ ``tokenizer_config.json``) from a Hugging Face model directory."""
-    from tokenizers import Tokenizer as HFTokenizer
-
-    tj = os.path.join(path, "tokenizer.json")
-    if not os.path.isfile(tj):
-        raise FileNotFoundError(f"{path!r} has no tokenizer.json; eggroll needs a 'fast' tokenizer file")
-    backend = HFTokenizer.from_file(tj)
-    cfg = {}
-    cj = os.path.join(path, "tokenizer_config.json")
-    if os.path.isfile(cj):
-        with open(cj) as f:
-            cfg = json.load(f)
-
-    def tok_id(name):
-        v = cfg.get(name)
-        if isinstance(v, dict):
-            v = v.get("content")
-        return backend.token_to_id(v) if isinstance(v, str) else None
-
-    eos, bos, pad = tok_id("eos_token"), tok_id("bos_token"), tok_id("pad_token")
-    stops = {eos} if eos is not None else set()
-    for name in ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "</s>"):
-        i = backend.token_to_id(name)
-        if i is not None:
-            stops.add(i)
-    template = cfg.get("chat_template")
-    if template is None and os.path.isfile(os.path.join(path, "chat_template.jinja")):
-        with open(os.path.join(path, "chat_template.jinja")) as f:
-            template = f.read()
-    return Tokenizer(
-        backend=backend,
-        bos_id=bos,
-        eos_id=eos,
-        pad_id=pad if pad is not None else (eos if eos is not None else 0),
-        add_bos=bool(cfg.get("add_bos_token", False)),
-        chat_template=template,
-        stop_ids=tuple(sorted(stops)),
     )
