@@ -10,11 +10,13 @@ does everything else, once, for all of them:
   estimated from the ones before), and the task's own target
   (:meth:`Task.done`);
 - orbax checkpoints (``<out>/checkpoints``) every ``checkpoint_every``
-  generations, when SIGTERM / Ctrl-C arrives (the current generation finishes
-  first) and at the end; ``resume=True`` continues from the newest one so that
-  the state, the history, the metrics, the best solution and every file in
-  ``out`` equal those of a run that was never stopped (only wall-clock fields
-  differ: :func:`is_wall_clock`);
+  generations (and where :meth:`Task.should_checkpoint` asks), when SIGTERM /
+  Ctrl-C arrives (the current generation finishes first), when a generation
+  fails with an exception (the last finished one is kept) and at the end;
+  ``resume=True`` continues from the newest one so that the state, the
+  history, the metrics, the best solution and every file in ``out`` equal
+  those of a run that was never stopped (only wall-clock fields differ:
+  :func:`is_wall_clock`);
 - metrics (``<out>/metrics``: JSONL, CSV, TensorBoard), one progress display
   and one result record (``<out>/result.json``);
 - the exit status a CLI returns (:attr:`RunResult.exit_code`: 0, 130 Ctrl-C, 143 SIGTERM).
@@ -161,6 +163,10 @@ class Task:
         """Whether the run has reached its target (checked after every generation and evaluation)."""
         return False
 
+    def should_checkpoint(self, generation: int) -> bool:
+        """Save after ``generation`` besides the ``checkpoint_every`` schedule (e.g. when a sub-run ends)."""
+        return False
+
     def describe(self, row: Mapping[str, Any]) -> str:
         """The progress display's status text for a row."""
         keys = [k for k in row if k != "generation" and not is_wall_clock(k)][:3]
@@ -292,8 +298,8 @@ def run(
     history: list[dict[str, Any]] = []
     start, resumed_from = 0, None
     if options.resume and (ckpt.latest_step() is not None or not options.resume_missing_ok):
+        ckpt.check_settings(ckpt.read_meta().get("settings"), settings, may_change=task.may_change)
         items, meta = ckpt.restore({"carry": carry})
-        ckpt.check_settings(meta.get("settings"), settings, may_change=task.may_change)
         carry, history = items["carry"], [dict(r) for r in meta.get("history", [])]
         task.load_extra(meta.get("extra", {}))
         start = resumed_from = int(meta["generation"])
@@ -348,41 +354,48 @@ def run(
 
     label = task.label or task.name
     try:
-        with ProgressBar(label, options.generations, start, enabled=main and not options.quiet) as bar:
+        progress = ProgressBar(label, options.generations, start, enabled=main and not options.quiet)
+        with progress as bar, GracefulInterrupt() as signals:
             if resumed_from is None:
                 row0 = {"generation": 0}
                 evaluate(row0)
                 if len(row0) > 1:
                     record(row0)
-            with GracefulInterrupt() as signals:
-                while gen < options.generations and not stopped_by:
-                    t0 = time.perf_counter()
+                if signals.requested is not None:  # stopped during the initial evaluation: resume skips it
+                    stopped_by = signals.signal_name
+            while gen < options.generations and not stopped_by:
+                t0 = time.perf_counter()
+                try:
                     carry, metrics = task.step(carry, gen + 1)
-                    gen += 1
-                    step_times.append(time.perf_counter() - t0)
-                    row = {"generation": gen, **metrics, "seconds": step_times[-1]}
-                    if signals.requested is not None:
-                        stopped_by = signals.signal_name
-                    elif gen >= options.generations:
-                        stopped_by = "generations"
-                    elif options.stop_after is not None and gen >= options.stop_after:
-                        stopped_by = "stop_after"
-                    elif over_budget():
-                        stopped_by = "time_budget"
-                    last = stopped_by in ("generations", "time_budget")
-                    scheduled = options.eval_every is not None and gen % options.eval_every == 0
-                    if scheduled or last:
-                        evaluate(row)
-                    if not stopped_by and task.done(row):
-                        stopped_by = "target"
-                        if not scheduled:
-                            evaluate(row)
-                    if stopped_by or scheduled or gen % options.log_every == 0:
-                        record(row)
-                    if not stopped_by and ckpt is not None and ckpt.should_save(gen):
+                except Exception:
+                    if gen > start:  # keep the last finished generation: --resume continues from it
                         save(gen)
-                    if signals.requested is not None and not stopped_by:
-                        stopped_by = signals.signal_name
+                    raise
+                gen += 1
+                step_times.append(time.perf_counter() - t0)
+                row = {"generation": gen, **metrics, "seconds": step_times[-1]}
+                if signals.requested is not None:
+                    stopped_by = signals.signal_name
+                elif gen >= options.generations:
+                    stopped_by = "generations"
+                elif options.stop_after is not None and gen >= options.stop_after:
+                    stopped_by = "stop_after"
+                elif over_budget():
+                    stopped_by = "time_budget"
+                last = stopped_by in ("generations", "time_budget")
+                scheduled = options.eval_every is not None and gen % options.eval_every == 0
+                if scheduled or last:
+                    evaluate(row)
+                if not stopped_by and task.done(row):
+                    stopped_by = "target"
+                    if not scheduled:
+                        evaluate(row)
+                if stopped_by or scheduled or gen % options.log_every == 0:
+                    record(row)
+                if not stopped_by and ckpt is not None and (ckpt.should_save(gen) or task.should_checkpoint(gen)):
+                    save(gen)
+                if signals.requested is not None and not stopped_by:
+                    stopped_by = signals.signal_name
         save(gen)
         result = RunResult(carry, gen, history, stopped_by or "generations", resumed_from, out)
         result.checkpoint_dir = None if ckpt is None else str(ckpt.directory)

@@ -21,20 +21,22 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
-from eggroll.strategies.eggroll import eggroll
-from eggroll.strategies.evollm import evollm
-from eggroll.strategies.int_eggroll import int_eggroll
-from eggroll.strategies.open_es import open_es
+# The submodules keep their names (``eggroll.strategies.int_eggroll`` is the module); the factories are
+# ``eggroll.eggroll``, ``eggroll.open_es`` ... at the package root, and here by name.
+from eggroll.strategies import eggroll as _eggroll
+from eggroll.strategies import evollm as _evollm
+from eggroll.strategies import int_eggroll as _int_eggroll
+from eggroll.strategies import open_es as _open_es
 from eggroll.types import Strategy
 
-__all__ = ["REGISTRY", "eggroll", "evollm", "int_eggroll", "make", "open_es"]
+__all__ = ["REGISTRY", "make"]
 
 REGISTRY: MappingProxyType[str, Callable[..., Strategy]] = MappingProxyType(
     {
-        "eggroll": eggroll,  # low-rank A B^T perturbations of matrices (float)
-        "open_es": open_es,  # full-rank Gaussian OpenAI-ES
-        "int_eggroll": int_eggroll,  # integer EGGROLL for int8 models
-        "evollm": evollm,  # a language model proposes the next mean
+        "eggroll": _eggroll.eggroll,  # low-rank A B^T perturbations of matrices (float)
+        "open_es": _open_es.open_es,  # full-rank Gaussian OpenAI-ES
+        "int_eggroll": _int_eggroll.int_eggroll,  # integer EGGROLL for int8 models
+        "evollm": _evollm.evollm,  # a language model proposes the next mean
     }
 )
 
