@@ -15,6 +15,8 @@ from the middle of its scan.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -28,9 +30,10 @@ import pytest
 from typer.testing import CliRunner
 
 from eggroll.commands.bbob import app
+from eggroll.run.loop import is_wall_clock
 
 ARGS = ["--strategies", "cma_es,open_es", "--functions", "1,21", "--dims", "2", "--instances", "1-2"]
-ARGS += ["--budget", "200", "--chunk-generations", "5", "--no-progress", "--checkpoint-every", "3"]
+ARGS += ["--budget", "200", "--chunk-generations", "5", "--quiet", "--checkpoint-every", "3"]
 CHUNKS = 14 + 7  # CMA-ES: population 6, 66 generations; OpenAI-ES: population 12, 33 generations
 
 SLOW_CLI = """
@@ -111,7 +114,7 @@ def test_resume_gives_results_identical_to_an_uninterrupted_run(legs) -> None:
     assert legs["reference"].exit_code == 0, legs["reference"].output
     assert legs["resumed"].exit_code == 0, legs["resumed"].output
     stopped = legs["stopped_rows"][-1]["generation"]
-    assert f"resumed from step {stopped}" in _text(legs["resumed"])
+    assert f"resumed from generation {stopped}" in _text(legs["resumed"])
     split, whole = legs["split"], legs["whole"]
     csv = (split / "bbob_results.csv").read_bytes()
     assert csv == (whole / "bbob_results.csv").read_bytes()
@@ -134,9 +137,9 @@ def test_metrics_rows_appear_once_and_finished_runs_are_not_recomputed(legs) -> 
     stopped = legs["stopped_rows"][-1]["generation"]
     assert rows[:stopped] == legs["stopped_rows"][:stopped]
     # the same metrics values as the uninterrupted run (timings aside)
-    timing = {"seconds", "evals_per_s"}
-    ref = [{k: v for k, v in r.items() if k not in timing} for r in _rows(legs["whole"])]
-    assert [{k: v for k, v in r.items() if k not in timing} for r in rows] == ref
+    assert {"seconds", "evals_per_s", "generations_per_s"} <= {k for k in rows[0] if is_wall_clock(k)}
+    ref = [_without_wall_clock(r) for r in _rows(legs["whole"])]
+    assert [_without_wall_clock(r) for r in rows] == ref
     header = (legs["split"] / "metrics" / "metrics.csv").read_text().splitlines()
     assert len(header) == 1 + CHUNKS and header[0].startswith("generation,run,strategy_index,dimension")
 
@@ -147,9 +150,46 @@ def test_fresh_run_into_a_used_folder_and_other_settings_are_refused(legs) -> No
     assert "pass --resume" in _text(fresh) and "another --out" in _text(fresh)
     other = _text(legs["other"])
     assert legs["other"].exit_code == 2
-    assert (
-        "--functions: [1, 21] in the checkpoint, [1, 22] now" in other and "--seed: 0 in the checkpoint, 3 now" in other
-    )
+    assert "functions: [1, 21] in the checkpoint, [1, 22] now" in other and "seed: 0 in the checkpoint, 3 now" in other
+
+
+def _without_wall_clock(value):
+    if isinstance(value, dict):
+        return {k: _without_wall_clock(v) for k, v in value.items() if not is_wall_clock(k)}
+    if isinstance(value, list):
+        return [_without_wall_clock(v) for v in value]
+    return value
+
+
+def test_every_file_equals_the_uninterrupted_runs(legs) -> None:
+    """Every file in --out (checkpoints and TensorBoard events aside) equals the uninterrupted run's, timings aside."""
+    split, whole = legs["split"], legs["whole"]
+
+    def files(root: Path) -> list[str]:
+        return sorted(
+            str(p.relative_to(root))
+            for p in root.rglob("*")
+            if p.is_file() and "checkpoints" not in p.relative_to(root).parts and "tfevents" not in p.name
+        )
+
+    names = files(split)
+    assert names == files(whole)
+    assert {"bbob_results.csv", "bbob_results.md", "bbob_runtimes.npz", "bbob_ecdf.png", "result.json"} <= set(names)
+    for name in names:
+        a, b = (split / name).read_bytes(), (whole / name).read_bytes()
+        if name.endswith(".json"):
+            assert _without_wall_clock(json.loads(a)) == _without_wall_clock(json.loads(b)), name
+        elif name.endswith(".jsonl"):
+            rows = [[_without_wall_clock(json.loads(line)) for line in x.splitlines()] for x in (a, b)]
+            assert rows[0] == rows[1], name
+        elif name.endswith("metrics.csv"):
+            tables = [list(csv.DictReader(io.StringIO(x.decode()))) for x in (a, b)]
+            assert [_without_wall_clock(r) for r in tables[0]] == [_without_wall_clock(r) for r in tables[1]], name
+        else:
+            assert a == b, name
+    record = json.loads((split / "result.json").read_text())
+    assert record["command"] == "bbob" and record["runs_finished"] == record["runs"] == 2
+    assert record["files"]["csv"] == "bbob_results.csv" and set(record["run_seconds"]) == {"cma_es 2-D", "open_es 2-D"}
 
 
 def test_resume_refusals_without_running(tmp_path: Path) -> None:

@@ -128,6 +128,40 @@ def test_cli_runs_and_writes(tmp_path: Path) -> None:
     assert bad.exit_code != 0 and "Unsupported BBOB dimension 50" in bad.output
 
 
+def test_cli_common_options_generations_cap_population_and_old_names(tmp_path: Path) -> None:
+    """--generations caps the chunks (finished runs are written; --resume continues), --population overrides."""
+    import json
+
+    from eggroll.commands.bbob import app
+
+    base = ["--strategies", "evosax:SNES,cma_es", "--functions", "1", "--dims", "2", "--instances", "1"]
+    base += ["--budget", "40", "--chunk-generations", "4", "--population", "4", "--quiet"]
+    out = tmp_path / "cap"
+    capped = CliRunner().invoke(app, [*base, "--out", str(out), "--generations", "6"])
+    assert capped.exit_code == 0, capped.output  # 80 evaluations / 4 = 20 generations = 5 chunks per run
+    record = json.loads((out / "result.json").read_text())
+    assert record["generation"] == 6 and record["runs_finished"] == 1 and record["runs"] == 2
+    assert record["stopped_at"] == "cma_es 2-D, generation 4 of 20, run 2 of 2"
+    with (out / "bbob_results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["strategy"], r["population_size"], r["evaluations"]) for r in rows] == [("SNES", "4", "80")]
+    rest = CliRunner().invoke(app, [*base, "--out", str(out), "--resume"])
+    assert rest.exit_code == 0 and "resumed from generation 6" in " ".join(rest.output.split()), rest.output
+    with (out / "bbob_results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["strategy"], r["population_size"]) for r in rows] == [("SNES", "4"), ("cma_es", "4")]
+    assert json.loads((out / "result.json").read_text())["runs_finished"] == 2
+    # old spellings stay as hidden aliases; the help shows the common names
+    old = CliRunner().invoke(app, [*base[:-1], "-o", str(tmp_path / "old"), "--no-progress", "--generations", "1"])
+    assert old.exit_code == 0 and (tmp_path / "old" / "result.json").exists(), old.output
+    shown = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+    for name in ("--out", "--generations", "--population", "--seed", "--checkpoint-every", "--resume"):
+        assert name in shown
+    assert "--time-budget" in shown and "--quiet" in shown and "--no-progress" not in shown
+    bad = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "bad"), "--population", "0"])
+    assert bad.exit_code == 2 and "--population must be >= 1" in bad.output
+
+
 def test_eggroll_competitors_ask_points_of_dimension_d() -> None:
     import jax
 

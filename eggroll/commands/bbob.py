@@ -9,9 +9,12 @@ Examples::
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
+
+from eggroll.commands import _common
 
 app = typer.Typer(
     help="Benchmark evolution strategies on the 24 noiseless COCO BBOB functions (identical to cocoex).",
@@ -31,70 +34,68 @@ def bbob(
     dims: str = typer.Option("2,10", "--dims", "-d", help="Dimensions (2..40), e.g. '2,5,10'."),
     instances: str = typer.Option("1-5", "--instances", "-i", help="COCO instance ids, e.g. '1-15'."),
     budget: float = typer.Option(1000.0, "--budget", "-b", help="Evaluations per dimension (budget = budget x D)."),
-    out: Path = typer.Option(Path("runs/bbob"), "--out", "-o", help="Output folder."),
-    seed: int = typer.Option(0, "--seed", help="Seed for initial means and strategies."),
+    out: str = _common.out_option("runs/bbob"),
+    generations: int | None = _common.generations_option(None, "chunks"),
+    population: int | None = _common.population_option(None, "; default: each strategy's own for the dimension"),
+    seed: int = _common.SEED,
+    checkpoint_every: int | None = _common.CHECKPOINT_EVERY,
+    resume: bool = _common.RESUME,
+    time_budget: float | None = _common.TIME_BUDGET,
+    quiet: bool = _common.QUIET,
     x0: str = typer.Option("uniform", "--x0", help="Initial mean: 'uniform' in [-4,4]^D or 'origin'."),
     coco: bool = typer.Option(False, "--coco/--no-coco", help="Also write COCO's data format (for cocopp)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress display."),
     x64: bool = typer.Option(False, "--x64", help="Compute in float64 (slower; float32 is the default)."),
     chunk_generations: int = typer.Option(
-        50, "--chunk-generations", min=1, help="Generations per compiled chunk (progress, metrics, checkpoints)."
+        50, "--chunk-generations", min=1, help="Generations per compiled chunk (the unit of --generations)."
     ),
-    checkpoint_every: int | None = typer.Option(
-        None,
-        "--checkpoint-every",
-        min=1,
-        help="Also checkpoint every K chunks into <out>/checkpoints (always: after each (strategy, dim) run, "
-        "on SIGTERM/Ctrl-C, at the end).",
-    ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue from the newest checkpoint in <out>/checkpoints (same settings)."
-    ),
+    out_short: str | None = typer.Option(None, "-o", hidden=True),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", hidden=True),
 ) -> None:
     """Run the benchmark and write bbob_results.csv/.md, bbob_runtimes.npz and bbob_ecdf.png into --out.
 
-    Checkpoints go to <out>/checkpoints and one metrics row per chunk to <out>/metrics (metrics.csv/.jsonl).
+    Generations of the loop are chunks: --generations, --checkpoint-every and the metrics rows in
+    <out>/metrics count them over all (strategy, dimension) runs.
     """
-    from rich.console import Console
+    import jax
 
-    from eggroll.checkpoint import CheckpointError
-    from eggroll.problems.bbob.runner import run_benchmark
+    from eggroll.apps.bbob import BBOBTask
+    from eggroll.run.progress import console
 
-    console = Console()
-    try:
-        result = run_benchmark(
-            strategies,
-            functions=functions,
-            dimensions=dims,
-            instances=instances,
-            budget_multiplier=budget,
-            out_dir=out,
-            seed=seed,
-            x0=x0,
-            coco_observer=coco,
-            progress=progress,
-            x64=x64,
-            chunk_generations=chunk_generations,
-            checkpoint_dir=out / "checkpoints",
+    out = out_short or out
+    if resume and coco:
+        _common.fail(
+            "--coco cannot be combined with --resume: COCO's observer replays every point a run evaluated, and "
+            "checkpoints do not store them. Resume without --coco, or rerun with --coco into a new --out."
+        )
+    with jax.enable_x64(True) if x64 else contextlib.nullcontext():
+        try:
+            task = BBOBTask(
+                strategies,
+                functions,
+                dims,
+                instances,
+                budget,
+                population=population,
+                seed=seed,
+                x0=x0,
+                chunk_generations=chunk_generations,
+                coco_observer=coco,
+                out_dir=out,
+                x64=x64,
+            )
+        except ValueError as err:
+            _common.fail(err)
+        run_options = _common.options(
+            out=out,
+            generations=task.total if generations is None else min(generations, task.total),
             checkpoint_every=checkpoint_every,
             resume=resume,
-            log_dir=out / "metrics",
+            time_budget=time_budget,
+            quiet=quiet or progress is False,
         )
-    except (ValueError, CheckpointError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(code=2) from None
-    if result.resumed_from is not None:
-        console.print(f"resumed from step {result.resumed_from} ({result.checkpoint_dir})")
-    if result.interrupted:
-        console.print(
-            f"[yellow]stopped by {result.interrupted} at step {result.step} ({result.stopped_at})[/yellow]; "
-            f"checkpoint saved in {result.checkpoint_dir}. Continue with the same command plus --resume."
-        )
-        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
-    console.print(f"[bold]{len(result.records)} runs[/bold] written to {out}:")
-    for kind, path in result.files.items():
-        console.print(f"  {kind:9s} {path}")
-    if coco:
-        console.print(
-            f"  compare with the COCO archive: python -m cocopp {out / 'coco'}/* bbob/2009/BFGS_ros_noiseless"
-        )
+        result = _common.execute(lambda: task, run_options)
+    if result.record.get("stopped_at"):
+        console.print(f"stopped at {result.record['stopped_at']}")
+    if coco and not result.exit_code:
+        console.print(f"compare with the COCO archive: python -m cocopp {out}/coco/* bbob/2009/BFGS_ros_noiseless")
+    _common.finish(result, {k: Path(out) / v for k, v in result.record.get("files", {}).items()})

@@ -1,4 +1,4 @@
-"""Tables and COCO-style ECDF plots for :class:`~eggroll.problems.bbob.runner.BenchmarkResult`."""
+"""Tables and COCO-style ECDF plots for :class:`~eggroll.apps.bbob.BenchmarkResult`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 from eggroll.problems.bbob.instances import FUNCTION_NAMES
 
 if TYPE_CHECKING:
-    from eggroll.problems.bbob.runner import BenchmarkResult
+    from eggroll.apps.bbob import BenchmarkResult
 
 __all__ = ["FUNCTION_GROUPS", "ecdf_curve", "plot_ecdf", "plot_ecdf_groups", "summary_markdown", "write_tables"]
 
@@ -48,10 +48,11 @@ def _fmt(v: float) -> str:
     return f"{v:.1e}"
 
 
-def summary_markdown(result: BenchmarkResult) -> str:
+def summary_markdown(result: BenchmarkResult, wall_time: bool = True) -> str:
     """A markdown report: per dimension, a function x strategy table and the per-strategy totals.
 
-    Each cell reads ``median final f-fopt (instances that reached 1e-8 / all)``.
+    Each cell reads ``median final f-fopt (instances that reached 1e-8 / all)``; ``wall_time`` adds a row
+    of each run's seconds (left out of ``bbob_results.md``, which a resumed run must reproduce byte for byte).
     """
     lines: list[str] = []
     names = result.strategies
@@ -86,14 +87,17 @@ def summary_markdown(result: BenchmarkResult) -> str:
             solved = int(np.sum(hits[:, -1] >= 0))
             totals.append(f"{frac:.0%} targets, {solved}/{hits.shape[0]} solved")
         lines.append("| **all** | " + " | ".join(totals) + " |")
-        secs = [f"{result.seconds.get((name, d), float('nan')):.0f} s" for name in names]
-        lines.append("| wall time | " + " | ".join(secs) + " |")
+        if wall_time:
+            secs = [f"{result.seconds.get((name, d), float('nan')):.0f} s" for name in names]
+            lines.append("| wall time | " + " | ".join(secs) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
 def write_tables(result: BenchmarkResult, out_dir: str | Path) -> dict[str, Path]:
     """Writes ``bbob_results.csv`` (one row per run), ``bbob_results.md`` and ``bbob_runtimes.npz``.
+
+    They hold no wall-clock figure, so a resumed run writes the same bytes as an uninterrupted one.
 
     Returns:
         ``{"csv": path, "markdown": path, "runtimes": path}``.
@@ -107,7 +111,7 @@ def write_tables(result: BenchmarkResult, out_dir: str | Path) -> dict[str, Path
         for rec in result.records:
             writer.writerow({k: rec[k] for k in _COLUMNS})
     md_path = out / "bbob_results.md"
-    md_path.write_text("# BBOB results\n\n" + summary_markdown(result) + "\n")
+    md_path.write_text("# BBOB results\n\n" + summary_markdown(result, wall_time=False) + "\n")
     npz_path = out / "bbob_runtimes.npz"
     arrays = {f"hits__{name}__{d}": hits for (name, d), hits in result.hits.items()}
     arrays.update({f"problems__{d}": np.asarray(p, dtype=np.int32) for d, p in result.problems.items()})
@@ -175,7 +179,8 @@ def plot_ecdf(result: BenchmarkResult, path: str | Path, title: str | None = Non
         ax.set_ylabel("Fraction of function,target pairs")
         ftxt = f"f{fids[0]}-f{fids[-1]}" if fids == list(range(fids[0], fids[-1] + 1)) else f"{len(fids)} functions"
         ax.set_title(title or f"bbob {ftxt}, {d}-D\n51 targets 1e2..1e-8, {n_inst} instances", fontsize=10)
-        ax.legend(loc="upper left", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # no finished run (a capped or time-boxed benchmark): no legend
+            ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,783 @@
+"""``eggroll bbob`` as a task of the one loop: any eggroll or evosax strategy on chosen BBOB problems.
+
+The benchmark is a sequence of (strategy, dimension) *runs* (dimensions outer,
+strategies inner). A run evaluates every (function, instance) problem of its
+dimension *at once*: the strategy state is ``vmap``-ed over the problems, each
+generation asks every problem's population, evaluates them all with one grouped
+:func:`~eggroll.problems.bbob.suite.suite_evaluate` call and tells every state.
+Generations run in ``lax.scan`` chunks (one compiled call per chunk); the chunks
+of all runs, numbered 1, 2, ... in order, are the generations of
+:func:`eggroll.run.loop.run` (its checkpoints, metrics rows, progress and stop
+rules count them).
+
+Runtimes are recorded the way COCO defines them: for each of the 51 targets
+``f - fopt <= 10^k`` (``k = 2, 1.8, ..., -8``), the number of the first function
+evaluation (counting members in population order) whose value reached it.
+
+Strategies are told ``f - fopt`` instead of ``f``: the two differ by a constant
+per problem, to which every strategy here is invariant (they rank or
+standardise fitness), and ``f - fopt`` keeps full precision in float32 where
+``f`` (with ``|fopt|`` up to 1000) would not.
+
+The carry holds every run's scan state (strategy states of all problems,
+best-so-far values, target hits, evaluation count, run key), so a resume
+restores the finished runs' results and the run under way bit for bit.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+import time
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from eggroll.problems.bbob.suite import BBOBSuite, parse_ids, suite_evaluate
+from eggroll.run.loop import RunOptions, RunResult, Task, run
+
+__all__ = [
+    "BBOBTask",
+    "BUILTIN_STRATEGIES",
+    "BenchmarkResult",
+    "COCO_DIMENSIONS",
+    "Competitor",
+    "TARGETS",
+    "make_competitor",
+    "run_benchmark",
+]
+
+COCO_DIMENSIONS: tuple[int, ...] = (2, 3, 5, 10, 20, 40)
+"""Dimensions of COCO's ``bbob`` suite (the only ones its observer can log)."""
+
+TARGETS: np.ndarray = 10.0 ** np.linspace(2.0, -8.0, 51)
+"""COCO's 51 standard precision targets ``10^2 ... 10^-8`` (step ``10^0.2``)."""
+
+BUILTIN_STRATEGIES: tuple[str, ...] = ("open_es", "eggroll", "cma_es", "evosax_open_es")
+
+
+@dataclasses.dataclass(frozen=True)
+class Competitor:
+    """A strategy prepared for one dimension and budget.
+
+    Attributes:
+        name: label in tables and plots.
+        strategy: an object with evosax-0.3 ``init/ask/tell`` (an eggroll
+            :class:`~eggroll.types.Strategy` or an evosax algorithm).
+        params: the params passed to ``init/ask/tell``.
+        template: the solution pytree of the strategy (a ``(D,)`` vector, or a
+            matrix for EGGROLL); the initial mean is reshaped to it.
+        to_points: ``population -> (N, D)`` candidate points.
+        population_size: members per generation.
+    """
+
+    name: str
+    strategy: Any
+    params: Any
+    template: jax.Array
+    to_points: Callable[[Any], jax.Array]
+    population_size: int
+
+
+StrategyArg = str | Callable[[int, int], Competitor]
+
+
+def _factor_shape(d: int) -> tuple[int, int]:
+    """The most square ``(a, b)`` with ``a * b == d`` and ``a <= b``."""
+    a = int(math.isqrt(d))
+    while d % a:
+        a -= 1
+    return a, d // a
+
+
+def _jit_params(es: Any) -> Any:
+    """``es.default_params`` computed in one compiled call (evosax builds them with many eager ops)."""
+    with jax.numpy_rank_promotion("allow"):
+        return jax.jit(lambda: es.default_params)()
+
+
+def _annealed(start: float, generations: int, final_ratio: float = 1e-3) -> Callable:
+    import optax
+
+    return optax.exponential_decay(start, transition_steps=max(generations, 1), decay_rate=final_ratio)
+
+
+def make_competitor(
+    name: str,
+    dimension: int,
+    budget: int,
+    *,
+    population_size: int | None = None,
+    sigma: float | None = None,
+    learning_rate: float | None = None,
+    rank: int = 1,
+) -> Competitor:
+    """Builds a built-in competitor for a ``dimension``-D problem and ``budget`` evaluations.
+
+    Names:
+
+    * ``"open_es"``: ``open_es`` of :data:`eggroll.strategies.REGISTRY` (OpenAI-ES) on the ``(D,)`` vector.
+    * ``"eggroll"``: ``eggroll`` of the registry with the vector viewed as the most
+      square ``(a, b)`` matrix (10-D: 2 x 5) and rank-``rank`` perturbations
+      (on a plain vector EGGROLL would be OpenAI-ES).
+    * ``"cma_es"``: evosax ``CMA_ES`` (initial step size 2, default population
+      ``4 + floor(3 ln D)``).
+    * ``"evosax_open_es"``: evosax ``Open_ES`` with the same schedule as ``open_es``.
+    * ``"evosax:<Class>"``: any other evosax 0.3 algorithm with its defaults
+      (e.g. ``"evosax:SNES"``).
+
+    The OpenAI-ES-type methods use Adam with a learning rate and a noise scale that
+    decay geometrically by 1000x over the run (defaults: ``lr = 0.3``,
+    ``sigma = 1.0``, population ``2 (4 + floor(3 ln D))``, rounded up to even).
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    import optax
+
+    d = int(dimension)
+    if name in ("cma_es", "evosax:CMA_ES"):
+        from evosax.algorithms import CMA_ES
+
+        n = population_size or 4 + int(3 * math.log(d))
+        es = CMA_ES(population_size=n, solution=jnp.zeros(d))
+        params = _jit_params(es).replace(std_init=sigma if sigma is not None else 2.0)
+        return Competitor("cma_es", es, params, jnp.zeros(d), lambda pop: pop, n)
+    n = population_size or 2 * (4 + int(3 * math.log(d)))  # OpenAI-ES-type methods need more members than CMA-ES
+    n += n % 2  # antithetic pairs
+    gens = max(budget // n, 1)
+    sig = 1.0 if sigma is None else float(sigma)
+    lr = 0.3 if learning_rate is None else float(learning_rate)
+    if name in ("open_es", "eggroll"):
+        from eggroll.strategies import make
+
+        opt = optax.adam(_annealed(lr, gens))
+        extra = {} if name == "open_es" else {"rank": rank}
+        template = jnp.zeros(d) if name == "open_es" else jnp.zeros(_factor_shape(d))
+        es = make(name, n, template, optimizer=opt, sigma_init=sig, **extra)
+        params = es.default_params.replace(sigma_decay=1e-3 ** (1.0 / gens))
+        materialize = es.materialize
+        return Competitor(name, es, params, template, lambda pop: materialize(pop).reshape((n, d)), n)
+    if name == "evosax_open_es":
+        from evosax.algorithms import Open_ES
+
+        es = Open_ES(
+            population_size=n,
+            solution=jnp.zeros(d),
+            optimizer=optax.adam(_annealed(lr, gens)),
+            std_schedule=_annealed(sig, gens),
+        )
+        return Competitor(name, es, _jit_params(es), jnp.zeros(d), lambda pop: pop, n)
+    if name.startswith("evosax:"):
+        import evosax.algorithms as algos
+
+        cls = getattr(algos, name.split(":", 1)[1], None)
+        if cls is None or not isinstance(cls, type):
+            raise ValueError(
+                f"Unknown evosax algorithm {name!r}: use a class of evosax.algorithms, e.g. 'evosax:SNES'."
+            )
+        n = population_size or 4 + int(3 * math.log(d))
+        es = cls(population_size=n, solution=jnp.zeros(d))
+        return Competitor(name.split(":", 1)[1], es, _jit_params(es), jnp.zeros(d), lambda pop: pop, n)
+    raise ValueError(
+        f"Unknown strategy {name!r}: use one of {', '.join(BUILTIN_STRATEGIES)}, 'evosax:<Class>', "
+        "or pass a callable (dimension, budget) -> Competitor."
+    )
+
+
+@dataclasses.dataclass
+class BenchmarkResult:
+    """Everything a run recorded.
+
+    Attributes:
+        records: one dict per (strategy, function, instance, dimension) run with
+            ``strategy, function, instance, dimension, population_size, budget,
+            evaluations, final_delta`` (best ``f - fopt`` seen), ``best_target``
+            (smallest of the 51 targets reached, ``nan`` if none),
+            ``evals_to_best_target``, ``evals_to_1e-8`` (``nan`` if not reached).
+        hits: per strategy and dimension, an int array ``(P, 51)`` of the
+            evaluation at which each target was first reached (``-1``: never).
+        problems: per dimension, the ``(function, instance)`` list.
+        budgets: per dimension, the evaluation budget.
+        files: paths written (tables, plot, COCO data folder).
+        seconds: wall time per (strategy, dimension) (summed over the legs of a resumed run).
+        step: chunks completed over all runs (the loop's generation).
+        interrupted: ``"SIGTERM"`` / ``"SIGINT"`` if a signal stopped the run
+            (a checkpoint was saved; no output files were written), else ``""``.
+        stopped_at: where an unfinished benchmark stopped, in words.
+        resumed_from: the checkpoint step this run continued from (``None``: a fresh run).
+        checkpoint_dir: where checkpoints went (``None``: none).
+    """
+
+    records: list[dict[str, Any]]
+    hits: dict[tuple[str, int], np.ndarray]
+    problems: dict[int, list[tuple[int, int]]]
+    budgets: dict[int, int]
+    files: dict[str, Path] = dataclasses.field(default_factory=dict)
+    seconds: dict[tuple[str, int], float] = dataclasses.field(default_factory=dict)
+    step: int = 0
+    interrupted: str = ""
+    stopped_at: str = ""
+    resumed_from: int | None = None
+    checkpoint_dir: Path | None = None
+
+    @property
+    def strategies(self) -> list[str]:
+        """Strategy names in run order."""
+        return list(dict.fromkeys(name for name, _ in self.hits))
+
+
+def _strong(a: jax.Array) -> jax.Array:
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+        return a
+    return jax.lax.convert_element_type(a, a.dtype)
+
+
+def _initial_means(key: jax.Array, n_problems: int, d: int, x0: str) -> jax.Array:
+    if x0 == "origin":
+        return jnp.zeros((n_problems, d))
+    if x0 == "uniform":
+        return jax.random.uniform(key, (n_problems, d), minval=-4.0, maxval=4.0)
+    raise ValueError(f"Unknown x0 {x0!r}: use 'uniform' (random in [-4, 4]^D) or 'origin'.")
+
+
+@dataclasses.dataclass
+class _Run:
+    """One (strategy, dimension) run: the competitor, its schedule and its compiled calls."""
+
+    index: int
+    strategy_index: int
+    comp: Competitor
+    suite: BBOBSuite
+    budget: int
+    generations: int
+    size: int  # generations per chunk
+    chunks: int
+    start: Callable  # () -> the run's initial carry
+    chunk: Callable  # (carry, data, first_generation) -> (carry, points)
+
+    @property
+    def label(self) -> str:
+        return f"{self.comp.name} {self.suite.dimension}-D"
+
+
+def _make_run(
+    index: int,
+    strategy_index: int,
+    comp: Competitor,
+    suite: BBOBSuite,
+    means: jax.Array,
+    key: jax.Array,
+    budget: int,
+    chunk_generations: int,
+    keep_points: bool,
+) -> _Run:
+    n, n_prob, d = comp.population_size, len(suite), suite.dimension
+    gens = budget // n
+    if gens < 1:
+        raise ValueError(
+            f"Budget {budget} evaluations ({budget / d:g} x {d}) is smaller than one "
+            f"generation of {comp.name} ({n} members): raise the budget."
+        )
+    es, params, to_points, groups = comp.strategy, comp.params, comp.to_points, suite.groups
+    size = min(chunk_generations, gens)
+    seed_key = jax.random.fold_in(key, zlib.crc32(comp.name.encode()) % (2**31))
+
+    @jax.jit
+    def start(seed_key, means, params, fopt):
+        # everything before the first generation in one compiled call (eager ops each compile on CPU)
+        k_init, k_run = jax.random.split(seed_key)
+        init_means = means.reshape((n_prob, *comp.template.shape)).astype(comp.template.dtype)
+        states = jax.vmap(es.init, in_axes=(0, 0, None))(jax.random.split(k_init, n_prob), init_means, params)
+        carry = {
+            "states": states,
+            "best": jnp.full((n_prob,), jnp.inf, fopt.dtype),
+            "hits": jnp.full((n_prob, TARGETS.size), -1, jnp.int32),
+            "evals": jnp.zeros((), jnp.int32),
+            "key": k_run,
+        }
+        # strong types, as the scan in `chunk` returns them (a weak-typed carry would compile chunk twice)
+        return jax.tree.map(_strong, carry)
+
+    def initial() -> dict[str, Any]:
+        with jax.numpy_rank_promotion("allow"):  # third-party strategies (evosax) rely on implicit broadcasting
+            return start(seed_key, means, params, suite.device_data().fopt)
+
+    def generation(data, carry, key):
+        states, best, hits, evals = carry
+        k_ask, k_tell = jax.random.split(key)
+        pop, states = jax.vmap(es.ask, in_axes=(0, 0, None))(jax.random.split(k_ask, n_prob), states, params)
+        x = jax.vmap(to_points)(pop)
+        delta = suite_evaluate(data, x, groups, shared=False, subtract_fopt=True)
+        delta = jnp.where(jnp.isnan(delta), jnp.inf, delta)
+        tell_keys = jax.random.split(k_tell, n_prob)
+        states, _ = jax.vmap(es.tell, in_axes=(0, 0, 0, 0, None))(tell_keys, pop, delta, states, params)
+        below = delta[:, None, :] <= jnp.asarray(TARGETS, delta.dtype)[None, :, None]  # (P, T, N)
+        first = jnp.argmax(below, axis=-1).astype(jnp.int32)
+        hits = jnp.where((hits < 0) & jnp.any(below, axis=-1), evals + first + 1, hits)
+        best = jnp.minimum(best, jnp.min(delta, axis=1))
+        return (states, best, hits, evals + n), x if keep_points else None
+
+    @jax.jit
+    def chunk(carry, data, first_generation):
+        index = first_generation + jnp.arange(size)
+        keys = jax.vmap(lambda i: jax.random.fold_in(carry["key"], i))(index)
+
+        def body(c, xs):
+            key, active = xs
+            new, out = generation(data, c, key)
+            # padded generations (the last chunk is padded to a full one, to compile once) change nothing
+            return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, c), out
+
+        scan_carry = (carry["states"], carry["best"], carry["hits"], carry["evals"])
+        (states, best, hits, evals), xs = jax.lax.scan(body, scan_carry, (keys, index < gens))
+        return {**carry, "states": states, "best": best, "hits": hits, "evals": evals}, xs
+
+    chunks = -(-gens // size)
+    return _Run(index, strategy_index, comp, suite, budget, gens, size, chunks, initial, chunk)
+
+
+def _resolve(strategy: StrategyArg | Competitor, d: int, budget: int, population: int | None) -> Competitor:
+    if isinstance(strategy, Competitor):
+        return strategy
+    if isinstance(strategy, str):
+        return make_competitor(strategy, d, budget, population_size=population)
+    if callable(strategy):
+        comp = strategy(d, budget)
+        if not isinstance(comp, Competitor):
+            raise ValueError(f"A strategy callable must return a Competitor, got {type(comp).__name__}.")
+        return comp
+    raise ValueError(f"Cannot use {strategy!r} as a strategy: give a name, a Competitor or a callable.")
+
+
+def _strategy_label(strategy: StrategyArg | Competitor) -> str:
+    if isinstance(strategy, str):
+        return strategy
+    if isinstance(strategy, Competitor):
+        return f"Competitor({strategy.name})"
+    return f"{getattr(strategy, '__module__', '?')}.{getattr(strategy, '__qualname__', type(strategy).__name__)}"
+
+
+class BBOBTask(Task):
+    """The benchmark as a :class:`eggroll.run.loop.Task`: generation ``g`` is the ``g``-th chunk over all runs.
+
+    The carry is ``{"run<i>": {"states", "best", "hits", "evals", "key"}}`` for
+    every run (a finished run's entry holds its results; the problem data is
+    rebuilt, not saved); :meth:`save_extra` keeps the runs' wall times. At the
+    end (:meth:`finish`) the finished runs' tables, runtimes, ECDF plot and
+    COCO data are written; a run stopped by a signal writes none of them.
+
+    Args:
+        strategies: names (see :func:`make_competitor`), :class:`Competitor` s,
+            callables ``(dimension, budget) -> Competitor``, or a comma-separated string.
+        functions, dimensions, instances: ids or specs like ``"1-24"``, ``"2,10"``, ``"1-5"``.
+        budget_multiplier: evaluations per dimension (COCO's convention).
+        population: members per generation for the named strategies (``None``: each one's default per dimension).
+        seed: seeds the initial means and the strategies' keys.
+        x0: ``"uniform"`` in ``[-4, 4]^D`` (one draw per problem, shared by all strategies) or ``"origin"``.
+        chunk_generations: generations per compiled call (the loop's generation).
+        coco_observer: also log every evaluated point through ``cocoex.Observer("bbob")``
+            into ``out_dir/coco`` (replayed through cocoex after each run).
+        out_dir: where the COCO data goes (the loop's ``out`` for the other files).
+        plot: draw ``bbob_ecdf.png``.
+        x64: compute in float64; build and run the task inside ``jax.enable_x64(True)``.
+
+    Raises:
+        ValueError: unknown strategies, ids or dimensions, a budget smaller than one generation.
+    """
+
+    name = "bbob"
+    columns = (
+        "generation",
+        "run",
+        "strategy_index",
+        "dimension",
+        "chunk",
+        "run_generations",
+        "evaluations",
+        "median_delta",
+        "best_delta",
+        "targets_reached",
+        "solved_1e-8",
+        "seconds",
+        "evals_per_s",
+        "generations_per_s",
+    )
+    may_change = "--generations, --time-budget, --checkpoint-every and --quiet"
+
+    def __init__(
+        self,
+        strategies: Sequence[StrategyArg | Competitor] | str = "open_es,eggroll,cma_es",
+        functions: str | Iterable[int] = "1-24",
+        dimensions: str | Iterable[int] = (2, 10),
+        instances: str | Iterable[int] = "1-5",
+        budget_multiplier: float = 1000.0,
+        *,
+        population: int | None = None,
+        seed: int = 0,
+        x0: str = "uniform",
+        chunk_generations: int = 50,
+        coco_observer: bool = False,
+        out_dir: str | Path | None = None,
+        plot: bool = True,
+        x64: bool = False,
+    ) -> None:
+        if isinstance(strategies, str):
+            strategies = [s.strip() for s in strategies.split(",") if s.strip()]
+        strategies = list(strategies)
+        if not strategies:
+            raise ValueError("run_benchmark() needs at least one strategy, e.g. ['cma_es'].")
+        dims = parse_ids(dimensions)
+        if budget_multiplier <= 0:
+            raise ValueError(f"budget_multiplier must be positive, got {budget_multiplier}.")
+        if population is not None and population < 1:
+            raise ValueError(f"--population must be >= 1 (or left out for each strategy's default), got {population}")
+        if coco_observer and out_dir is None:
+            raise ValueError("coco_observer=True needs an out_dir to write COCO's data into.")
+        if coco_observer and not set(dims) <= set(COCO_DIMENSIONS):
+            raise ValueError(
+                f"COCO's observer only logs the bbob suite's dimensions {COCO_DIMENSIONS}, got {dims}: "
+                "drop the others or run without coco_observer."
+            )
+        if chunk_generations < 1:
+            raise ValueError(f"chunk_generations must be >= 1, got {chunk_generations}.")
+        if x64 and not jax.config.jax_enable_x64:
+            raise ValueError("x64=True: build and run the task inside `with jax.enable_x64(True):`.")
+        suites = {d: BBOBSuite(functions, instances, d) for d in dims}  # validates ids and dims up front
+        problems = suites[dims[0]].problems
+        self._settings = {
+            "strategies": [_strategy_label(s) for s in strategies],
+            "functions": sorted({f for f, _ in problems}),
+            "instances": sorted({i for _, i in problems}),
+            "dims": [int(d) for d in dims],
+            "budget": float(budget_multiplier),
+            "population": population,
+            "seed": int(seed),
+            "x0": str(x0),
+            "chunk_generations": int(chunk_generations),
+            "x64": bool(x64),
+        }
+        self.out = None if out_dir is None else Path(out_dir)
+        self.coco, self.plot = coco_observer, plot
+        key = jax.random.key(seed)
+        self.runs: list[_Run] = []
+        for d in dims:
+            means = _initial_means(jax.random.fold_in(key, d), len(suites[d]), d, x0)
+            budget = int(budget_multiplier * d)
+            for si, strategy in enumerate(strategies):
+                comp = _resolve(strategy, d, budget, population)
+                index = len(self.runs)
+                self.runs.append(
+                    _make_run(index, si, comp, suites[d], means, key, budget, chunk_generations, coco_observer)
+                )
+        self.data = {d: suite.device_data() for d, suite in suites.items()}
+        self.ends = list(np.cumsum([r.chunks for r in self.runs]))  # the generation that finishes each run
+        self.seconds = [0.0] * len(self.runs)
+        self._points: list[np.ndarray] = []
+        self._observers: dict[str, Any] = {}
+
+    @property
+    def total(self) -> int:
+        """Chunks over all runs: the loop's generations for the whole budget."""
+        return int(self.ends[-1])
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self._settings)
+
+    def init(self) -> dict[str, Any]:
+        return {f"run{r.index}": r.start() for r in self.runs}
+
+    def should_checkpoint(self, generation: int) -> bool:
+        """Save after every finished (strategy, dimension) run besides the ``--checkpoint-every`` schedule."""
+        return generation in self.ends
+
+    def where(self, generation: int) -> tuple[_Run, int]:
+        """The run that generation ``generation`` (1-based) belongs to and its chunk in it (1-based)."""
+        i = bisect.bisect_left(self.ends, generation)
+        return self.runs[i], generation - (self.ends[i - 1] if i else 0)
+
+    def step(self, carry: dict[str, Any], generation: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        if generation > self.total:
+            raise ValueError(f"the benchmark has {self.total} chunks; --generations must not exceed it")
+        run_, c = self.where(generation)
+        name, n, gens = f"run{run_.index}", run_.comp.population_size, run_.generations
+        t0 = time.perf_counter()
+        with jax.numpy_rank_promotion("allow"):  # third-party strategies (evosax) broadcast implicitly
+            new, xs = run_.chunk(carry[name], self.data[run_.suite.dimension], (c - 1) * run_.size)
+        best, hits = np.asarray(new["best"]), np.asarray(new["hits"])
+        seconds = time.perf_counter() - t0
+        self.seconds[run_.index] += seconds
+        done = min(c * run_.size, gens)
+        advance = done - (c - 1) * run_.size
+        if self.coco:
+            self._points.append(np.asarray(xs)[:advance])  # (generations, P, N, D)
+            if c == run_.chunks:
+                self._replay_coco(run_)
+        row = {
+            "run": run_.index,
+            "strategy_index": run_.strategy_index,
+            "dimension": run_.suite.dimension,
+            "chunk": c,
+            "run_generations": done,
+            "evaluations": done * n,
+            "median_delta": float(np.median(best)),
+            "best_delta": float(np.min(best)),
+            "targets_reached": float(np.mean(hits >= 0)),
+            "solved_1e-8": float(np.mean(hits[:, -1] >= 0)),
+            "evals_per_s": advance * n * best.shape[0] / max(seconds, 1e-9),
+        }
+        return {**carry, name: new}, row
+
+    def describe(self, row: Mapping[str, Any]) -> str:
+        run_ = self.runs[row["run"]]
+        return (
+            f"{run_.label} chunk {row['chunk']}/{run_.chunks}: median best f-fopt {row['median_delta']:.2e}, "
+            f"targets hit {row['targets_reached']:.0%}"
+        )
+
+    def save_extra(self) -> dict[str, Any]:
+        return {"run_seconds": self.seconds}
+
+    def load_extra(self, extra: Mapping[str, Any]) -> None:
+        self.seconds = [float(s) for s in extra.get("run_seconds", self.seconds)]
+
+    def stopped_at(self, generation: int) -> str:
+        """Where a benchmark that stopped after ``generation`` chunks stands, in words ("" if it is complete)."""
+        if generation >= self.total:
+            return ""
+        run_, c = self.where(generation + 1)
+        return (
+            f"{run_.label}, generation {min((c - 1) * run_.size, run_.generations)} of {run_.generations}, "
+            f"run {run_.index + 1} of {len(self.runs)}"
+        )
+
+    def result(self, carry: Mapping[str, Any], generation: int) -> BenchmarkResult:
+        """The runs finished after ``generation`` chunks, as a :class:`BenchmarkResult`."""
+        result = BenchmarkResult(records=[], hits={}, problems={}, budgets={}, step=generation)
+        for r in self.runs:
+            result.problems.setdefault(r.suite.dimension, list(r.suite.problems))
+            result.budgets.setdefault(r.suite.dimension, r.budget)
+        for r, end in zip(self.runs, self.ends, strict=True):
+            if end <= generation:
+                state = carry[f"run{r.index}"]
+                _add_run(result, r, np.asarray(state["hits"]), np.asarray(state["best"]), self.seconds[r.index])
+        result.stopped_at = self.stopped_at(generation)
+        return result
+
+    def write(self, result: BenchmarkResult, out: Path) -> dict[str, Path]:
+        """Write the tables, runtimes, ECDF plot (and close COCO's observers); return the files."""
+        from eggroll.problems.bbob import report
+
+        self._observers.clear()  # finalises COCO's files
+        files = dict(report.write_tables(result, out))
+        if self.plot:
+            files["ecdf"] = report.plot_ecdf(result, out / "bbob_ecdf.png")
+        if self.coco:
+            files["coco"] = out / "coco"
+        return files
+
+    def finish(self, carry: Any, result: RunResult) -> dict[str, Any]:
+        bench = self.result(carry, result.generation)
+        record: dict[str, Any] = {
+            "runs_finished": len(bench.seconds),
+            "runs": len(self.runs),
+            "run_seconds": {f"{name} {d}-D": s for (name, d), s in bench.seconds.items()},
+        }
+        if bench.stopped_at:
+            record["stopped_at"] = bench.stopped_at
+        if result.interrupted:  # a signal: the checkpoint holds everything; the tables come with the resume
+            self._observers.clear()
+            return record
+        files = self.write(bench, Path(result.out))
+        return {"files": {k: str(Path(v).relative_to(result.out)) for k, v in files.items()}, **record}
+
+    def _replay_coco(self, run_: _Run) -> None:
+        """Feed every point the run evaluated, in order, through the observed cocoex problems."""
+        import cocoex
+
+        name, suite, d = run_.comp.name, run_.suite, run_.suite.dimension
+        if name not in self._observers:
+            cocoex.log_level("warning")
+            folder = self.out / "coco"
+            folder.mkdir(parents=True, exist_ok=True)
+            outer = str(folder.resolve())
+            if " " in outer or " " in name:
+                raise ValueError(
+                    f"COCO's observer options cannot hold spaces: {outer!r}, {name!r}; choose another out."
+                )
+            options = f"outer_folder: {outer} result_folder: {name} algorithm_name: {name}"
+            self._observers[name] = cocoex.Observer("bbob", options)
+        allx = np.concatenate(self._points, axis=0)
+        self._points = []
+        fids = ",".join(str(f) for f in sorted({f for f, _ in suite.problems}))
+        iids = ",".join(str(i) for i in sorted({i for _, i in suite.problems}))
+        coco_suite = cocoex.Suite("bbob", f"instances: {iids}", f"function_indices: {fids} dimensions: {d}")
+        for k, (f, i) in enumerate(suite.problems):
+            prob = coco_suite.get_problem_by_function_dimension_instance(f, d, i, self._observers[name])
+            for x in allx[:, k].reshape(-1, d).astype(np.float64):
+                prob(x)
+            prob.free()
+
+
+def _add_run(result: BenchmarkResult, run_: _Run, hits: np.ndarray, best: np.ndarray, seconds: float) -> None:
+    """Adds a finished (strategy, dimension) run to ``result``: its hits, seconds and one record per problem."""
+    name, d, n = run_.comp.name, run_.suite.dimension, run_.comp.population_size
+    result.hits[(name, d)] = hits
+    result.seconds[(name, d)] = float(seconds)
+    for k, (f, i) in enumerate(run_.suite.problems):
+        reached = np.nonzero(hits[k] >= 0)[0]
+        best_t = int(reached.max()) if reached.size else -1
+        result.records.append(
+            {
+                "strategy": name,
+                "function": f,
+                "instance": i,
+                "dimension": d,
+                "population_size": n,
+                "budget": run_.budget,
+                "evaluations": run_.generations * n,
+                "final_delta": float(best[k]),
+                "best_target": float(TARGETS[best_t]) if best_t >= 0 else float("nan"),
+                "evals_to_best_target": int(hits[k, best_t]) if best_t >= 0 else -1,
+                "evals_to_1e-8": int(hits[k, -1]) if hits[k, -1] >= 0 else -1,
+            }
+        )
+
+
+def run_benchmark(
+    strategies: Sequence[StrategyArg | Competitor] | str,
+    functions: str | Iterable[int] = "1-24",
+    dimensions: str | Iterable[int] = (2, 10),
+    instances: str | Iterable[int] = "1-5",
+    budget_multiplier: float = 1000.0,
+    *,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    x0: str = "uniform",
+    chunk_generations: int = 50,
+    coco_observer: bool = False,
+    progress: bool = True,
+    plot: bool = True,
+    x64: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    log_dir: str | Path | None = None,
+    population: int | None = None,
+    generations: int | None = None,
+    time_budget: float | None = None,
+) -> BenchmarkResult:
+    """Runs strategies on BBOB problems with a budget of ``budget_multiplier * D`` evaluations.
+
+    Builds a :class:`BBOBTask` and runs it with :func:`eggroll.run.loop.run`.
+    The (strategy, dimension) runs go in order: dimensions outer, strategies
+    inner; each is a sequence of chunks of ``chunk_generations`` generations,
+    numbered 1, 2, ... over all runs (the *step* of checkpoints and metrics).
+
+    With ``checkpoint_dir`` the loop saves the carry (every run's strategy states,
+    best-so-far values, target hits, evaluation count and key) every
+    ``checkpoint_every`` steps, at the end and after the current chunk when
+    SIGTERM / Ctrl-C arrives (the call then returns with ``interrupted`` set).
+    ``resume=True`` continues from the newest checkpoint: finished runs are not
+    recomputed, and the results are identical, bit for bit, to those of an
+    uninterrupted run.
+
+    Args:
+        strategies: names (see :func:`make_competitor`), :class:`Competitor` s,
+            callables ``(dimension, budget) -> Competitor``, or a comma-separated string.
+        functions: function ids or a spec like ``"1-24"``.
+        dimensions: dimensions or a spec like ``"2,10"``.
+        instances: COCO instance ids or a spec like ``"1-5"``.
+        budget_multiplier: evaluations per dimension (COCO's convention).
+        out_dir: where to write ``bbob_results.csv``, ``bbob_results.md``,
+            ``bbob_runtimes.npz``, ``bbob_ecdf.png`` (and ``coco/`` with the
+            observer); nothing is written if ``None`` or if the run was interrupted.
+        seed: seeds the initial means and the strategies' keys.
+        x0: initial mean: ``"uniform"`` in ``[-4, 4]^D`` (one draw per problem,
+            shared by all strategies) or ``"origin"``.
+        chunk_generations: generations per compiled call (progress, metrics and
+            checkpoint granularity).
+        coco_observer: also log every evaluated point through a
+            ``cocoex.Observer("bbob", ...)`` into ``out_dir/coco`` (readable by
+            ``cocopp``); the points are replayed through cocoex after each run.
+            Cannot be combined with ``resume`` (checkpoints do not hold the points).
+        progress: show the progress display.
+        plot: draw the ECDF figure (needs ``out_dir``).
+        x64: run in float64 (``jax.enable_x64``): the functions and evosax strategies then
+            compute in double precision (eggroll's strategies keep float32 noise and means).
+        checkpoint_dir: where checkpoints go (``None``: none). A fresh run
+            (``resume=False``) refuses a directory that already holds checkpoints.
+        checkpoint_every: also save every this many steps (chunks), besides
+            the end and interruptions (``None``: only those).
+        resume: continue from the newest checkpoint in ``checkpoint_dir``; the settings (strategies, functions,
+            dimensions, instances, budget, population, seed, x0, chunk size, x64)
+            must be those of the checkpointed run.
+        log_dir: write one metrics row per chunk there
+            (JSONL, CSV and TensorBoard, as every command); on resume the rows after
+            the checkpoint are dropped first.
+        population: members per generation of the named strategies (``None``: their defaults).
+        generations: stop after this many steps (chunks) in total (``None``: all
+            the budget implies); the runs finished by then are written.
+        time_budget: seconds; stop early enough to end within them (the runs finished by then are written).
+
+    Returns:
+        A :class:`BenchmarkResult`.
+
+    Raises:
+        ValueError: for unknown strategies, ids or dimensions, a budget too
+            small for one generation, a fresh run into a directory holding
+            checkpoints, or a resume with other settings.
+        eggroll.checkpoint.CheckpointError: no usable checkpoint to resume from.
+    """
+    if x64 and not jax.config.jax_enable_x64:
+        with jax.enable_x64(True):
+            kwargs = dict(locals())
+            kwargs.pop("x64")
+            return run_benchmark(**kwargs, x64=True)
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive number of chunks (or None), got {checkpoint_every}.")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir (the checkpoints of the run to continue).")
+    if resume and coco_observer:
+        raise ValueError(
+            "--coco cannot be combined with --resume: COCO's observer replays every point a run evaluated, and "
+            "checkpoints do not store them. Resume without --coco (the tables, runtimes and ECDF are complete; "
+            "<out>/coco then holds only the runs finished before the stop), or rerun with --coco into a new --out."
+        )
+    task = BBOBTask(
+        strategies,
+        functions,
+        dimensions,
+        instances,
+        budget_multiplier,
+        population=population,
+        seed=seed,
+        x0=x0,
+        chunk_generations=chunk_generations,
+        coco_observer=coco_observer,
+        out_dir=out_dir,
+        plot=plot,
+        x64=x64,
+    )
+    options = RunOptions(
+        generations=task.total if generations is None else min(generations, task.total),
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        time_budget=time_budget,
+        quiet=not progress,
+    )
+    # out=None: the loop writes no result.json and no files of its own; the tables are written here
+    done = run(task, options, checkpoint_dir=checkpoint_dir, metrics_dir=log_dir)
+    result = task.result(done.carry, done.generation)
+    result.interrupted = done.stopped_by if done.stopped_by in ("SIGTERM", "SIGINT") else ""
+    result.resumed_from = done.resumed_from
+    result.checkpoint_dir = None if done.checkpoint_dir is None else Path(done.checkpoint_dir)
+    if out_dir is not None and not result.interrupted:
+        result.files.update(task.write(result, Path(out_dir)))
+    return result
