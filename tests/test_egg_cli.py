@@ -1,5 +1,7 @@
-"""`eggroll lm` end to end: train with real orbax checkpoints (eggroll.checkpoint), resume, plot, sample."""
+"""`eggroll lm` end to end through the shared run loop: train with real orbax checkpoints, resume, plot, sample."""
 
+import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -8,9 +10,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from eggroll.checkpoint import CheckpointError
+from eggroll.apps.lm import _carry_tree
+from eggroll.checkpoint import Checkpointer, CheckpointError
 from eggroll.commands.lm import app, load_checkpoint
 from eggroll.problems import text
+from eggroll.run.loop import is_wall_clock
 
 TINY = [
     "--width",
@@ -21,7 +25,7 @@ TINY = [
     "32",
     "--chunk",
     "16",
-    "--valid-every",
+    "--eval-every",
     "3",
     "--generations",
     "8",
@@ -33,24 +37,33 @@ TINY = [
 def test_train_resume_and_sample(tmp_path: Path):
     runner = CliRunner()
     ckpt = tmp_path / "run"
-    first = runner.invoke(app, [*TINY, "--stop-at", "6", "--ckpt-every", "4", "--ckpt-dir", str(ckpt)])
+    first = runner.invoke(app, [*TINY, "--stop-at", "6", "--checkpoint-every", "4", "--out", str(ckpt)])
     assert first.exit_code == 0, first.output
     assert "unigram" in first.output and "bigram" in first.output and "done generation 6" in first.output
     assert (ckpt / "learning_curve.png").stat().st_size > 10_000
+    assert sorted(p.name for p in (ckpt / "checkpoints").iterdir() if p.name.isdigit()) == ["4", "6"]
+    assert (ckpt / "metrics" / "metrics.csv").is_file() and (ckpt / "result.json").is_file()
     meta, tree = load_checkpoint(ckpt)
     assert meta["config"]["width"] == 16 and tree["params"]["head"].dtype == np.int8
-    # scored at the start, every 3 generations, and at each checkpoint (4)
-    assert [r["generation"] for r in meta["history"] if "valid_bpb" in r] == [0, 3, 4, 6]
+    # scored at the start and every 3 generations; a stop (here --stop-at) adds no evaluation, so a stopped
+    # and resumed run logs exactly what an uninterrupted one does
+    assert [r["generation"] for r in meta["history"] if "valid_bpb" in r] == [0, 3, 6]
 
     # a second run into the same directory must ask for --resume
-    again = runner.invoke(app, [*TINY, "--ckpt-dir", str(ckpt)])
+    again = runner.invoke(app, [*TINY, "--out", str(ckpt)])
     assert again.exit_code == 2 and "--resume" in again.output
 
     # a resume that changes a setting of the run is refused, naming the setting
-    other = runner.invoke(app, ["--resume", "--width", "32", "--rank", "1", "--ckpt-dir", str(ckpt)])
+    other = runner.invoke(app, ["--resume", "--width", "32", "--rank", "1", "--out", str(ckpt)])
     assert other.exit_code == 2 and "--width 32 (checkpoint: 16)" in other.output and "--rank" not in other.output
+    # ... and so is another corpus (checked by SHA-256)
+    corpus = tmp_path / "other.txt"
+    corpus.write_bytes(b"another corpus, " * 512)
+    other = runner.invoke(app, ["--resume", "--corpus", str(corpus), "--out", str(ckpt)])
+    assert other.exit_code == 2 and "another corpus" in other.output and "Traceback" not in other.output
 
-    # resume on 2 devices (settings from the checkpoint; --generations given explicitly, as before)
+    # resume on 2 devices (settings from the checkpoint; --generations given explicitly, as before), through the
+    # old option names (hidden aliases of --out / --checkpoint-every)
     resumed = runner.invoke(
         app, ["--generations", "8", "--resume", "--devices", "2", "--ckpt-dir", str(ckpt), "--sample-length", "0"]
     )
@@ -63,34 +76,44 @@ def test_train_resume_and_sample(tmp_path: Path):
 
     # bit for bit: 6 generations + a resume on 2 devices == 8 generations in one go on one device
     straight = tmp_path / "straight"
-    whole = runner.invoke(app, [*TINY, "--ckpt-every", "100", "--ckpt-dir", str(straight)])
+    whole = runner.invoke(app, [*TINY, "--checkpoint-every", "100", "--out", str(straight)])
     assert whole.exit_code == 0, whole.output
-    _, tree3 = load_checkpoint(straight)
+    meta3, tree3 = load_checkpoint(straight)
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, tree3), jax.tree.map(np.asarray, tree2))
+    # ... and the same log: rows, evaluations, moved weights (the mean fitness may differ in the last float bit
+    # across device counts: summation order)
+    for a, b in zip(meta2["history"], meta3["history"], strict=True):
+        assert {k for k in a if not is_wall_clock(k)} == {k for k in b if not is_wall_clock(k)}
+        assert a["generation"] == b["generation"] and a.get("num_moved") == b.get("num_moved")
+        assert a.get("valid_bpb") == pytest.approx(b.get("valid_bpb"), rel=1e-6)
+    result = json.loads((ckpt / "result.json").read_text())
+    assert result["command"] == "lm" and result["generation"] == 8 and result["settings"]["width"] == 16
+    assert result["files"] == {"plot": "learning_curve.png"}  # relative to --out
     # the Python API checks the settings too (rank is not visible in the array shapes)
     other_task = text.make_task(text.LMConfig(**{**meta2["config"], "rank": 2}), *text.split_bytes(text.load_corpus()))
     with pytest.raises(CheckpointError, match=r"rank 2 \(checkpoint: 1\)"):
         load_checkpoint(straight, other_task)
 
-    out = runner.invoke(app, ["sample", "--ckpt", str(ckpt), "--prompt", "Hello", "--length", "20", "--seed", "3"])
-    assert out.exit_code == 0, out.output
-    assert out.output.startswith("Hello")
-    missing = runner.invoke(app, ["sample", "--ckpt", str(tmp_path / "nope")])
+    for flag in ("--out", "--ckpt"):  # --ckpt: the old name
+        out = runner.invoke(app, ["sample", flag, str(ckpt), "--prompt", "Hello", "--length", "20", "--seed", "3"])
+        assert out.exit_code == 0, out.output
+        assert out.output.startswith("Hello")
+    missing = runner.invoke(app, ["sample", "--out", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
 
     # a corrupt newest step: a clear error that names what to delete (sampling and resuming)
     broken = tmp_path / "broken"
     shutil.copytree(ckpt, broken)  # steps 4, 6 and 8
-    for f in (broken / "8" / "items").rglob("*"):
+    for f in (broken / "checkpoints" / "8" / "items").rglob("*"):
         if f.is_file():
             f.write_bytes(b"garbage")
-    for cmd in (["sample", "--ckpt", str(broken)], ["--resume", "--ckpt-dir", str(broken)]):
+    for cmd in (["sample", "--out", str(broken)], ["--resume", "--out", str(broken)]):
         out = runner.invoke(app, cmd)
         assert (
             out.exit_code == 2
             and "corrupt" in out.output
-            and f"delete {broken / '8'} to resume from step 6" in out.output
-        )
+            and f"delete {broken / 'checkpoints' / '8'} to resume from step 6" in out.output
+        ), out.output
     assert "Traceback" not in out.output
 
 
@@ -98,15 +121,24 @@ def test_bad_options_and_old_checkpoints_give_clear_errors(tmp_path: Path):
     import orbax.checkpoint as ocp
 
     runner = CliRunner()
-    bad = runner.invoke(app, [*TINY, "--devices", "3", "--ckpt-dir", str(tmp_path / "a")])
+    bad = runner.invoke(app, [*TINY, "--devices", "3", "--out", str(tmp_path / "a")])
     assert bad.exit_code == 2 and "cannot be split over 3 devices" in bad.output
-    bad = runner.invoke(app, [*TINY, "--devices", "many", "--ckpt-dir", str(tmp_path / "b")])
+    bad = runner.invoke(app, [*TINY, "--devices", "many", "--out", str(tmp_path / "b")])
     assert bad.exit_code == 2 and "--devices takes" in bad.output
-    bad = runner.invoke(app, ["--resume", "--ckpt-dir", str(tmp_path / "c")])
+    bad = runner.invoke(app, ["--resume", "--out", str(tmp_path / "c")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
+    bad = runner.invoke(app, [*TINY, "--out", str(tmp_path / "e"), "--ckpt-dir", str(tmp_path / "f")])
+    assert bad.exit_code == 2 and "--ckpt-dir is the old name of --out" in bad.output
+    bad = runner.invoke(app, [*TINY, "--eval-every", "0", "--out", str(tmp_path / "g")])
+    assert bad.exit_code == 2 and "--eval-every must be a whole number >= 1" in bad.output
+    with pytest.MonkeyPatch.context() as mp:  # a multi-process start (eggroll --coordinator ...) is refused
+        mp.setattr(jax, "process_count", lambda: 2)
+        bad = runner.invoke(app, [*TINY, "--out", str(tmp_path / "h")])
+    assert bad.exit_code == 2 and "one host" in bad.output and "--coordinator" in bad.output
+    assert not any((tmp_path / n).exists() for n in "abefgh")  # refused before anything is written
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "notes.txt").write_text("mine")
-    bad = runner.invoke(app, [*TINY, "--ckpt-dir", str(tmp_path / "d")])
+    bad = runner.invoke(app, [*TINY, "--out", str(tmp_path / "d")])
     assert bad.exit_code == 2 and "not empty" in bad.output and "notes.txt" in bad.output
 
     # a checkpoint written by the previous `eggroll lm` (hand-written orbax layout: items "state" and "meta")
@@ -117,17 +149,37 @@ def test_bad_options_and_old_checkpoints_give_clear_errors(tmp_path: Path):
         manager.save(
             4, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)), force=True
         )
-    for cmd in (["sample", "--ckpt", str(old)], ["--resume", "--ckpt-dir", str(old)]):
+    for cmd in (["sample", "--out", str(old)], ["--resume", "--out", str(old)], [*TINY, "--out", str(old)]):
         out = runner.invoke(app, cmd)
-        assert out.exit_code == 2 and "older `eggroll lm`" in out.output and "another --ckpt-dir" in out.output, (
-            out.output
-        )
+        assert out.exit_code == 2 and "older `eggroll lm`" in out.output and "another --out" in out.output, out.output
+
+    # a run of the previous `eggroll lm` (format lm-1, its steps directly in --ckpt-dir): sampled, not resumed
+    config = text.LMConfig(width=16, depth=1, population=32, chunk=16, generations=8)
+    carry = text.make_task(config, *text.split_bytes(text.load_corpus())).init()
+    lm1 = tmp_path / "lm1"
+    with Checkpointer(lm1, async_save=False) as ckpt:
+        meta = {"format": "eggroll.checkpoint/lm-1", "generation": 0, "config": dataclasses.asdict(config)}
+        ckpt.save(0, _carry_tree(carry), {**meta, "history": [{"generation": 0, "valid_bpb": 8.1}]})
+    out = runner.invoke(app, ["sample", "--ckpt", str(lm1), "--prompt", "Hi", "--length", "5"])
+    assert out.exit_code == 0 and out.output.startswith("Hi"), out.output
+    out = runner.invoke(app, ["--resume", "--ckpt-dir", str(lm1)])
+    assert out.exit_code == 2 and "older `eggroll lm`" in out.output and "sample" in out.output, out.output
+
+
+def test_help_shows_the_common_options():
+    out = CliRunner().invoke(app, ["--help"], terminal_width=200)
+    assert out.exit_code == 0
+    for name in ("--out", "--generations", "--population", "--seed", "--checkpoint-every", "--resume", "--devices",
+                 "--time-budget", "--quiet", "--eval-every"):  # fmt: skip
+        assert name in out.output, name
+    for old in ("--ckpt-dir", "--ckpt-every", "--minutes", "--stop-at", "--valid-every"):
+        assert old not in out.output, old
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path: Path):
     """A real SIGTERM to a running `eggroll lm`: it finishes the generation, saves, exits 143; --resume goes on.
 
-    The periodic checkpoints are far apart (--ckpt-every 1000), so the checkpoint must come from the signal.
+    The periodic checkpoints are far apart (--checkpoint-every 1000), so the checkpoint must come from the signal.
     """
     import signal
     import subprocess
@@ -138,7 +190,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path: Path):
     metrics = ckpt / "metrics" / "metrics.jsonl"
     args = [a if a != "8" else "500" for a in TINY]  # a run far longer than the test waits
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eggroll.cli", "lm", *args, "--ckpt-every", "1000", "--ckpt-dir", str(ckpt)],
+        [sys.executable, "-m", "eggroll.cli", "lm", *args, "--checkpoint-every", "1000", "--out", str(ckpt)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -146,7 +198,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path: Path):
     deadline = time.time() + 240
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
         time.sleep(0.2)
-    assert not any(p.name.isdigit() for p in ckpt.iterdir())  # no periodic checkpoint yet
+    assert not any(p.name.isdigit() for p in (ckpt / "checkpoints").iterdir())  # no periodic checkpoint yet
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 143, out[-3000:]
@@ -156,14 +208,12 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path: Path):
     assert 1 <= stopped < 500
 
     resumed = CliRunner().invoke(
-        app, ["--stop-at", str(stopped + 2), "--resume", "--ckpt-dir", str(ckpt), "--sample-length", "0"]
+        app, ["--stop-at", str(stopped + 2), "--resume", "--out", str(ckpt), "--sample-length", "0"]
     )
     assert resumed.exit_code == 0, resumed.output
     meta2, _ = load_checkpoint(ckpt)
     assert [r["generation"] for r in meta2["history"] if "train_bpb" in r] == list(range(1, stopped + 3))
-    import json
-
     rows = [json.loads(line) for line in (ckpt / "metrics" / "metrics.jsonl").read_text().splitlines()]
-    trained = [r["generation"] for r in rows if r["train_bpb"] is not None]
+    trained = [r["generation"] for r in rows if r.get("train_bpb") is not None]
     assert trained == list(range(1, stopped + 3))  # eggroll.logging: each generation once across the stop
-    assert rows[0]["generation"] == 0 and rows[0]["valid_bpb"] > 0 and rows[0]["train_bpb"] is None
+    assert rows[0]["generation"] == 0 and rows[0]["valid_bpb"] > 0 and rows[0].get("train_bpb") is None

@@ -11,7 +11,7 @@ import pytest
 
 from eggroll import parallel
 from eggroll.problems import text
-from eggroll.strategies import int_eggroll as ie
+from eggroll.strategies.int_eggroll import check_devices  # the module's function, not the registry's factory
 
 # the settings of tests/test_egg_cli.py's TINY run, so the one-device functions compiled there are reused
 CFG = text.LMConfig(width=16, depth=1, population=32, chunk=16, generations=8)
@@ -68,5 +68,5 @@ def test_population_that_does_not_split_is_refused(split):
             text.LMConfig(width=16, depth=1, population=36, chunk=16), *split, mesh=parallel.mesh_from_option(4)
         )
     with pytest.raises(ValueError, match="whole antithetic pairs"):
-        ie.check_devices(6, 4)
-    ie.check_devices(16, 8)  # 8 devices x one pair each
+        check_devices(6, 4)
+    check_devices(16, 8)  # 8 devices x one pair each

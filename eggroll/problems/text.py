@@ -11,8 +11,9 @@
   one floating-point computation in a training generation: a log-sum-exp over
   256 logits per byte, in ``float32``; the model and the update stay integer,
   and integer EGGROLL only uses the sign of the pairwise difference.
-* :func:`train_lm` trains an :mod:`eggroll.models.egg` model with
-  :func:`eggroll.strategies.int_eggroll.int_eggroll`.
+* :func:`make_task` builds the strategy (:func:`eggroll.strategies.int_eggroll.int_eggroll`
+  on an :mod:`eggroll.models.egg` model), the data streams and the jitted step;
+  :func:`train_lm` trains it through the shared run loop (:mod:`eggroll.apps.lm`).
 
 Data layout: the training bytes are cut into ``S = N / (2 G)`` contiguous
 streams (``N`` members, groups of ``G`` antithetic pairs); at generation ``g``
@@ -26,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,7 +36,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from eggroll.models import egg
-from eggroll.strategies import int_eggroll as ie
+
+# the submodule's names (``eggroll.strategies.int_eggroll`` is also the registry's factory function)
+from eggroll.strategies.int_eggroll import (
+    IntEggrollState,
+    check_devices,
+    int_eggroll,
+    map_members,
+    replicated_tell,
+    z_threshold_schedule,
+)
 
 LN2 = math.log(2.0)
 
@@ -174,7 +183,7 @@ class LMConfig:
 class Carry(NamedTuple):
     """What a training run carries from one generation to the next (checkpointed)."""
 
-    es_state: ie.IntEggrollState
+    es_state: IntEggrollState
     hidden: jax.Array  # (N, depth, width) int8
     generation: jax.Array  # int32
 
@@ -248,7 +257,7 @@ def make_task(config: LMConfig, train: np.ndarray, valid: np.ndarray, valid_stre
     """
     config.validate()
     if mesh is not None:
-        ie.check_devices(config.population, mesh.devices.size)
+        check_devices(config.population, mesh.devices.size)
     train_s = _streams(train, config.streams, config.chunk + 1, "training")
     valid_s = _streams(valid, valid_streams, 2, "validation")
     es, init, step, validate = _compiled(config, mesh)
@@ -264,12 +273,12 @@ def _compiled(config: LMConfig, mesh=None):
     mcfg = config.model
     template = jax.eval_shape(lambda: egg.init(jax.random.key(0), mcfg))
     template = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), template)
-    es = ie.int_eggroll(
+    es = int_eggroll(
         config.population,
         template,
         rank=config.rank,
         sigma_shift=config.sigma_shift,
-        z_thresholds=ie.z_threshold_schedule(config.generations, config.alpha_start, config.alpha_end),
+        z_thresholds=z_threshold_schedule(config.generations, config.alpha_start, config.alpha_end),
         noise_reuse=config.noise_reuse,
     )
     group = 2 * config.group_pairs
@@ -293,11 +302,11 @@ def _compiled(config: LMConfig, mesh=None):
             logits, h = egg.apply(member_params, xi, h)
             return bits_per_byte(logits, yi), h
 
-        fitness, hidden = ie.map_members(one, pop, hidden, x, y, rank=rank, mesh=mesh)
+        fitness, hidden = map_members(one, pop, hidden, x, y, rank=rank, mesh=mesh)
         if mesh is None:
             state, metrics = es.tell(jax.random.key(0), pop, fitness, state, params)
         else:  # the all-gather of the N fitness values; the update is replicated
-            state, metrics = ie.replicated_tell(es, mesh, jax.random.key(0), pop, fitness, state, params)
+            state, metrics = replicated_tell(es, mesh, jax.random.key(0), pop, fitness, state, params)
         return Carry(state, hidden, carry.generation + 1), metrics
 
     def validate(mean, xs, ys) -> jax.Array:
@@ -339,68 +348,20 @@ def train_lm(
     validate_first: bool = True,
     stop: Callable[[], bool] | None = None,
 ) -> tuple[Carry, list[dict]]:
-    """Run integer EGGROLL on a text task.
+    """Run integer EGGROLL on a text task through the shared run loop: :func:`eggroll.apps.lm.train_lm`."""
+    from eggroll.apps.lm import train_lm as run_lm
 
-    Args:
-        task: from :func:`make_task`.
-        carry: where to continue from (a restored checkpoint); ``None`` starts fresh.
-        generations: stop after this generation number (default ``task.config.generations``).
-        time_budget: also stop after this many seconds of wall time (compile included).
-        valid_every: score the mean on the validation split every this many generations
-            (and at the first and last).
-        callback: called with every log record (a dict with ``generation``, ``train_bpb``,
-            ``tokens_per_s``, ``elapsed`` and, when scored, ``valid_bpb``); return value ignored.
-        validate_first: also score (and record) the starting point.
-        stop: polled after every generation; ``True`` ends the run there (e.g. a
-            SIGTERM flag). The last generation is then also scored on the validation split.
-
-    Returns:
-        ``(carry, history)``: the final carry and the list of log records.
-    """
-    if valid_every < 1:
-        raise ValueError(f"valid_every must be >= 1, got {valid_every}.")
-    carry = task.init() if carry is None else carry
-    end = task.config.generations if generations is None else generations
-    start_time = time.perf_counter()
-    tokens_per_gen = task.config.population * task.config.chunk
-    history: list[dict] = []
-    gen = int(carry.generation)
-    if validate_first and gen < end:
-        record = {"generation": gen, "valid_bpb": float(task.validate(carry.es_state.mean)), "elapsed": 0.0}
-        history.append(record)
-        if callback is not None:
-            callback(record)
-    while gen < end:
-        inputs, targets, reset = task.batch(gen)
-        t0 = time.perf_counter()
-        carry, metrics = task.step(carry, task.put(inputs), task.put(targets), task.put(reset))
-        mean_fit = float(metrics["mean_fitness"])
-        dt = time.perf_counter() - t0
-        gen += 1
-        elapsed = time.perf_counter() - start_time
-        over = (time_budget is not None and elapsed >= time_budget) or (stop is not None and stop())
-        record = {
-            "generation": gen,
-            "train_bpb": mean_fit,
-            "tokens_per_s": tokens_per_gen / dt,
-            "num_moved": int(metrics["num_moved"]),
-            "elapsed": elapsed,
-        }
-        if gen % valid_every == 0 or gen >= end or over:
-            record["valid_bpb"] = float(task.validate(carry.es_state.mean))
-        history.append(record)
-        if callback is not None:
-            callback(record)
-        if over:
-            break
-    return carry, history
+    return run_lm(
+        task, carry, generations=generations, time_budget=time_budget, valid_every=valid_every, callback=callback,
+        validate_first=validate_first, stop=stop,
+    )  # fmt: skip
 
 
 def plot_learning_curve(history: list[dict], baselines: dict[str, float], path: str | Path, title: str = "") -> Path:
     """Save a PNG of train / validation bits per byte against the generation, with the baselines.
 
     Args:
-        history: records from :func:`train_lm`.
+        history: records from :func:`train_lm` (or a run's ``history``).
         baselines: ``unigram_valid`` / ``bigram_valid`` (and optional ``_train``) values.
         path: output file.
         title: plot title.
@@ -416,8 +377,8 @@ def plot_learning_curve(history: list[dict], baselines: dict[str, float], path: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    tr = [(r["generation"], r["train_bpb"]) for r in history if "train_bpb" in r]
-    va = [(r["generation"], r["valid_bpb"]) for r in history if "valid_bpb" in r]
+    tr = [(r["generation"], r["train_bpb"]) for r in history if r.get("train_bpb") is not None]
+    va = [(r["generation"], r["valid_bpb"]) for r in history if r.get("valid_bpb") is not None]
     if tr:
         ax.plot(*zip(*tr, strict=True), lw=0.8, alpha=0.6, label="train (population mean)")
     if va:
