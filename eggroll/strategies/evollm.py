@@ -29,15 +29,15 @@ callback can leave a failed model call's error in JAX's runtime token, where it
 breaks later calls in the process (e.g. a resume after the endpoint came
 back). ``jax.vmap`` over ``tell`` works, with one host call per batch element,
 one after another (no speed-up).
-:func:`run` is a ready loop with a progress bar, checkpoints (every K generations, on
-SIGTERM / Ctrl-C, when the model fails mid-run, at the end), bit-for-bit ``resume`` and a
-per-generation metrics log.
+
+This module holds the strategy only; :func:`eggroll.apps.evollm.run` runs it through the one
+loop (progress display, checkpoints, bit-for-bit resume, metrics).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -413,270 +413,20 @@ def evollm(
     )
 
 
-class RunInterrupted(Exception):
-    """SIGTERM or Ctrl-C stopped :func:`run` after a finished generation, which was checkpointed.
+_MOVED = ("run", "RunInterrupted", "GenerationFailed", "run_settings")
 
-    Attributes:
-        signal_name: ``"SIGTERM"`` or ``"SIGINT"``.
-        generation: the last finished (and saved) generation.
-        checkpoint_dir: where the checkpoint is.
-        state: the strategy state after ``generation``.
-        history: the metrics so far (as :func:`run` returns them).
-    """
 
-    def __init__(self, signal_name: str, generation: int, checkpoint_dir: str, state: Any, history: dict):
-        super().__init__(
-            f"stopped by {signal_name} after generation {generation}; checkpoint saved in {checkpoint_dir}. "
-            "Continue with resume=True (on the command line: the same command plus --resume)."
+def __getattr__(name: str) -> Any:
+    """The run loop moved to :mod:`eggroll.apps.evollm`; the old names still work, with a DeprecationWarning."""
+    if name in _MOVED:
+        import warnings
+
+        warnings.warn(
+            f"eggroll.strategies.evollm.{name} moved to eggroll.apps.evollm.{name}",
+            DeprecationWarning,
+            stacklevel=2,
         )
-        self.signal_name, self.generation, self.checkpoint_dir = signal_name, generation, checkpoint_dir
-        self.state, self.history = state, history
+        from eggroll.apps import evollm as app
 
-    @property
-    def exit_code(self) -> int:
-        """The shell convention: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
-        return 130 if self.signal_name == "SIGINT" else 143
-
-
-class GenerationFailed(RuntimeError):
-    """A generation of :func:`run` failed (e.g. the language model became unreachable).
-
-    The previous generation was checkpointed first (when there was one), so a
-    resumed run loses nothing. ``__cause__`` is the original error.
-
-    Attributes:
-        generation: the generation that failed.
-        saved_generation: the checkpointed generation (``None``: none had finished).
-        cause: a one-line description of the original error.
-    """
-
-    def __init__(self, generation: int, saved_generation: int | None, checkpoint_dir: str, cause: str):
-        saved = (
-            f"Generation {saved_generation} is saved in {checkpoint_dir}; once the backend works again, continue "
-            "with resume=True (on the command line: the same command plus --resume)"
-            if saved_generation
-            else "No generation had finished, so there is nothing to resume; start again once the backend works"
-        )
-        cause = cause.rstrip(". ")
-        super().__init__(f"generation {generation} failed: {cause}{'' if cause.endswith('?') else '.'} {saved}.")
-        self.generation, self.saved_generation, self.cause = generation, saved_generation, cause
-
-
-def _one_line(err: BaseException) -> str:
-    """The original error of ``err`` in one line (a host callback's error arrives as its traceback text)."""
-    text = str(err).strip()
-    if "Traceback (most recent call last)" in text:  # io_callback: the message ends with "Type: message"
-        text = [line for line in text.splitlines() if line.strip()][-1].strip()
-    text = text.splitlines()[0] if text else ""
-    return text or type(err).__name__
-
-
-def run_settings(strategy: Strategy, params: Any, settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What a resumed :func:`run` must share with its checkpoint (JSON): strategy, population, params, ``settings``."""
-    out: dict[str, Any] = {"strategy": strategy.name, "population_size": int(strategy.population_size)}
-    if hasattr(params, "_asdict"):
-        for name, value in params._asdict().items():
-            if np.size(value) == 1:
-                out[name] = float(np.asarray(value).reshape(()))
-    out.update(settings or {})
-    return out
-
-
-def check_checkpoint_dir(checkpoint_dir: Any, settings: dict[str, Any], resume: bool) -> int | None:
-    """Checks that a run may write into / resume from ``checkpoint_dir``, before anything expensive starts.
-
-    Args:
-        checkpoint_dir: the run's checkpoint folder.
-        settings: the settings that must match the checkpoint's (JSON values;
-            only these keys are compared).
-        resume: whether the run continues the newest checkpoint.
-
-    Returns:
-        The generation to resume from (``None`` for a fresh run).
-
-    Raises:
-        ValueError: a fresh run into a folder that already holds checkpoints, or
-            a checkpoint written with other settings.
-        eggroll.checkpoint.CheckpointError: ``resume`` but no finished checkpoint.
-    """
-    from eggroll.checkpoint import Checkpointer
-
-    with Checkpointer(checkpoint_dir) as ckpt:
-        return _check(ckpt, settings, resume)
-
-
-def _check(ckpt: Any, settings: dict[str, Any], resume: bool) -> int | None:
-    if not resume:
-        ckpt.refuse_fresh_run(resume)
-        return None
-    meta = ckpt.read_meta()
-    ckpt.check_settings(
-        meta.get("settings"),
-        settings,
-        may_change="the number of generations, the cache, the endpoint URL and the output options",
-    )
-    return int(meta["generation"])
-
-
-def run(
-    strategy: Strategy,
-    fitness_fn: Callable[[jax.Array], jax.Array],
-    key: jax.Array,
-    num_generations: int,
-    mean: jax.Array | None = None,
-    params: Any = None,
-    progress: bool = False,
-    description: str = "EvoLLM",
-    *,
-    checkpoint_dir: Any = None,
-    checkpoint_every: int | None = None,
-    resume: bool = False,
-    log_dir: Any = None,
-    settings: dict[str, Any] | None = None,
-) -> tuple[Any, dict[str, np.ndarray]]:
-    """Runs ``num_generations`` of ask / evaluate / tell with jitted steps.
-
-    With ``checkpoint_dir`` the strategy state (archive, mean, best, counters),
-    the run's key, the generation and the history are saved there
-    (:class:`eggroll.checkpoint.Checkpointer`, orbax) every ``checkpoint_every``
-    generations, at the end, when SIGTERM / Ctrl-C arrives (the current
-    generation finishes first, then :class:`RunInterrupted` is raised) and when
-    a generation fails (the previous one is saved, then
-    :class:`GenerationFailed` is raised). ``resume=True`` continues from the
-    newest checkpoint; with a deterministic backend (greedy decoding) the final
-    state equals that of an uninterrupted run, bit for bit.
-
-    Args:
-        strategy: built by :func:`evollm` (any Strategy works).
-        fitness_fn: scores one solution; it is vmapped over the population.
-        key: PRNG key.
-        num_generations: generations in total (a resumed run runs the rest).
-        mean: starting mean (default: the strategy's template solution).
-        params: strategy params (default: ``strategy.default_params``).
-        progress: show a rich progress bar with the best fitness.
-        description: label of the progress bar.
-        checkpoint_dir: where checkpoints go (``None``: none, and signals are not caught).
-        checkpoint_every: save every this many generations (``None``: only at
-            the end, on a signal and on a failure).
-        resume: continue from the newest checkpoint in ``checkpoint_dir``.
-        log_dir: write one row per generation there
-            (:class:`eggroll.logging.MetricsLogger`: ``metrics.jsonl``, ``metrics.csv``,
-            TensorBoard when tensorboardX is installed); a resumed run drops the
-            rows after its checkpoint, so each generation appears once.
-        settings: extra JSON settings a resumed run must share with the
-            checkpoint (e.g. the fitness function and the model); the strategy's
-            name, population size and scalar params are always compared.
-
-    Returns:
-        ``(state, history)`` where ``history`` maps each scalar metric (and
-        ``seconds``) to a NumPy array over generations 1..``num_generations``.
-
-    Raises:
-        RunInterrupted: SIGTERM / Ctrl-C stopped the run (after saving).
-        GenerationFailed: a generation raised (with ``checkpoint_dir``; the
-            previous generation is saved first).
-        ValueError: ``resume`` without ``checkpoint_dir``, a fresh run into a
-            folder that already holds checkpoints, or a checkpoint written with
-            other settings.
-        eggroll.checkpoint.CheckpointError: no usable checkpoint to resume from.
-    """
-    import contextlib
-    import time
-
-    from eggroll.checkpoint import Checkpointer, GracefulInterrupt
-
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir (the checkpoint folder of the run to continue)")
-    if checkpoint_every is not None and checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1 generations, got {checkpoint_every}")
-    params = strategy.default_params if params is None else params
-    key, sub = jax.random.split(key)
-    state = strategy.init(sub, mean, params)
-    history: dict[str, list] = {}
-    first = 1
-    ckpt = None
-    wanted = run_settings(strategy, params, settings)
-    if checkpoint_dir is not None:
-        ckpt = Checkpointer(checkpoint_dir, every=checkpoint_every, max_to_keep=2)
-        try:
-            if _check(ckpt, wanted, resume) is not None:
-                restored, meta = ckpt.restore({"state": state, "key": key})
-                state, key = restored["state"], restored["key"]
-                history = {k: list(v) for k, v in meta["history"].items()}
-                first = int(meta["generation"]) + 1
-        except BaseException:
-            ckpt.close()
-            raise
-
-    def save(done: tuple[int, Any, Any]) -> None:
-        generation, state, key = done
-        if ckpt is not None and generation >= 1:
-            kept = {name: values[:generation] for name, values in history.items()}
-            meta = {"generation": generation, "settings": wanted, "history": kept}
-            ckpt.save(generation, {"state": state, "key": key}, meta)
-
-    ask, tell = jax.jit(strategy.ask), jax.jit(strategy.tell)
-    evaluate = jax.jit(jax.vmap(fitness_fn))
-    logger = None
-    if log_dir is not None:
-        from eggroll.logging import MetricsLogger
-
-        logger = MetricsLogger(log_dir)
-        logger.truncate(first)  # a resumed run rewrites the generations after its checkpoint
-    bar = None
-    if progress:
-        from rich.progress import Progress
-
-        bar = Progress(*Progress.get_default_columns(), "{task.fields[best]}", transient=False)
-        task = bar.add_task(description, total=num_generations, completed=first - 1, best="")
-        bar.start()
-    done = (first - 1, state, key)  # the last finished generation, its state and the key after it
-    interrupted = ""
-    catch = GracefulInterrupt() if ckpt is not None else contextlib.nullcontext()
-    try:
-        with catch as signals:
-            for g in range(first, num_generations + 1):
-                t0 = time.perf_counter()
-                _, state, key = done
-                next_key, k_ask, k_tell = jax.random.split(key, 3)
-                try:
-                    population, new_state = ask(k_ask, state, params)
-                    new_state, metrics = tell(k_tell, population, evaluate(population), new_state, params)
-                    names, metrics = list(metrics), jax.device_get(metrics)  # model errors surface by here
-                except Exception as err:
-                    if ckpt is None:
-                        raise
-                    save(done)  # the last finished generation: nothing is lost
-                    last = done[0] if done[0] >= 1 else None
-                    raise GenerationFailed(g, last, str(ckpt.directory), _one_line(err)) from err
-                row = {name: np.asarray(metrics[name]).item() for name in names if np.ndim(metrics[name]) == 0}
-                row["seconds"] = time.perf_counter() - t0
-                for name, value in row.items():
-                    history.setdefault(name, []).append(value)
-                done = (g, new_state, next_key)
-                if logger is not None:
-                    totals = {"total_llm_queries": new_state.llm_queries} if hasattr(new_state, "llm_queries") else {}
-                    logger.log(g, {**row, **jax.device_get(totals)})
-                if bar is not None:
-                    bar.update(task, advance=1, best=f"best {row.get('best_fitness', float('nan')):.4g}")
-                if signals is not None and signals.requested is not None:
-                    interrupted = signals.signal_name
-                    break
-                if ckpt is not None and ckpt.should_save(g):
-                    save(done)
-        save(done)  # the end of the run, or the interrupted generation (no-op if already saved)
-    except KeyboardInterrupt:  # a second Ctrl-C stops at once: keep what finished
-        save(done)
-        raise
-    finally:
-        if bar is not None:
-            bar.stop()
-        if logger is not None:
-            logger.close()
-        if ckpt is not None:
-            ckpt.close()
-    generation, state, _ = done
-    arrays = {k: np.asarray(v) for k, v in history.items()}
-    if interrupted:
-        raise RunInterrupted(interrupted, generation, str(ckpt.directory), state, arrays)
-    return state, arrays
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
