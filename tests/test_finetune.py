@@ -19,8 +19,9 @@ from typer.testing import CliRunner
 
 from eggroll.commands.finetune import app
 from eggroll.finetune import FinetuneConfig, parse_layers, restore_checkpoint, select_leaves
-from eggroll.models import gguf as gguf_io
-from eggroll.models.llama import LlamaConfig, forward, init_params, load_model, merge_layers
+from eggroll.models.io import gguf as gguf_io
+from eggroll.models.io import load_model
+from eggroll.models.llama import LlamaConfig, forward, init_params, merge_layers
 
 REWARD = '''
 def digits(completion, prompt):
@@ -51,6 +52,28 @@ def _model_and_reward(tmp_path):
     return model, reward
 
 
+def _comparable(path, out):
+    """A file's content without wall-clock fields (and with the run's folder spelled ``OUT``)."""
+    from eggroll.run.loop import is_wall_clock
+
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items() if not is_wall_clock(k)}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x.replace(str(out), "OUT") if isinstance(x, str) else x
+
+    if path.suffix == ".json":
+        return clean(json.loads(path.read_text()))
+    if path.suffix == ".jsonl":
+        return [clean(json.loads(line)) for line in path.read_text().splitlines()]
+    if path.suffix == ".csv":
+        table = [line.split(",") for line in path.read_text().splitlines()]
+        keep = [i for i, name in enumerate(table[0]) if not is_wall_clock(name)]
+        return [[row[i] for i in keep] for row in table]
+    return path.read_bytes()
+
+
 def test_finetune_command_raises_held_out_reward(tmp_path):
     model, reward = _model_and_reward(tmp_path)
     out = tmp_path / "run"
@@ -69,15 +92,23 @@ def test_finetune_command_raises_held_out_reward(tmp_path):
     assert final > base + 0.5, evals  # measured here: 0.01 -> 1.0 (0.07 / 0.23 / 0.95 with sigma 0.03)
     assert len(record["history"]) == 30 and all(h["tokens_per_s"] > 0 for h in record["history"])
     rows = [json.loads(line) for line in (out / "metrics" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["generation"] for r in rows] == list(range(1, 31))  # eggroll.logging, one row per generation
-    assert all(r["sigma"] > 0 and "update_norm" in r and "reward_mean" in r for r in rows)
+    assert [r["generation"] for r in rows] == list(range(0, 31))  # the base model's evaluation, then one per generation
+    assert rows[0]["eval_reward"] == base and "reward_mean" not in rows[0]
+    assert all(r["sigma"] > 0 and "update_norm" in r and "reward_mean" in r for r in rows[1:])
+    assert [r["generation"] for r in rows if "eval_reward" in r] == [0, 10, 20, 30]
     assert (out / "finetune.png").stat().st_size > 10_000
+    summary = json.loads((out / "result.json").read_text())
+    assert summary["command"] == "finetune" and summary["stopped_by"] == "generations" and summary["generation"] == 30
+    assert (summary["base_eval_reward"], summary["eval_reward"]) == (base, final)
+    assert set(summary["files"]) == {"history", "plot", "checkpoints", "export"}
 
     # The export is a Hugging Face directory eggroll (and transformers) can load; the checkpoint restores it.
     config, tuned, _ = load_model(str(out / "export"))
     _, base_params, _ = load_model(str(model))
     restored = restore_checkpoint(str(out / "checkpoints" / "30"), merge_layers(select_leaves(base_params)[0]))
-    assert (out / "checkpoints" / "10").is_dir()
+    assert (out / "checkpoints" / "10").is_dir()  # every checkpoint is kept: each holds the weights of its generation
+    at_10 = restore_checkpoint(str(out / "checkpoints" / "10"), base_params)
+    assert not np.array_equal(at_10["layers"]["wq"], restored["layers"]["wq"])
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(tuned), strict=True):
         np.testing.assert_array_equal(a, b)
     ids = [[5, 9, 40, 41]]
@@ -110,8 +141,22 @@ def test_layer_selection_builds_segments_and_mask():
         FinetuneConfig(population=16, prompts_per_generation=4, group_size=3).resolved_group_size()
 
 
+def test_weights_saved_alone_restore_too(tmp_path):
+    """restore_checkpoint also reads weights written by save_checkpoint (not a run's checkpoint)."""
+    from eggroll.finetune import save_checkpoint
+
+    config = LlamaConfig(vocab_size=20, dim=16, n_layers=2, n_heads=2, n_kv_heads=1, hidden_dim=24)
+    params = init_params(config, jax.random.PRNGKey(1))
+    path = save_checkpoint(str(tmp_path / "weights"), 3, params)
+    assert path.endswith("3")
+    for a, b in zip(jax.tree.leaves(restore_checkpoint(path, params)), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        restore_checkpoint(str(tmp_path / "nowhere"), params)
+
+
 def test_finetune_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
-    """A run stopped by a real SIGTERM after generation 2 and resumed ends with the same weights, bit for bit."""
+    """A run stopped by a real SIGTERM after generation 2 and resumed ends with the same weights and files."""
     import os
     import signal
 
@@ -153,6 +198,18 @@ def test_finetune_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert [h["generation"] for h in record["history"]] == [1, 2, 3, 4]
     assert [e[0] for e in record["evals"]] == [0, 2, 4]
 
+    # Every file in --out but the checkpoints (and TensorBoard events) equals the uninterrupted run's,
+    # wall-clock fields aside.
+    def listing(folder):
+        skip = {"checkpoints", "tensorboard"}
+        return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and not skip & set(p.parts))
+
+    files = listing(out)
+    assert files == listing(tmp_path / "whole")
+    assert {"history.json", "result.json", "finetune.png", "metrics/metrics.jsonl"} <= {str(f) for f in files}
+    for name in files:
+        assert _comparable(out / name, out) == _comparable(tmp_path / "whole" / name, tmp_path / "whole"), name
+
 
 def test_finetune_devices_split_the_population_like_one_device(tmp_path):
     """`--devices 4` generates each member's completions on its own device; same rewards, same update."""
@@ -178,3 +235,49 @@ def test_finetune_devices_split_the_population_like_one_device(tmp_path):
 
     uneven = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "u"), "--devices", "3"])
     assert uneven.exit_code == 2 and "cannot be split over 3 devices" in " ".join(uneven.output.split())
+
+
+def test_finetune_time_budget_quiet_and_bad_input(tmp_path):
+    """--time-budget ends the run early (with a last evaluation); --quiet shows no progress; bad input exits 2."""
+    model, reward = _model_and_reward(tmp_path)
+    args = ["--model", str(model), "--task", "python", "--reward", f"{reward}:digits", "--population", "8"]
+    args += ["--prompts", "2", "--sigma", "0.05", "--lr", "0.005", "--max-new-tokens", "4", "--eval-prompts", "2"]
+    args += ["--evolve", "attn,mlp,embed", "--no-export", "--eval-every", "50", "--generations", "50"]
+    out = tmp_path / "budget"
+    result = CliRunner().invoke(app, [*args, "--out", str(out), "--time-budget", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "time budget reached" in text and "EGGROLL fine-tuning" not in text and "sample:" not in text
+    summary = json.loads((out / "result.json").read_text())
+    assert summary["stopped_by"] == "time_budget" and 1 <= summary["generation"] < 50
+    evals = json.loads((out / "history.json").read_text())["evals"]
+    assert [e[0] for e in evals] == [0, summary["generation"]]  # the last generation is evaluated
+
+    # From Python, a callback that returns True ends the run after that generation (which is then evaluated).
+    from eggroll.finetune import finetune
+
+    seen = []
+
+    def stop_at_2(record):
+        seen.append(record["generation"])
+        return record["generation"] == 2
+
+    cfg = FinetuneConfig(
+        task="python", model=str(model), reward=f"{reward}:digits", generations=50, population=8,
+        prompts_per_generation=2, sigma=0.05, learning_rate=0.005, max_new_tokens=4, eval_every=50, eval_prompts=2,
+        evolve="attn,mlp,embed", export=False,
+    )  # fmt: skip
+    stopped = finetune(cfg, callback=stop_at_2)
+    assert seen == [0, 1, 2] and stopped.stopped_by == "target" and not stopped.interrupted
+    assert [h["generation"] for h in stopped.history] == [1, 2] and [e[0] for e in stopped.evals] == [0, 2]
+
+    for bad, says in [
+        (["--population", "7"], "--population must be even"),
+        (["--generations", "0"], "--generations must be a whole number >= 1"),
+        (["--checkpoint-every", "-1"], "--checkpoint-every must be a whole number >= 1"),
+        (["--group-size", "3"], "group_size=3 must divide population=8"),
+        (["--resume"], "No finished checkpoint"),
+    ]:
+        refused = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad"), *bad])
+        assert refused.exit_code == 2 and says in " ".join(refused.output.split()), (bad, refused.output)
+        assert "Traceback" not in refused.output

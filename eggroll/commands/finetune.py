@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from eggroll.commands import _common as common
+from eggroll.run.progress import console
+
 app = typer.Typer(help="Backprop-free fine-tuning of a local LLM (GGUF or Hugging Face dir) with EGGROLL.")
 
 
@@ -15,8 +18,8 @@ def finetune(
         "spell_backward, format, length, python (with --reward), or any reasoning-gym dataset.",
     ),
     model: str = typer.Option(None, help="A .gguf file or a Hugging Face directory; default SmolLM2-135M-Instruct."),
-    generations: int = typer.Option(50, min=1, help="ES generations."),
-    population: int = typer.Option(32, min=2, help="Members per generation (even)."),
+    generations: int = common.generations_option(50),
+    population: int = common.population_option(32, ", even"),
     rank: int = typer.Option(1, min=1, help="Rank of the perturbations."),
     sigma: float = typer.Option(
         4e-3,
@@ -30,31 +33,30 @@ def finetune(
     temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy decoding."),
     layers: str = typer.Option("all", help="Layers that evolve: all, last:K, or e.g. 0,5,20-29."),
     evolve: str = typer.Option("attn,mlp,norm,embed,head", help="Leaf kinds that evolve."),
-    eval_every: int = typer.Option(10, min=1, help="Evaluate on held-out prompts every K generations."),
+    eval_every: int = typer.Option(
+        10, min=1, help="Evaluate on held-out prompts every K generations (and before the first and after the last)."
+    ),
     eval_prompts: int = typer.Option(32, min=1, help="Held-out prompts."),
-    checkpoint_every: int = typer.Option(
-        0, min=0, help="Orbax checkpoint every K generations (0: at the end and on SIGTERM/Ctrl-C only)."
-    ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in --out from its newest checkpoint (same settings)."
-    ),
-    out: str = typer.Option("runs/finetune", help="Output directory (checkpoints, export, history, plot)."),
     export: bool = typer.Option(True, help="Export the result as safetensors (Hugging Face layout)."),
     reward: str = typer.Option(None, help="For --task python: file.py:function(completion, prompt) -> float."),
-    seed: int = typer.Option(0, help="Seed of noise and prompt sampling."),
-    devices: str = typer.Option(
-        "auto", help="Split the population over this host's devices: a number, 'all', or 'auto' (one device)."
-    ),
+    seed: int = common.SEED,
+    out: str = common.out_option("runs/finetune"),
+    checkpoint_every: int | None = common.CHECKPOINT_EVERY,
+    resume: bool = common.RESUME,
+    devices: str = common.DEVICES,
+    time_budget: float | None = common.TIME_BUDGET,
+    quiet: bool = common.QUIET,
 ) -> None:
-    """Fine-tune with EGGROLL and show reward, held-out accuracy and tokens/s as it goes."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Fine-tune with EGGROLL and show reward, held-out accuracy and tokens/s as it goes.
 
-    from eggroll.checkpoint import CheckpointError
-    from eggroll.finetune import FinetuneConfig
-    from eggroll.finetune import finetune as run
+    --out (default runs/finetune) receives history.json, finetune.png, export/ (safetensors),
+    result.json, metrics/ and checkpoints/ (every one holds the evolved weights).
+    """
+    import jax
 
-    console = Console()
+    from eggroll import parallel
+    from eggroll.apps.finetune import FinetuneConfig, FinetuneTask, run_options
+
     cfg = FinetuneConfig(
         task=task,
         model=model,
@@ -71,84 +73,53 @@ def finetune(
         evolve=evolve,
         eval_every=eval_every,
         eval_prompts=eval_prompts,
-        checkpoint_every=checkpoint_every,
+        checkpoint_every=checkpoint_every or 0,  # 0 (the old spelling of "at the end only") = not given
         out_dir=out,
         export=export,
         seed=seed,
         reward=reward,
         resume=resume,
+        time_budget=time_budget,
     )
+    options = common.options(**run_options(cfg, quiet=quiet))
+    if population < 2 or population % 2:
+        common.fail(f"--population must be even and >= 2 (antithetic pairs), got {population}")
     try:
         cfg.resolved_group_size()
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
-    import jax
-
-    from eggroll import parallel
-
+    except ValueError as err:
+        common.fail(err)
     if jax.process_count() > 1:
-        console.print(
-            "[red]error:[/] eggroll finetune runs on one host (all of its devices with --devices all); "
-            "multi-host fine-tuning is not supported yet. Start it without --coordinator / EGGROLL_COORDINATOR."
+        common.fail(
+            "eggroll finetune runs on one host (all of its devices with --devices all); multi-host fine-tuning is "
+            "not supported yet. Start it without --coordinator / EGGROLL_COORDINATOR."
         )
-        raise typer.Exit(2)
     try:
         mesh = parallel.mesh_from_option(devices)
         if mesh is not None:
             parallel.check_population_size(population, mesh.size, antithetic=True)
-    except ValueError as e:
-        console.print(f"[red]error:[/] --devices {devices}: {e}")
-        raise typer.Exit(2) from None
-    where = f" on {mesh.size} devices" if mesh is not None else ""
-    console.print(f"[bold]EGGROLL fine-tuning[/] task={task} N={population} r={rank} sigma={sigma}{where} -> {out}")
-    columns = [
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[stats]}"),
-    ]
-    last_eval = {"r": float("nan"), "a": float("nan")}
-    with Progress(*columns, console=console) as progress:
-        bar = progress.add_task("generations", total=generations, stats="loading model, compiling ...")
+    except ValueError as err:
+        common.fail(f"--devices {devices}: {err}")
+    if not quiet:
+        where = f" on {mesh.size} devices" if mesh is not None else ""
+        console.print(f"[bold]EGGROLL fine-tuning[/] task={task} N={population} r={rank} sigma={sigma}{where} -> {out}")
 
-        def show(rec: dict) -> None:
-            if "resumed_from" in rec:
-                progress.update(bar, completed=rec["resumed_from"], stats="resumed, compiling ...")
-                progress.console.print(f"resumed from generation {rec['resumed_from']} ({out}/resume)")
-                return
-            if "eval_reward" in rec:
-                last_eval.update(r=rec["eval_reward"], a=rec["eval_accuracy"])
-                progress.console.print(
-                    f"gen {rec['generation']:4d}  held-out reward {rec['eval_reward']:.3f}  "
-                    f"accuracy {rec['eval_accuracy']:.1%}  sample: {rec['eval_sample'][:80]!r}"
-                )
-            if rec["generation"] == 0:
-                return
-            progress.update(
-                bar,
-                advance=1,
-                stats=f"reward {rec['reward_mean']:.3f} (max {rec['reward_max']:.3f})  "
-                f"held-out {last_eval['r']:.3f} / {last_eval['a']:.0%}  {rec['tokens_per_s']:.0f} tok/s",
+    def num(x):  # a NaN reward is logged as null
+        return float("nan") if x is None else x
+
+    def show(generation: int, row: dict) -> None:
+        if not quiet and "eval_reward" in row:
+            console.print(
+                f"gen {generation:4d}  held-out reward {num(row['eval_reward']):.3f}  accuracy "
+                f"{num(row['eval_accuracy']):.1%}  sample: {row['eval_sample'][:80]!r}"
             )
 
-        try:
-            result = run(cfg, callback=show, mesh=mesh)
-        except (ValueError, CheckpointError) as err:
-            progress.stop()
-            console.print(f"[red]error:[/] {err}")
-            raise typer.Exit(2) from None
-    (g0, r0, a0), (g1, r1, a1) = result.evals[0], result.evals[-1]
-    console.print(
-        f"[bold]held-out reward[/] {r0:.3f} -> {r1:.3f}, accuracy {a0:.1%} -> {a1:.1%} (generation {g0} -> {g1})"
-    )
-    console.print(
-        f"wrote {out}/history.json, {out}/finetune.png, {out}/checkpoints/, {out}/resume/"
-        + (", export/" if export else "")
-    )
-    if result.interrupted:
+    result = common.execute(lambda: FinetuneTask(cfg, mesh=mesh), options, callback=show)
+    evals = [r for r in result.history if "eval_reward" in r]
+    if evals:
+        first, last = evals[0], evals[-1]
         console.print(
-            f"[yellow]stopped by {result.interrupted} after generation {result.history[-1]['generation']}[/]; "
-            "checkpoint saved, continue with the same command plus --resume"
+            f"[bold]held-out reward[/] {num(first['eval_reward']):.3f} -> {num(last['eval_reward']):.3f}, accuracy "
+            f"{num(first['eval_accuracy']):.1%} -> {num(last['eval_accuracy']):.1%} "
+            f"(generation {first['generation']} -> {last['generation']})"
         )
-        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
+    common.finish(result)

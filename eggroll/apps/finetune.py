@@ -1,0 +1,655 @@
+"""Backprop-free fine-tuning of a pretrained LLM with EGGROLL.
+
+Each generation: the strategy asks for a population of low-rank perturbed
+models; every member generates completions for its group's prompts in one
+batched pass (:func:`eggroll.models.llama.generate_population`: the base
+weights are shared, no per-member weights are formed); the task scores the
+completions; rewards are normalised within each group of members that saw the
+same prompts; ``tell`` moves the mean. No gradients, no optimizer memory beyond
+the mean, any reward.
+
+:class:`FinetuneTask` is what ``eggroll finetune`` runs through the one run
+loop (:func:`eggroll.run.loop.run`): it evaluates the mean greedily on
+held-out prompts before the first generation, every ``eval_every`` generations
+and after the last, and at the end writes ``history.json``, ``finetune.png``
+and the safetensors export into the run's folder. The loop's checkpoints
+(``<out>/checkpoints/<generation>``) hold the strategy state, so the evolved
+weights of every checkpoint can be read back with :func:`restore_checkpoint`.
+From Python use :func:`finetune` (``eggroll.finetune`` is the old name of this module).
+
+References:
+    Sarkar et al. "Evolution Strategies at the Hyperscale", arXiv:2511.16652, 2025.
+    Qiu et al. "Evolution Strategies at Scale: LLM Fine-Tuning Beyond Reinforcement Learning", 2025.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eggroll.run.loop import RunOptions, RunResult, Task, run, write_json
+
+__all__ = [
+    "FinetuneConfig",
+    "FinetuneResult",
+    "FinetuneTask",
+    "evaluate_model",
+    "finetune",
+    "parse_layers",
+    "plot_history",
+    "restore_checkpoint",
+    "run_options",
+    "save_checkpoint",
+    "select_leaves",
+]
+
+KEEP_ALL = 1_000_000  # checkpoints kept: every one (each holds the evolved weights of its generation)
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """Settings of a fine-tuning run.
+
+    Attributes:
+        task: task name (see :data:`eggroll.problems.tasks.TASKS`) or ``"python"``.
+        model: ``.gguf`` file or Hugging Face directory; None = SmolLM2-135M-Instruct.
+        generations: number of ES generations.
+        population: members per generation (even: antithetic pairs).
+        rank: rank of the low-rank perturbations.
+        sigma: perturbation scale.
+        learning_rate: SGD step on the ES gradient estimate; None picks
+            ``0.5 * sigma**2 * sqrt(population)``, which moves each weight by about
+            ``sigma / 2`` per generation.
+        prompts_per_generation: distinct prompts per generation.
+        group_size: members that share prompts (their rewards are normalised
+            together); None = ``population // prompts_per_generation`` (one prompt per
+            group). ``group_size = population`` lets every member answer every prompt.
+        max_new_tokens: generation budget per completion; None = the task's.
+        temperature: 0 for greedy decoding (the usual choice for ES).
+        layers: which decoder layers evolve, e.g. ``"all"``, ``"20-29"``, ``"0,5,10"``.
+        evolve: comma-separated leaf kinds that evolve: ``attn``, ``mlp``, ``norm``,
+            ``embed`` (the embedding, also the tied head), ``head``.
+        eval_every: evaluate on held-out prompts every this many generations (and after the last).
+        eval_prompts: number of held-out prompts.
+        checkpoint_every: save a checkpoint every this many generations (0: only at the end,
+            or when SIGTERM / Ctrl-C stops the run).
+        out_dir: the run's folder: checkpoints, metrics, the export, the history and the plot
+            (None: nothing saved).
+        export: write the final weights as a Hugging Face safetensors directory.
+        seed: seed of noise and prompt sampling.
+        reward: for ``task="python"``: ``"file.py:function"``.
+        resume: continue from the newest checkpoint in ``out_dir/checkpoints`` (same settings;
+            only ``generations``, ``time_budget``, ``eval_every``, ``eval_prompts``,
+            ``checkpoint_every`` and ``export`` may change).
+        time_budget: seconds; stop early enough that the run (its last evaluation included)
+            ends within them (None: no limit).
+    """
+
+    task: str = "countdown"
+    model: str | None = None
+    generations: int = 50
+    population: int = 32
+    rank: int = 1
+    sigma: float = 4e-3
+    learning_rate: float | None = None
+    prompts_per_generation: int = 8
+    group_size: int | None = None
+    max_new_tokens: int | None = None
+    temperature: float = 0.0
+    layers: str = "all"
+    evolve: str = "attn,mlp,norm,embed,head"
+    eval_every: int = 10
+    eval_prompts: int = 32
+    checkpoint_every: int = 0
+    out_dir: str | None = None
+    export: bool = True
+    seed: int = 0
+    reward: str | None = None
+    resume: bool = False
+    time_budget: float | None = None
+
+    def resolved_group_size(self) -> int:
+        g = self.group_size or max(self.population // self.prompts_per_generation, 1)
+        if self.population % g:
+            raise ValueError(f"group_size={g} must divide population={self.population}")
+        if (self.population // g) > self.prompts_per_generation or self.prompts_per_generation % (self.population // g):
+            raise ValueError(
+                f"prompts_per_generation={self.prompts_per_generation} must be a multiple of the number of "
+                f"groups population/group_size={self.population // g}"
+            )
+        if g % 2:
+            raise ValueError(f"group_size={g} must be even (antithetic pairs share prompts)")
+        return g
+
+    def resolved_lr(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 0.5 * self.sigma**2 * math.sqrt(self.population)
+
+
+def parse_layers(spec: str, n_layers: int) -> set[int]:
+    """``"all"``, ``"20-29"``, ``"0,3,5-7"``, ``"last:4"`` -> set of layer indices."""
+    spec = spec.strip().lower()
+    if spec == "all":
+        return set(range(n_layers))
+    if spec == "none":
+        return set()
+    if spec.startswith("last:"):
+        k = int(spec[5:])
+        return set(range(max(n_layers - k, 0), n_layers))
+    out: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        try:
+            rng = range(int(lo), int(hi or lo) + 1)
+        except ValueError as e:
+            raise ValueError(f"bad layer spec {spec!r}: use 'all', 'last:K', or e.g. '0,5,20-29'") from e
+        out.update(rng)
+    bad = [i for i in out if not 0 <= i < n_layers]
+    if bad:
+        raise ValueError(f"layers {sorted(bad)} out of range for a {n_layers}-layer model")
+    return out
+
+
+_KINDS = {
+    "attn": {"wq", "wk", "wv", "wo"},
+    "mlp": {"w_gate", "w_up", "w_down"},
+    "norm": {"attn_norm", "mlp_norm"},
+}
+
+
+def select_leaves(params: dict, layers: str = "all", evolve: str = "attn,mlp,norm,embed,head") -> tuple[dict, dict]:
+    """Params split into segments of evolved / frozen layers, and the matching ``trainable`` mask.
+
+    The decoder layers are stacked (one leaf per weight kind), so evolving only
+    some layers cuts the stack into consecutive segments
+    (:func:`eggroll.models.llama.split_layers`); each segment is evolved or frozen
+    as a whole. :func:`eggroll.models.llama.merge_layers` restores the layout.
+
+    Args:
+        params: the model params (stacked layers).
+        layers: decoder layers that evolve (see :func:`parse_layers`).
+        evolve: comma-separated kinds: ``attn``, ``mlp``, ``norm`` (layer norms and the
+            final norm), ``embed``, ``head`` (an untied output head).
+
+    Returns:
+        ``(params, mask)``: params with ``"layers"`` as a list of segments, and a
+        pytree of bools of the same structure (True = evolves).
+    """
+    from eggroll.models.llama import merge_layers, split_layers
+
+    kinds = {k.strip() for k in evolve.split(",") if k.strip()}
+    unknown = kinds - {"attn", "mlp", "norm", "embed", "head"}
+    if unknown:
+        raise ValueError(f"unknown leaf kinds {sorted(unknown)}; choose from attn, mlp, norm, embed, head")
+    merged = merge_layers(params)
+    n_layers = merged["layers"]["wq"].shape[0]
+    chosen = parse_layers(layers, n_layers)
+    bounds = [i for i in range(1, n_layers) if (i in chosen) != (i - 1 in chosen)]
+    split = split_layers(merged, bounds)
+    names = set().union(*(_KINDS[k] for k in kinds if k in _KINDS))
+    seg_masks, start = [], 0
+    for seg in split["layers"]:
+        evolved = start in chosen
+        seg_masks.append({n: evolved and n in names for n in seg})
+        start += seg["wq"].shape[0]
+    mask = {"embed": "embed" in kinds, "layers": seg_masks, "norm": "norm" in kinds}
+    if "lm_head" in params:
+        mask["lm_head"] = "head" in kinds
+    return split, mask
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    """What :func:`finetune` returns.
+
+    Attributes:
+        params: the fine-tuned mean params.
+        history: one dict per generation (reward mean / max, tokens/s, eval metrics when evaluated).
+        evals: ``(generation, eval_reward, eval_accuracy)`` tuples, generation 0 = base model.
+        out_dir: where files were written (or None).
+        interrupted: the signal that stopped the run early (``"SIGTERM"``, ``"SIGINT"``), else ``""``.
+        resumed_from: the checkpoint generation the run continued from (None: a fresh run).
+        stopped_by: ``"generations"``, ``"time_budget"``, ``"target"`` (the callback asked to stop),
+            ``"SIGTERM"`` or ``"SIGINT"``.
+    """
+
+    params: Any
+    history: list[dict]
+    evals: list[tuple[int, float, float]]
+    out_dir: str | None = None
+    interrupted: str = ""
+    resumed_from: int | None = None
+    stopped_by: str = "generations"
+
+
+def _encode(tokenizer, task, examples):
+    return [tokenizer.encode_prompt(e.prompt, chat=True, system=task.system) for e in examples]
+
+
+def _width(lengths, multiple: int = 32) -> int:
+    return -(-max(lengths) // multiple) * multiple
+
+
+def _host(tree):
+    """NumPy copies (all-gathered when the arrays span several processes)."""
+    from eggroll import parallel
+
+    return parallel.to_host(tree)
+
+
+def _split(x: np.ndarray, mesh) -> Any:
+    """A host array placed with its leading (member) axis split over ``mesh`` (any number of processes)."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def evaluate_model(config, params, tokenizer, task, examples, max_new_tokens: int, batch_size: int = 32):
+    """Greedy completions of ``examples`` by ``params``: (mean reward, accuracy, completions)."""
+    import jax
+
+    from eggroll.models.llama import generate_ids, pad_prompts
+
+    texts = []
+    ids_all = _encode(tokenizer, task, examples)
+    width = _width([len(x) for x in ids_all])
+    for s in range(0, len(ids_all), batch_size):
+        chunk = ids_all[s : s + batch_size]
+        ids, mask = pad_prompts(chunk, tokenizer.pad_id, multiple=width)
+        out = generate_ids(
+            config,
+            params,
+            ids,
+            mask,
+            jax.random.PRNGKey(0),
+            max_new_tokens=max_new_tokens,
+            stop_ids=tuple(tokenizer.stop_ids),
+            pad_id=tokenizer.pad_id,
+        )
+        toks, lens, done = _host(out)
+        texts += [tokenizer.decode(toks[i, : lens[i] - int(done[i])]) for i in range(len(chunk))]
+    rewards = task.rewards(texts, examples)
+    acc = float(np.mean([task.correct(t, e) for t, e in zip(texts, examples, strict=True)]))
+    return float(rewards.mean()), acc, texts
+
+
+_NOT_IN_STATE = (
+    "generations", "eval_every", "eval_prompts", "checkpoint_every", "out_dir", "export", "resume", "time_budget",
+)  # fmt: skip
+
+
+def _resume_fields(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The settings a resumed run must share with its checkpoint (JSON)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_STATE}
+
+
+def _record_fields(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The settings ``history.json`` records: what shaped the result (not where it went or how it was run)."""
+    skip = ("out_dir", "resume", "checkpoint_every", "time_budget")
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
+
+
+def _evals(rows: list[dict]) -> list[tuple[int, float, float]]:
+    return [(r["generation"], r["eval_reward"], r["eval_accuracy"]) for r in rows if "eval_reward" in r]
+
+
+class FinetuneTask(Task):
+    """Fine-tuning as a :class:`eggroll.run.loop.Task` (what ``eggroll finetune`` and :func:`finetune` run).
+
+    The carry is ``{"state": <EGGROLL state>}`` (the mean weights, the optimizer
+    state, sigma and the noise key; no best member is kept); generation ``g`` draws its noise key and its
+    prompts from the seed and ``g`` alone, and the prompt padding width (which only
+    grows) is kept with the checkpoint, so a resumed run computes exactly what an
+    uninterrupted one does.
+
+    Args:
+        cfg: the run's settings (the run options in it are read by :func:`run_options`).
+        model: ``(config, params, tokenizer)`` already loaded (else ``cfg.model`` is loaded).
+        task: a :class:`~eggroll.problems.tasks.Task` (else ``cfg.task`` is built).
+        mesh: split the population over this device mesh (``None``: one device).
+        callback: see :func:`finetune`.
+    """
+
+    name = "finetune"
+    label = "finetune"
+    columns = (
+        "generation", "reward_mean", "reward_max", "train_accuracy", "tokens", "tokens_per_s", "update_norm", "sigma",
+        "eval_reward", "eval_accuracy", "seconds", "generations_per_s", "evaluations_per_s",
+    )  # fmt: skip
+    may_change = (
+        "--generations, --time-budget, --eval-every, --eval-prompts, --checkpoint-every, --export, --devices "
+        "and --quiet"
+    )
+
+    def __init__(
+        self,
+        cfg: FinetuneConfig,
+        model: tuple | None = None,
+        task: Any = None,
+        mesh: Any = None,
+        callback: Callable[[dict], Any] | None = None,
+    ):
+        import jax
+        import optax
+
+        import eggroll
+        from eggroll.models.io import load_model
+        from eggroll.models.llama import generate_population
+        from eggroll.problems.tasks import make_task
+
+        self.cfg, self.mesh, self.callback = cfg, mesh, callback
+        self.group_size = cfg.resolved_group_size()
+        self.config, params, self.tok = model if model is not None else load_model(cfg.model)
+        self.reward_task = task if task is not None else make_task(cfg.task, reward=cfg.reward)
+        self.population_size = cfg.population
+        self.max_new = cfg.max_new_tokens or self.reward_task.max_new_tokens
+        params, mask = select_leaves(params, cfg.layers, cfg.evolve)
+        self.es = eggroll.eggroll(
+            population_size=cfg.population,
+            solution=params,
+            rank=cfg.rank,
+            optimizer=optax.sgd(cfg.resolved_lr()),
+            fitness_shaping="z_score",
+            group_size=self.group_size,
+            maximize=True,
+            trainable=mask,
+            track_best=False,  # no dense copy of the best member: the mean is the result (half the memory)
+        )
+        self.es_params = self.es.default_params.replace(sigma_init=cfg.sigma)
+        self.run_es = self.es
+        if mesh is not None:
+            from eggroll import parallel
+
+            self.run_es = parallel.sharded(self.es, mesh)  # a clear error if the population does not split evenly
+            params, self.es_params = parallel.replicate((params, self.es_params), mesh)
+        self._params = params
+        self._gen_fn = jax.jit(generate_population, static_argnames=("config", "max_new_tokens", "stop_ids", "pad_id"))
+        self.eval_examples = self.reward_task.examples(cfg.eval_prompts, seed=10_000_019 + cfg.seed)
+        self.width: int | None = None  # the prompts' padding width; grows rarely (few recompilations)
+        self.last_eval: tuple[float, float] | None = None
+        self.generation = 0
+        self._told: set[int] = set()  # generations the callback has seen (through done())
+
+    # ------------------------------------------------------------------ the loop's hooks
+    def settings(self) -> dict[str, Any]:
+        return _resume_fields(self.cfg)
+
+    def init(self) -> dict[str, Any]:
+        import jax
+
+        return {"state": self.run_es.init(jax.random.PRNGKey(self.cfg.seed), self._params, self.es_params)}
+
+    def step(self, carry, generation):
+        import jax
+
+        from eggroll.models.llama import pad_prompts
+        from eggroll.problems.tasks import assign_prompts
+
+        cfg, tok, task, n = self.cfg, self.tok, self.reward_task, self.cfg.population
+        t0 = time.perf_counter()
+        key = jax.random.PRNGKey(cfg.seed * 1_000_003 + generation)
+        population, state = self.run_es.ask(key, carry["state"], self.es_params)
+        examples = task.examples(cfg.prompts_per_generation, seed=cfg.seed * 7919 + generation)
+        per_member = assign_prompts(examples, n, self.group_size)
+        enc = {id(e): ids for e, ids in zip(examples, _encode(tok, task, examples), strict=True)}
+        self.width = max(self.width or 0, _width([len(v) for v in enc.values()]))
+        ids, masks = zip(
+            *[pad_prompts([enc[id(e)] for e in ex], tok.pad_id, multiple=self.width) for ex in per_member], strict=True
+        )
+        ids, masks = np.stack(ids), np.stack(masks)
+        if self.mesh is not None:  # each device holds the prompts of its own members
+            ids, masks = _split(ids, self.mesh), _split(masks, self.mesh)
+        out = self._gen_fn(
+            self.config,
+            population,
+            ids,
+            masks,
+            key,
+            cfg.temperature,
+            max_new_tokens=self.max_new,
+            stop_ids=tuple(tok.stop_ids),
+            pad_id=tok.pad_id,
+        )
+        toks, lens, done = _host(out)
+        rewards = np.zeros((n, len(per_member[0])), np.float32)
+        correct = 0
+        for i in range(n):
+            texts = [tok.decode(toks[i, j, : lens[i, j] - int(done[i, j])]) for j in range(toks.shape[1])]
+            rewards[i] = task.rewards(texts, per_member[i])
+            correct += sum(task.correct(t, e) for t, e in zip(texts, per_member[i], strict=True))
+        fitness = rewards.mean(axis=1)
+        state, metrics = self.run_es.tell(key, population, fitness, state, self.es_params)
+        update_norm, sigma = _host((metrics["update_norm"], state.sigma))
+        self.generation = generation
+        return {"state": state}, {
+            "reward_mean": float(fitness.mean()),
+            "reward_max": float(fitness.max()),
+            "train_accuracy": correct / rewards.size,
+            "tokens": int(lens.sum()),
+            "tokens_per_s": float(lens.sum() / (time.perf_counter() - t0)),
+            "update_norm": float(update_norm),
+            "sigma": float(sigma),
+        }
+
+    def evaluate(self, carry, generation):
+        mean = self.es.get_mean(carry["state"])
+        r, a, texts = evaluate_model(self.config, mean, self.tok, self.reward_task, self.eval_examples, self.max_new)
+        self.last_eval = (r, a)
+        return carry, {"eval_reward": r, "eval_accuracy": a, "eval_sample": texts[0]}
+
+    def done(self, row) -> bool:
+        """The Python callback's wish to stop (the CLI has none)."""
+        if self.callback is None:
+            return False
+        self._told.add(row["generation"])
+        return self.callback(dict(row)) is True
+
+    def describe(self, row) -> str:
+        def num(x, spec=".3f"):
+            return "nan" if x is None else format(x, spec)
+
+        if row["generation"] == 0:
+            return f"base model: held-out reward {num(row.get('eval_reward'))} / {num(row.get('eval_accuracy'), '.0%')}"
+        held = "-" if self.last_eval is None else f"{num(self.last_eval[0])} / {num(self.last_eval[1], '.0%')}"
+        return (
+            f"reward {num(row.get('reward_mean'))} (max {num(row.get('reward_max'))})  held-out {held}  "
+            f"{num(row.get('tokens_per_s'), '.0f')} tok/s"
+        )
+
+    def save_extra(self) -> dict[str, Any]:
+        return {"width": self.width, "last_eval": self.last_eval, "generation": self.generation}
+
+    def load_extra(self, extra) -> None:
+        self.width, self.generation = extra.get("width"), int(extra.get("generation", 0))
+        self.last_eval = tuple(extra["last_eval"]) if extra.get("last_eval") else None
+        if self.callback is not None:
+            self.callback({"generation": self.generation, "resumed_from": self.generation})
+
+    def notify(self, generation: int, row: dict) -> None:
+        """The loop's callback: tell the Python callback about the rows :meth:`done` did not show it."""
+        if self.callback is not None and generation not in self._told:
+            self._told.add(generation)
+            self.callback(dict(row))
+
+    def result(self, run_result: RunResult) -> FinetuneResult:
+        """The :class:`FinetuneResult` of a finished (or stopped) run."""
+        from eggroll.models.llama import merge_layers
+
+        return FinetuneResult(
+            params=merge_layers(self.es.get_mean(run_result.carry["state"])),
+            history=[r for r in run_result.history if r["generation"] > 0],
+            evals=_evals(run_result.history),
+            out_dir=None if run_result.out is None else str(run_result.out),
+            interrupted=run_result.stopped_by if run_result.stopped_by in ("SIGTERM", "SIGINT") else "",
+            resumed_from=run_result.resumed_from,
+            stopped_by=run_result.stopped_by,
+        )
+
+    def finish(self, carry, run_result: RunResult) -> dict[str, Any]:
+        """Write ``history.json``, ``finetune.png`` and (with ``export``) the safetensors directory."""
+        out = Path(run_result.out)
+        result = self.result(run_result)
+        files = {"history": out / "history.json", "plot": out / "finetune.png", "checkpoints": out / "checkpoints"}
+        write_json(
+            files["history"], {"config": _record_fields(self.cfg), "history": result.history, "evals": result.evals}
+        )
+        plot_history(result, str(files["plot"]), title=f"EGGROLL fine-tuning: {self.reward_task.name}")
+        if self.cfg.export:
+            from eggroll.models.io import hf
+
+            files["export"] = out / "export"
+            hf.save_hf(str(files["export"]), self.config, result.params, self.tok)
+        first, last = result.evals[0], result.evals[-1]
+        return {
+            "files": {k: str(v) for k, v in files.items()},
+            "base_eval_reward": first[1],
+            "base_eval_accuracy": first[2],
+            "eval_reward": last[1],
+            "eval_accuracy": last[2],
+            "eval_generation": last[0],
+        }
+
+
+def run_options(cfg: FinetuneConfig, *, quiet: bool = True) -> dict[str, Any]:
+    """The :class:`eggroll.run.loop.RunOptions` fields of ``cfg`` (every checkpoint is kept: each holds weights)."""
+    return {
+        "out": cfg.out_dir,
+        "generations": cfg.generations,
+        "checkpoint_every": cfg.checkpoint_every or None,
+        "resume": cfg.resume,
+        "time_budget": cfg.time_budget,
+        "eval_every": cfg.eval_every,
+        "quiet": quiet,
+        "max_to_keep": KEEP_ALL,
+    }
+
+
+def finetune(
+    cfg: FinetuneConfig,
+    model: tuple | None = None,
+    task: Any = None,
+    callback: Callable[[dict], Any] | None = None,
+    mesh: Any = None,
+    *,
+    quiet: bool = True,
+) -> FinetuneResult:
+    """Fine-tune a Llama-family model on a reward task with EGGROLL (through :func:`eggroll.run.loop.run`).
+
+    Args:
+        cfg: run settings.
+        model: ``(config, params, tokenizer)`` already loaded (else ``cfg.model`` is loaded).
+        task: a :class:`~eggroll.problems.tasks.Task` (else ``cfg.task`` is built).
+        callback: called with each generation's history record (e.g. for a progress display);
+            returning ``True`` stops the run after that generation (a final evaluation
+            of the mean is then made if that generation was not evaluated). The base
+            model's evaluation is record 0. A resumed run first calls it with
+            ``{"generation": g, "resumed_from": g}``.
+        mesh: split the population over this device mesh (``None``: one device;
+            see :func:`eggroll.parallel.mesh_from_option`). Each device generates
+            the completions of its own members with the shared base weights; the
+            reward vector is all-gathered and the update is computed replicated.
+            Greedy decoding gives the same completions as on one device.
+        quiet: no progress display.
+
+    With ``cfg.out_dir`` the loop saves the strategy state (mean, optimizer
+    state, noise key), the history and the padding width in
+    ``out_dir/checkpoints/<generation>`` every ``cfg.checkpoint_every``
+    generations, at the end, and when SIGTERM / Ctrl-C arrives (the current
+    generation finishes first; the run then ends without a further evaluation).
+    ``cfg.resume`` continues from the newest one exactly as if never stopped.
+    :func:`restore_checkpoint` reads the weights of any of them.
+
+    Returns:
+        A :class:`FinetuneResult`.
+
+    Raises:
+        ValueError: ``resume`` without ``out_dir``, a fresh run into an ``out_dir``
+            that already holds a run, or a checkpoint written with other settings.
+        eggroll.checkpoint.CheckpointError: no usable checkpoint to resume from.
+    """
+    if cfg.resume and not cfg.out_dir:
+        raise ValueError("resume needs out_dir (the --out folder of the run to continue)")
+    options = RunOptions(**run_options(cfg, quiet=quiet)).validate()
+    runner = FinetuneTask(cfg, model=model, task=task, mesh=mesh, callback=callback)
+    return runner.result(run(runner, options, callback=runner.notify))
+
+
+def save_checkpoint(directory: str, step: int, params: Any) -> str:
+    """Save params with orbax under ``directory/<step>``; returns the path."""
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(os.path.join(directory, str(step)))
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(path, params, force=True)
+    return path
+
+
+def restore_checkpoint(path: str, like: Any) -> Any:
+    """The weights in ``path``: a run's checkpoint (``<out>/checkpoints/<generation>``) or a :func:`save_checkpoint`.
+
+    Args:
+        path: the folder.
+        like: params of the model (structure, shapes and dtypes; e.g. the base model's, stacked layers).
+
+    Returns:
+        The weights, laid out like ``like`` (the evolved mean, for a run's checkpoint).
+    """
+    import jax
+    import orbax.checkpoint as ocp
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    items = os.path.join(os.path.abspath(path), "items")
+    if not os.path.isdir(items):
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
+        with ocp.StandardCheckpointer() as ckpt:
+            return ckpt.restore(os.path.abspath(path), abstract)
+    from eggroll.models.llama import merge_layers
+
+    with ocp.StandardCheckpointer() as ckpt:
+        saved = ckpt.restore(items)
+    mean = saved["carry"]["state"]["mean"]
+    layers = mean["layers"]
+    if isinstance(layers, dict) and all(k.isdigit() for k in layers):  # the segments of a partial selection
+        layers = [layers[k] for k in sorted(layers, key=int)]
+    merged = merge_layers({**mean, "layers": layers})
+    leaves = [np.asarray(merged_leaf) for merged_leaf in jax.tree.leaves(merged)]
+    treedef = jax.tree.structure(like)
+    if treedef != jax.tree.structure(merged):
+        raise ValueError(f"checkpoint {path!r} holds weights of another model layout than `like`")
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def plot_history(result: FinetuneResult, path: str, title: str = "EGGROLL fine-tuning") -> None:
+    """Training reward (mean / max over members) and held-out reward / accuracy per generation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    gens = [h["generation"] for h in result.history]
+    ax1.plot(gens, [h["reward_mean"] for h in result.history], label="population mean")
+    ax1.plot(gens, [h["reward_max"] for h in result.history], label="population best", alpha=0.6)
+    ax1.set_xlabel("generation")
+    ax1.set_ylabel("training reward")
+    ax1.legend()
+    eg = [e[0] for e in result.evals]
+    ax2.plot(eg, [e[1] for e in result.evals], "o-", label="held-out reward")
+    ax2.plot(eg, [e[2] for e in result.evals], "s--", label="held-out accuracy")
+    ax2.set_xlabel("generation")
+    ax2.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
