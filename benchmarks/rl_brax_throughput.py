@@ -25,7 +25,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
-    from eggroll.rl_train import RLConfig, train
+    from eggroll.apps.rl import RLConfig, train
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--envs", default="ant,humanoid")

@@ -143,7 +143,7 @@ def _evosax_generation(seed: int):
 
 
 def _eggroll_generation(seed: int, strategy: str, hidden=(32, 32), early_exit=True):
-    from eggroll.rl_train import RLConfig, build
+    from eggroll.apps.rl import RLConfig, build
 
     config = RLConfig(strategy=strategy, hidden=hidden, seed=seed, early_exit=early_exit)
     fitness, _, es, params = build(config)

@@ -78,8 +78,14 @@ def demo(
     common.options(out=out, generations=max(generations, 1), checkpoint_every=checkpoint_every, time_budget=time_budget)
     result = common.execute_result(
         lambda: demo_lib.run_task(
-            out, cfg, checkpoint_every=checkpoint_every, resume=resume, time_budget=time_budget, quiet=quiet
-        )
+            out,
+            cfg,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            time_budget=time_budget,
+            quiet=quiet,
+            started=common.STARTED,
+        )  # fmt: skip
     )
     common.finish(result)
 

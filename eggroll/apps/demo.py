@@ -213,7 +213,8 @@ def run(
     return result.summary
 
 
-def run_task(out_dir, cfg: DemoConfig, *, checkpoint_every=None, resume=False, time_budget=None, quiet=False):
+def run_task(out_dir, cfg: DemoConfig, *, checkpoint_every=None, resume=False, time_budget=None, quiet=False,
+             started=None):  # fmt: skip
     """Build the :class:`DemoTask` and run it; the loop's :class:`~eggroll.run.loop.RunResult` (with ``summary``)."""
     task = DemoTask(cfg)
     options = RunOptions(
@@ -224,6 +225,7 @@ def run_task(out_dir, cfg: DemoConfig, *, checkpoint_every=None, resume=False, t
         time_budget=time_budget,
         quiet=quiet,
         checkpoints=checkpoint_every is not None or resume,
+        started=started,
     )
     console.print(
         f"[bold]eggroll demo[/]: a {sum(v.size for v in jax.tree.leaves(task.variables))}-parameter MLP fits a curve "

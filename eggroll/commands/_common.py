@@ -11,6 +11,8 @@ checkpoint, with the hint to add ``--resume``).
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -65,6 +67,21 @@ TIME_BUDGET = typer.Option(
 QUIET = typer.Option(False, "--quiet", help="No progress display.")
 
 
+def _process_age() -> float:
+    """Seconds since this process started (Linux ``/proc``; 0 where that cannot be read)."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time, in clock ticks after boot
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+STARTED = time.perf_counter() - _process_age()  # --time-budget counts from here: the whole command fits it
+
+
 def fail(message: Any) -> NoReturn:
     """Print ``error: <message>`` as one line on stderr and exit 2 (bad input)."""
     text = " ".join(str(message).split()) or type(message).__name__
@@ -76,6 +93,7 @@ def options(**kwargs: Any):
     """:class:`eggroll.run.loop.RunOptions` from the common options, validated (bad values exit 2)."""
     from eggroll.run.loop import RunOptions
 
+    kwargs.setdefault("started", STARTED)
     try:
         return RunOptions(**kwargs).validate()
     except ValueError as err:
@@ -84,13 +102,9 @@ def options(**kwargs: Any):
 
 def execute(build: Callable[[], Any], run_options: Any, **run_kwargs: Any):
     """Build the task and run it through the one loop; bad input (settings, files, checkpoints) exits 2."""
-    from eggroll.run.checkpoint import CheckpointError
     from eggroll.run.loop import run
 
-    try:
-        return run(build(), run_options, **run_kwargs)
-    except (ValueError, CheckpointError, FileNotFoundError) as err:
-        fail(err)
+    return execute_result(lambda: run(build(), run_options, **run_kwargs))
 
 
 def execute_result(run_it: Callable[[], Any]):

@@ -89,6 +89,9 @@ class RunOptions:
         tensorboard: see :class:`eggroll.run.logging.MetricsLogger`.
         stop_after: stop as if interrupted once this many generations are done
             (tests and time-boxed jobs; a resume continues).
+        started: the ``time.perf_counter()`` reading ``time_budget`` counts from
+            (default: when :func:`run` starts; the CLI passes its process's start,
+            so the whole command, imports and model loading included, fits the budget).
     """
 
     out: str | Path | None = None
@@ -104,6 +107,7 @@ class RunOptions:
     max_to_keep: int = 2
     tensorboard: bool | None = None
     stop_after: int | None = None
+    started: float | None = None
 
     def validate(self) -> RunOptions:
         """Raise ``ValueError`` naming the option that is wrong and what to pass instead."""
@@ -131,7 +135,8 @@ class Task:
     Attributes:
         name: the command (``"rl"``); written to ``result.json``.
         label: the progress display's label (default ``name``).
-        columns: the CSV columns, in order (default: the first row's keys).
+        columns: the CSV columns, in order (default: the first row's keys); the
+            loop's ``seconds``, ``generations_per_s`` and ``evaluations_per_s`` follow.
         may_change: the options a resume may change, for the refusal message.
         population_size: members evaluated per generation (``None``: no
             ``evaluations_per_s`` metric).
@@ -281,7 +286,7 @@ def run(
     from eggroll.run.progress import ProgressBar
 
     options.validate()
-    t_start = time.perf_counter()
+    t_start = time.perf_counter() if options.started is None else options.started
     out = Path(options.out) if options.out is not None else None
     main = jax.process_index() == 0
     settings = task.settings()
@@ -311,7 +316,11 @@ def run(
 
     logger = None
     if metrics_dir is not None:
-        logger = MetricsLogger(metrics_dir, tensorboard=options.tensorboard, columns=task.columns)
+        columns = None
+        if task.columns:  # the loop's own columns follow the task's
+            extra = ["seconds", "generations_per_s"] + (["evaluations_per_s"] if task.population_size else [])
+            columns = [*task.columns, *(c for c in extra if c not in task.columns)]
+        logger = MetricsLogger(metrics_dir, tensorboard=options.tensorboard, columns=columns)
         logger.truncate(start + 1 if resumed_from is not None else 0)
 
     last_logged = [start, time.perf_counter()]

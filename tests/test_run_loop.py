@@ -1,0 +1,164 @@
+"""The one run loop (``eggroll.run.loop``): schedule, stop rules, checkpoints, resume, failures, records."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import jax.numpy as jnp
+import pytest
+
+from eggroll.run.checkpoint import CheckpointError
+from eggroll.run.logging import read_jsonl
+from eggroll.run.loop import RunOptions, Task, is_wall_clock, run
+
+
+class Count(Task):
+    """Adds 1 per generation; evaluates to 10 x; optional target, failure, sleep and signal."""
+
+    name = "count"
+    columns = ("generation", "x", "eval", "seconds")
+
+    def __init__(self, target=None, fail_at=None, sleep=0.0, signal_at=None, scale=1.0):
+        self.target, self.fail_at, self.sleep, self.signal_at, self.scale = target, fail_at, sleep, signal_at, scale
+        self.evaluated: list[int] = []
+        self.host = 0
+
+    def settings(self):
+        return {"scale": self.scale}
+
+    def init(self):
+        return {"x": jnp.zeros((), jnp.float32)}
+
+    def step(self, carry, generation):
+        if generation == self.fail_at:
+            raise ConnectionError("the backend went away")
+        if generation == self.signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(self.sleep)
+        self.host += 1
+        x = carry["x"] + self.scale
+        return {"x": x}, {"x": float(x)}
+
+    def evaluate(self, carry, generation):
+        self.evaluated.append(generation)
+        return carry, {"eval": 10.0 * float(carry["x"])}
+
+    def done(self, row):
+        return self.target is not None and row.get("eval", 0.0) >= self.target
+
+    def save_extra(self):
+        return {"host": self.host}
+
+    def load_extra(self, extra):
+        self.host = extra["host"]
+
+    def finish(self, carry, result):
+        return {"x": float(carry["x"]), "host": self.host}
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if not is_wall_clock(k)} for r in rows]
+
+
+def test_schedule_rows_and_record(tmp_path):
+    task = Count()
+    result = run(task, RunOptions(out=tmp_path, generations=7, eval_every=3, quiet=True))
+    assert task.evaluated == [0, 3, 6, 7]  # before the first, on the schedule, after the last
+    assert [r["generation"] for r in result.history] == list(range(8))
+    assert [r.get("eval") for r in result.history] == [0.0, None, None, 30.0, None, None, 60.0, 70.0]
+    assert _strip(read_jsonl(tmp_path / "metrics" / "metrics.jsonl")) == _strip(
+        [{k: v for k, v in r.items() if v is not None} for r in result.history]
+    )
+    head = (tmp_path / "metrics" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert head[:4] == ["generation", "x", "eval", "seconds"]  # the task's columns first
+    record = json.loads((tmp_path / "result.json").read_text())
+    assert record["command"] == "count" and record["generation"] == 7 and record["stopped_by"] == "generations"
+    assert record["x"] == 7.0 and record["host"] == 7 and record["final"]["eval"] == 70.0
+    assert result.exit_code == 0 and not result.interrupted
+
+
+def test_target_stops_after_an_evaluation(tmp_path):
+    task = Count(target=45.0)
+    result = run(task, RunOptions(out=tmp_path, generations=50, eval_every=2, quiet=True))
+    assert result.stopped_by == "target" and result.generation == 6  # 10 x passes 45 at the evaluation of x = 6
+    assert task.evaluated == [0, 2, 4, 6]
+    assert json.loads((tmp_path / "result.json").read_text())["stopped_by"] == "target"
+
+
+def test_time_budget_ends_the_run_within_it(tmp_path):
+    start = time.perf_counter()
+    result = run(Count(sleep=0.05), RunOptions(out=tmp_path, generations=10_000, time_budget=1.0, quiet=True))
+    elapsed = time.perf_counter() - start
+    assert result.stopped_by == "time_budget" and 5 < result.generation < 20
+    assert elapsed < 1.0 + 0.5  # the estimate stops before the budget; the rest is writing files
+    assert result.history[-1].get("eval") is not None  # the last generation is evaluated
+
+
+def test_stop_and_resume_equal_an_uninterrupted_run(tmp_path):
+    whole = run(Count(), RunOptions(out=tmp_path / "whole", generations=9, eval_every=2, quiet=True))
+    first = run(Count(), RunOptions(out=tmp_path / "split", generations=9, eval_every=2, stop_after=4, quiet=True))
+    assert first.interrupted == "stop_after" and first.generation == 4
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        run(Count(), RunOptions(out=tmp_path / "split", generations=9, quiet=True))
+    with pytest.raises(ValueError, match=r"scale: 1.0 in the checkpoint, 2.0 now"):
+        run(Count(scale=2.0), RunOptions(out=tmp_path / "split", generations=9, resume=True, quiet=True))
+    task = Count()
+    rest = run(task, RunOptions(out=tmp_path / "split", generations=9, eval_every=2, resume=True, quiet=True))
+    assert rest.resumed_from == 4 and task.evaluated == [6, 8, 9]  # no extra evaluation at the stop
+    assert _strip(rest.history) == _strip(whole.history) and task.host == 9  # host-side state came back
+    for name in ("metrics/metrics.jsonl", "result.json"):
+        read = (lambda p: _strip(read_jsonl(p))) if name.endswith("l") else (lambda p: json.loads(p.read_text()))
+        got, want = read(tmp_path / "split" / name), read(tmp_path / "whole" / name)
+        if name == "result.json":
+            got.pop("seconds"), want.pop("seconds")
+        assert got == want
+
+
+def test_resume_without_a_checkpoint_is_an_error_unless_allowed(tmp_path):
+    with pytest.raises(CheckpointError, match="No finished checkpoint"):
+        run(Count(), RunOptions(out=tmp_path / "none", generations=3, resume=True, quiet=True))
+    assert not (tmp_path / "none" / "checkpoints").exists()
+    ok = run(Count(), RunOptions(out=tmp_path / "ok", generations=3, resume=True, resume_missing_ok=True, quiet=True))
+    assert ok.generation == 3 and ok.resumed_from is None
+
+
+def test_a_failing_generation_keeps_the_last_finished_one(tmp_path):
+    with pytest.raises(ConnectionError):
+        run(Count(fail_at=5), RunOptions(out=tmp_path, generations=9, checkpoint_every=3, quiet=True))
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [3, 4]  # the schedule's 3, and 4, the last finished generation
+    rest = run(Count(), RunOptions(out=tmp_path, generations=9, resume=True, quiet=True))
+    assert rest.resumed_from == 4 and float(rest.carry["x"]) == 9.0
+
+
+def test_sigterm_finishes_the_generation_saves_and_exits_143(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    result = run(Count(signal_at=3), RunOptions(out=tmp_path, generations=9, eval_every=3, quiet=True))
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler that was installed before comes back
+    assert result.stopped_by == "SIGTERM" and result.exit_code == 143 and result.generation == 3
+    assert json.loads((tmp_path / "result.json").read_text())["stopped_by"] == "SIGTERM"
+    rest = run(Count(), RunOptions(out=tmp_path, generations=9, eval_every=3, resume=True, quiet=True))
+    assert rest.resumed_from == 3 and [r["generation"] for r in rest.history] == list(range(10))
+
+
+def test_log_every_keeps_every_kth_row_and_the_last(tmp_path):
+    result = run(Count(), RunOptions(out=tmp_path, generations=7, log_every=3, quiet=True))
+    assert [r["generation"] for r in result.history] == [0, 3, 6, 7]
+
+
+def test_no_checkpoints_option_and_bad_options():
+    Count_ = Count()
+    result = run(Count_, RunOptions(generations=2, quiet=True))  # no out: nothing written, no record
+    assert result.generation == 2 and result.checkpoint_dir is None and result.record == {}
+    for bad, match in [
+        (dict(generations=0), "--generations must be a whole number >= 1"),
+        (dict(checkpoint_every=0), "--checkpoint-every must be a whole number >= 1"),
+        (dict(time_budget=float("nan")), "--time-budget must be a positive number"),
+        (dict(time_budget=-1.0), "--time-budget must be a positive number"),
+        (dict(eval_every=-2), "--eval-every must be a whole number >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            RunOptions(**bad).validate()
