@@ -63,11 +63,20 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from eggroll.intops import (  # the integer low-rank ops, shared with integer EGGROLL
+    ONE,
+    QMAX,
+    IntLowRank,
+    _lead,
+    embed,
+    matmul,
+    sat_add,
+    saturate,
+    scale_divisor,
+)
 from eggroll.lowrank import LowRank
 
 VOCAB = 256
-ONE = 16  # fixed-point "one": 4 fractional bits
-QMAX = 127
 RECIP_BITS = 16  # layer norm: fixed-point reciprocal of the mean absolute value
 RECIP_ONE = 1 << RECIP_BITS
 Params = dict[str, Any]
@@ -93,99 +102,6 @@ class EggConfig(NamedTuple):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"EggConfig.{name} must be a positive integer, got {value!r}.")
         return self
-
-
-class IntLowRank(NamedTuple):
-    """An ``int8`` matrix seen through a rank-``r`` integer perturbation.
-
-    The member's product is ``x W^T + sum_j round((x . b_j) a_j / 2**shift)``
-    in ``int32``; nothing of size ``m x n`` beyond ``W`` itself is formed.
-
-    Attributes:
-        base: the shared ``int8`` weight, shape ``(m, n)``.
-        a: ``int8`` left factor ``(m, r)``, antithetic sign folded in.
-        b: ``int8`` right factor ``(n, r)``.
-        shift: ``int32`` scalar, ``4 + sigma_shift`` (``sigma = 2**-sigma_shift``).
-    """
-
-    base: jax.Array
-    a: jax.Array
-    b: jax.Array
-    shift: jax.Array
-
-
-# --------------------------------------------------------------------------- integer ops
-
-
-def _lead(v: jax.Array, ndim: int) -> jax.Array:
-    """Give ``v`` leading unit axes up to ``ndim`` (explicit broadcasting)."""
-    return v.reshape((1,) * (ndim - v.ndim) + v.shape)
-
-
-def scale_divisor(n: int) -> int:
-    """The rescale ``16 * isqrt(n)`` applied after a matmul with fan-in ``n``."""
-    return ONE * math.isqrt(n)
-
-
-def _div_round(v: jax.Array, d: int) -> jax.Array:
-    """Round-to-nearest (half up) integer division of ``int32`` ``v`` by a constant."""
-    if d & (d - 1) == 0:
-        k = d.bit_length() - 1
-        return v if k == 0 else (v + (d >> 1)) >> k
-    return jnp.floor_divide(v + d // 2, d)
-
-
-def _shift_round(v: jax.Array, k: jax.Array) -> jax.Array:
-    """``round(v / 2**k)`` (half up) for ``int32`` ``v`` and a traced shift ``k >= 1``."""
-    return (v + jnp.left_shift(jnp.int32(1), k - 1)) >> k
-
-
-def saturate(v: jax.Array) -> jax.Array:
-    """Clip an ``int32`` array to ``[-127, 127]`` and narrow it to ``int8``."""
-    return jnp.clip(v, -QMAX, QMAX).astype(jnp.int8)
-
-
-def sat_add(*xs: jax.Array) -> jax.Array:
-    """Saturating sum of ``int8`` arrays (exact ``int32`` sum, then :func:`saturate`)."""
-    total = xs[0].astype(jnp.int32)
-    for x in xs[1:]:
-        total = total + _lead(x.astype(jnp.int32), total.ndim)
-    return saturate(total)
-
-
-def _rank_terms(u: jax.Array, f: jax.Array, shift: jax.Array) -> jax.Array:
-    """``sum_j round(u_j * f_j / 2**shift)``: ``u`` (..., r) int32, ``f`` (k, r) int8 -> (..., k)."""
-    prod = u[..., None, :] * _lead(f.astype(jnp.int32), u.ndim + 1)
-    return jnp.sum(_shift_round(prod, shift), axis=-1)
-
-
-def matmul(x: jax.Array, w: jax.Array | IntLowRank) -> jax.Array:
-    """``int8(round(x W^T / (16 isqrt(n))))`` with an ``int32`` accumulator.
-
-    Args:
-        x: ``int8`` activations ``(..., n)``.
-        w: ``int8`` weight ``(m, n)`` or an :class:`IntLowRank` member view.
-
-    Returns:
-        ``int8`` array ``(..., m)``.
-    """
-    base = w.base if isinstance(w, IntLowRank) else w
-    dims = (((x.ndim - 1,), (1,)), ((), ()))
-    acc = jax.lax.dot_general(x, base, dims, preferred_element_type=jnp.int32)
-    if isinstance(w, IntLowRank):
-        xb_dims = (((x.ndim - 1,), (0,)), ((), ()))
-        xb = jax.lax.dot_general(x, w.b, xb_dims, preferred_element_type=jnp.int32)
-        acc = acc + _rank_terms(xb, w.a, w.shift)
-    return saturate(_div_round(acc, scale_divisor(base.shape[-1])))
-
-
-def embed(ids: jax.Array, w: jax.Array | IntLowRank) -> jax.Array:
-    """Rows ``ids`` of an ``int8`` table (plus the member's perturbation, saturated)."""
-    if not isinstance(w, IntLowRank):
-        return jnp.take(w, ids, axis=0)
-    rows = jnp.take(w.base, ids, axis=0).astype(jnp.int32)
-    a_rows = jnp.take(w.a, ids, axis=0).astype(jnp.int32)  # (..., r)
-    return saturate(rows + _rank_terms(a_rows, w.b, w.shift))
 
 
 def layer_norm(x: jax.Array, w: jax.Array) -> jax.Array:

@@ -16,7 +16,7 @@ uses ``e = s * t`` (``int32``, standard deviation 256 like an entry of
 Perturbation, with ``shift = 4 + sigma_shift`` (``sigma = 2**-sigma_shift``
 relative to a weight of standard deviation 16): a matrix adds
 ``round((x B) A^T / 2**shift)`` inside the model's ``int32`` accumulator
-(:class:`eggroll.models.egg.IntLowRank`); a vector becomes
+(:class:`eggroll.intops.IntLowRank`); a vector becomes
 ``sat(v + round(±e / 2**shift))``.
 
 Update (``tell``). Fitness per pair ``F_k = sign(f_{2k+1} - f_{2k})`` (``int8``; the
@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from eggroll.models.egg import QMAX, IntLowRank, saturate
+from eggroll.intops import QMAX, IntLowRank, saturate
 from eggroll.types import Strategy
 
 PyTree = Any
