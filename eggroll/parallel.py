@@ -291,29 +291,19 @@ def check_population_size(population_size: int, num_devices: int, *, antithetic:
         )
 
 
-def _population_sharding(population: Any, mesh: Mesh, axis: str) -> Any:
-    """Shardings for a population pytree: member / noise axis split, the rest replicated."""
-    split, rep = NamedSharding(mesh, P(axis)), NamedSharding(mesh, P())
-    if isinstance(population, pop_lib.LowRankPopulation):
-        return population.replace(
-            mean=jax.tree.map(lambda _: rep, population.mean),
-            noise=jax.tree.map(lambda _: split, population.noise),
-            sigma=rep,
-            index=split,
-        )
-    return jax.tree.map(lambda _: split, population)
-
-
 def _population_specs(population: Any, axis: str) -> Any:
-    """``PartitionSpec`` pytree of a population for :func:`jax.shard_map`."""
-    if isinstance(population, pop_lib.LowRankPopulation):
-        return population.replace(
-            mean=jax.tree.map(lambda _: P(), population.mean),
-            noise=jax.tree.map(lambda _: P(axis), population.noise),
-            sigma=P(),
-            index=P(axis),
-        )
+    """``PartitionSpec`` pytree of a population: the population type says how it splits
+    (``partition_specs(axis)``: e.g. low-rank members keep their mean replicated); a
+    stacked population splits every leaf along its member axis."""
+    if hasattr(population, "partition_specs"):
+        return population.partition_specs(axis)
     return jax.tree.map(lambda _: P(axis), population)
+
+
+def _population_sharding(population: Any, mesh: Mesh, axis: str) -> Any:
+    """Shardings for a population pytree (see :func:`_population_specs`)."""
+    specs = _population_specs(population, axis)
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, P))
 
 
 def _constrain(tree: Any, shardings: Any) -> Any:

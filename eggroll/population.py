@@ -50,6 +50,17 @@ class LowRankPopulation:
     def population_size(self) -> int:
         return self.index.shape[0]
 
+    def partition_specs(self, axis: str) -> LowRankPopulation:
+        """How this population splits over a mesh axis: member ids and noise split, the rest replicated."""
+        from jax.sharding import PartitionSpec as P
+
+        return self.replace(
+            mean=jax.tree.map(lambda _: P(), self.mean),
+            noise=jax.tree.map(lambda _: P(axis), self.noise),
+            sigma=P(),
+            index=P(axis),
+        )
+
 
 def member(population: Any, i: jax.Array) -> Any:
     """The parameters member ``i`` evaluates.

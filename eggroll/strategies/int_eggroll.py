@@ -104,6 +104,12 @@ class IntPopulation(NamedTuple):
     table: jax.Array
     sigma_shift: jax.Array
 
+    def partition_specs(self, axis: str) -> IntPopulation:
+        """How this population splits over a mesh axis: member ids split, the rest replicated."""
+        from jax.sharding import PartitionSpec as P
+
+        return IntPopulation(mean=P(), index=P(axis), counter=P(), seed=P(), table=P(), sigma_shift=P())
+
 
 def z_threshold_schedule(num_generations: int, alpha_start: float = 1.0, alpha_end: float = 1 / 16) -> jax.Array:
     """``int32`` z thresholds (units of 1/16) with ``1/alpha`` linear in the generation.
@@ -384,13 +390,6 @@ def _mesh_axis(mesh, axis_name: str | None) -> str:
     return axis_name
 
 
-def population_specs(axis: str) -> IntPopulation:
-    """``PartitionSpec`` s of an :class:`IntPopulation`: member ids split over ``axis``, the rest replicated."""
-    from jax.sharding import PartitionSpec as P
-
-    return IntPopulation(mean=P(), index=P(axis), counter=P(), seed=P(), table=P(), sigma_shift=P())
-
-
 def map_members(
     fn,
     population: IntPopulation,
@@ -429,7 +428,7 @@ def map_members(
 
     axis = _mesh_axis(mesh, axis_name)
     check_devices(population.index.shape[0], mesh.shape[axis])
-    in_specs = (population_specs(axis), *(jax.tree.map(lambda _: P(axis), a) for a in member_args))
+    in_specs = (population.partition_specs(axis), *(jax.tree.map(lambda _: P(axis), a) for a in member_args))
     return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P(axis))(population, *member_args)
 
 
