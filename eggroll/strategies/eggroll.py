@@ -41,13 +41,18 @@ def eggroll(
     trainable: Any = None,
     noise: str = "hash",
     track_best: bool = True,
+    dense_population: bool = False,
 ) -> Strategy:
     """Build an EGGROLL strategy.
 
     ``ask`` returns a :class:`~eggroll.population.LowRankPopulation`; score it
     with :func:`eggroll.evaluate` (your function receives matrix leaves as
     :class:`~eggroll.lowrank.LowRank`), :func:`eggroll.apply_flax` for Flax
-    models, or ``es.materialize(population)`` for small problems.
+    models, or ``es.materialize(population)`` for small problems. With
+    ``dense_population=True``, ``ask`` returns the stacked dense population
+    itself (what ``es.materialize`` gives), so a loop written for evosax (a
+    fitness function ``vmap``-ped over the population, e.g. evosax's own
+    problems) runs unchanged; the update is the same, bit for bit.
 
     Args:
         population_size: members per generation (even with ``antithetic``).
@@ -70,6 +75,11 @@ def eggroll(
             (see :mod:`eggroll.noise`).
         track_best: keep a dense copy of the best member seen (``best_solution``,
             as evosax); turn off for large models to save one copy of the weights.
+        dense_population: ``ask`` returns stacked dense members ``(N, ...)`` per
+            leaf instead of the light low-rank population: for small problems and
+            third-party fitness functions. It costs ``N`` copies of the parameters,
+            so keep the default for models. ``tell`` accepts either form (it
+            regenerates the noise from the state's counters).
 
     Returns:
         A :class:`~eggroll.types.Strategy`.
@@ -104,7 +114,7 @@ def eggroll(
             antithetic=antithetic,
             rank=rank,
         )
-        return population, state
+        return (pop_lib.materialize(population) if dense_population else population), state
 
     return _core.build_strategy(
         cfg,
