@@ -138,3 +138,23 @@ def test_sigterm_and_resume_leave_every_file_equal(tmp_path, command):
         assert _read(got[name], split) == _read(want[name], whole), f"{command}: {name} differs after the resume"
     record = json.loads((split / "result.json").read_text())
     assert record["command"] == command and record["stopped_by"] == "generations"
+
+
+def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(tmp_path):
+    """Two `eggroll rl --out same`: the second exits 2 with one line; the first finishes untouched."""
+    from eggroll.run.lock import LOCK_NAME
+
+    out = tmp_path / "same"
+    first = subprocess.Popen(_cli("rl", out), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while first.poll() is None and not (out / LOCK_NAME).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = subprocess.run(_cli("rl", out), env=_env(), capture_output=True, text=True, timeout=300)
+    output = first.communicate(timeout=600)[0]
+    assert first.returncode == 0, output[-3000:]
+    assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+    lines = [line for line in second.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "is in use by another run (`eggroll rl`, pid" in lines[0], second.stderr
+    rows = [json.loads(line) for line in (out / "metrics" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in rows] == list(range(15))  # one run's rows, in order: nothing interleaved
+    assert not (out / LOCK_NAME).exists()

@@ -162,3 +162,27 @@ def test_no_checkpoints_option_and_bad_options():
     ]:
         with pytest.raises(ValueError, match=match):
             RunOptions(**bad).validate()
+
+
+def test_a_live_run_holds_its_folder_and_a_stale_lock_is_taken_over(tmp_path):
+    import socket
+    import subprocess
+
+    from eggroll.run.lock import LOCK_NAME
+
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        tmp_path.mkdir(exist_ok=True)
+        record = {"pid": holder.pid, "host": socket.gethostname(), "command": "rl", "since": time.time()}
+        (tmp_path / LOCK_NAME).write_text(json.dumps(record))
+        with pytest.raises(ValueError, match=rf"is in use by another run \(`eggroll rl`, pid {holder.pid} on "):
+            run(Count(), RunOptions(out=tmp_path, generations=2, quiet=True))
+        assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]  # the refused run wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    result = run(Count(), RunOptions(out=tmp_path, generations=2, quiet=True))  # the holder is dead: stale lock
+    assert result.generation == 2 and not (tmp_path / LOCK_NAME).exists()  # released at the end
+    with pytest.raises(CheckpointError):
+        run(Count(), RunOptions(out=tmp_path / "typo", generations=2, resume=True, quiet=True))
+    assert not (tmp_path / "typo").exists()  # a mistyped --resume folder is not left behind

@@ -277,15 +277,41 @@ def run(
         A :class:`RunResult` (``exit_code`` says what a command should exit with).
 
     Raises:
-        ValueError: bad options, a fresh run into a folder that holds a run, or
-            a resume with other settings (each difference named).
+        ValueError: bad options, a folder that another live run holds (its lock
+            file, :mod:`eggroll.run.lock`), a fresh run into a folder that holds a
+            run, or a resume with other settings (each difference named).
         eggroll.run.checkpoint.CheckpointError: no usable checkpoint to resume from.
     """
+    from eggroll.run.lock import RunLock
+
+    options.validate()
+    lock = None
+    if options.out is not None and jax.process_index() == 0:
+        lock = RunLock(options.out, task.name)
+        if lock.stale_note:
+            from eggroll.run.progress import console
+
+            console.print(f"[yellow]note:[/] {lock.stale_note}")
+    try:
+        return _run(task, options, callback=callback, checkpoint_dir=checkpoint_dir, metrics_dir=metrics_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(
+    task: Task,
+    options: RunOptions,
+    *,
+    callback: Callable[[int, dict[str, Any]], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    metrics_dir: str | Path | None = None,
+) -> RunResult:
+    """The body of :func:`run` (under the folder's lock)."""
     from eggroll.run.checkpoint import Checkpointer, GracefulInterrupt
     from eggroll.run.logging import MetricsLogger
     from eggroll.run.progress import ProgressBar
 
-    options.validate()
     t_start = time.perf_counter() if options.started is None else options.started
     out = Path(options.out) if options.out is not None else None
     main = jax.process_index() == 0
