@@ -235,8 +235,11 @@ def test_nan_and_inf_fitness_rank_worst_and_never_reach_params():
     np.testing.assert_allclose(np.asarray(s_bad.mean), np.asarray(s_ref.mean), rtol=1e-6)
     assert int(m_bad["num_nonfinite"]) == 3
     # all non-finite: the mean does not move
-    s_all, _ = es.tell(jax.random.key(2), pop, jnp.full(8, jnp.nan), state, p)
+    s_all, m_all = es.tell(jax.random.key(2), pop, jnp.full(8, jnp.nan), state, p)
     np.testing.assert_array_equal(np.asarray(s_all.mean), np.asarray(state.mean))
+    # ... and its statistics say so: NaN, not a perfect-looking 0.0
+    assert np.isnan(float(m_all["mean_fitness"])) and np.isnan(float(m_all["std_fitness"]))
+    assert int(m_all["num_nonfinite"]) == 8
 
 
 def test_clear_errors_for_bad_input():

@@ -283,7 +283,7 @@ def tell(cfg: Config, key, population, fitness, state: State, params: Params):
     best_fitness = jnp.where(improved, gen_best, state.best_fitness)
 
     finite = jnp.isfinite(fitness)
-    n_finite = jnp.maximum(finite.sum(), 1)
+    n_finite = jnp.where(finite.any(), finite.sum(), jnp.nan)  # no finite value: NaN statistics, not 0.0
     mean_fitness = jnp.where(finite, fitness, 0.0).sum() / n_finite
     update_norm = optax.tree.norm([u * params.lr_scale for u in updates])
     new_state = state.replace(
