@@ -75,7 +75,7 @@ def test_runner_bad_input() -> None:
         )
     with pytest.raises(ValueError, match="needs an out_dir"):
         runner.run_benchmark(["cma_es"], functions="1", dimensions=[2], coco_observer=True, progress=False)
-    with pytest.raises(ValueError, match="checkpoint_every must be a positive number of chunks"):
+    with pytest.raises(ValueError, match="--checkpoint-every must be a whole number >= 1"):
         runner.run_benchmark(["cma_es"], functions="1", dimensions=[2], checkpoint_dir="x", checkpoint_every=0)
     with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
         runner.run_benchmark(["cma_es"], functions="1", dimensions=[2], resume=True, progress=False)

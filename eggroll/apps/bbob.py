@@ -27,6 +27,7 @@ restores the finished runs' results and the run under way bit for bit.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import math
 import time
@@ -102,10 +103,11 @@ def _jit_params(es: Any) -> Any:
         return jax.jit(lambda: es.default_params)()
 
 
-def _annealed(start: float, generations: int, final_ratio: float = 1e-3) -> Callable:
+def _annealed(start: float, generations: int) -> Callable:
+    """``start`` decaying geometrically by 1000x over ``generations``."""
     import optax
 
-    return optax.exponential_decay(start, transition_steps=max(generations, 1), decay_rate=final_ratio)
+    return optax.exponential_decay(start, transition_steps=generations, decay_rate=1e-3)
 
 
 def make_competitor(
@@ -139,56 +141,46 @@ def make_competitor(
     Raises:
         ValueError: for an unknown name.
     """
-    import optax
-
     d = int(dimension)
-    if name in ("cma_es", "evosax:CMA_ES"):
-        from evosax.algorithms import CMA_ES
+    if name in ("open_es", "eggroll", "evosax_open_es"):
+        import optax
 
-        n = population_size or 4 + int(3 * math.log(d))
-        es = CMA_ES(population_size=n, solution=jnp.zeros(d))
-        params = _jit_params(es).replace(std_init=sigma if sigma is not None else 2.0)
-        return Competitor("cma_es", es, params, jnp.zeros(d), lambda pop: pop, n)
-    n = population_size or 2 * (4 + int(3 * math.log(d)))  # OpenAI-ES-type methods need more members than CMA-ES
-    n += n % 2  # antithetic pairs
-    gens = max(budget // n, 1)
-    sig = 1.0 if sigma is None else float(sigma)
-    lr = 0.3 if learning_rate is None else float(learning_rate)
-    if name in ("open_es", "eggroll"):
+        n = population_size or 2 * (4 + int(3 * math.log(d)))  # OpenAI-ES-type methods need more members than CMA-ES
+        n += n % 2  # antithetic pairs
+        gens = max(budget // n, 1)
+        sig = 1.0 if sigma is None else float(sigma)
+        opt = optax.adam(_annealed(0.3 if learning_rate is None else float(learning_rate), gens))
+        if name == "evosax_open_es":
+            from evosax.algorithms import Open_ES
+
+            es = Open_ES(population_size=n, solution=jnp.zeros(d), optimizer=opt, std_schedule=_annealed(sig, gens))
+            return Competitor(name, es, _jit_params(es), jnp.zeros(d), lambda pop: pop, n)
         from eggroll.strategies import make
 
-        opt = optax.adam(_annealed(lr, gens))
         extra = {} if name == "open_es" else {"rank": rank}
         template = jnp.zeros(d) if name == "open_es" else jnp.zeros(_factor_shape(d))
         es = make(name, n, template, optimizer=opt, sigma_init=sig, **extra)
         params = es.default_params.replace(sigma_decay=1e-3 ** (1.0 / gens))
         materialize = es.materialize
         return Competitor(name, es, params, template, lambda pop: materialize(pop).reshape((n, d)), n)
-    if name == "evosax_open_es":
-        from evosax.algorithms import Open_ES
-
-        es = Open_ES(
-            population_size=n,
-            solution=jnp.zeros(d),
-            optimizer=optax.adam(_annealed(lr, gens)),
-            std_schedule=_annealed(sig, gens),
+    if name != "cma_es" and not name.startswith("evosax:"):
+        raise ValueError(
+            f"Unknown strategy {name!r}: use one of {', '.join(BUILTIN_STRATEGIES)}, 'evosax:<Class>', "
+            "or pass a callable (dimension, budget) -> Competitor."
         )
-        return Competitor(name, es, _jit_params(es), jnp.zeros(d), lambda pop: pop, n)
-    if name.startswith("evosax:"):
-        import evosax.algorithms as algos
+    import evosax.algorithms as algos
 
-        cls = getattr(algos, name.split(":", 1)[1], None)
-        if cls is None or not isinstance(cls, type):
-            raise ValueError(
-                f"Unknown evosax algorithm {name!r}: use a class of evosax.algorithms, e.g. 'evosax:SNES'."
-            )
-        n = population_size or 4 + int(3 * math.log(d))
-        es = cls(population_size=n, solution=jnp.zeros(d))
-        return Competitor(name.split(":", 1)[1], es, _jit_params(es), jnp.zeros(d), lambda pop: pop, n)
-    raise ValueError(
-        f"Unknown strategy {name!r}: use one of {', '.join(BUILTIN_STRATEGIES)}, 'evosax:<Class>', "
-        "or pass a callable (dimension, budget) -> Competitor."
-    )
+    cls_name = "CMA_ES" if name == "cma_es" else name.split(":", 1)[1]
+    cls = getattr(algos, cls_name, None)
+    if cls is None or not isinstance(cls, type):
+        raise ValueError(f"Unknown evosax algorithm {name!r}: use a class of evosax.algorithms, e.g. 'evosax:SNES'.")
+    n = population_size or 4 + int(3 * math.log(d))
+    es = cls(population_size=n, solution=jnp.zeros(d))
+    params = _jit_params(es)
+    if cls_name == "CMA_ES":
+        params = params.replace(std_init=sigma if sigma is not None else 2.0)
+        return Competitor("cma_es", es, params, jnp.zeros(d), lambda pop: pop, n)
+    return Competitor(cls_name, es, params, jnp.zeros(d), lambda pop: pop, n)
 
 
 @dataclasses.dataclass
@@ -208,8 +200,8 @@ class BenchmarkResult:
         files: paths written (tables, plot, COCO data folder).
         seconds: wall time per (strategy, dimension) (summed over the legs of a resumed run).
         step: chunks completed over all runs (the loop's generation).
-        interrupted: ``"SIGTERM"`` / ``"SIGINT"`` if a signal stopped the run
-            (a checkpoint was saved; no output files were written), else ``""``.
+        interrupted: ``"SIGTERM"`` / ``"SIGINT"`` (or the loop's ``"stop_after"``) if the run was
+            stopped that way (a checkpoint was saved; no output files were written), else ``""``.
         stopped_at: where an unfinished benchmark stopped, in words.
         resumed_from: the checkpoint step this run continued from (``None``: a fresh run).
         checkpoint_dir: where checkpoints went (``None``: none).
@@ -344,16 +336,12 @@ def _make_run(
 
 
 def _resolve(strategy: StrategyArg | Competitor, d: int, budget: int, population: int | None) -> Competitor:
-    if isinstance(strategy, Competitor):
-        return strategy
     if isinstance(strategy, str):
         return make_competitor(strategy, d, budget, population_size=population)
-    if callable(strategy):
-        comp = strategy(d, budget)
-        if not isinstance(comp, Competitor):
-            raise ValueError(f"A strategy callable must return a Competitor, got {type(comp).__name__}.")
-        return comp
-    raise ValueError(f"Cannot use {strategy!r} as a strategy: give a name, a Competitor or a callable.")
+    comp = strategy(d, budget) if callable(strategy) else strategy
+    if not isinstance(comp, Competitor):
+        raise ValueError(f"A strategy is a name, a Competitor or a callable returning one; got {type(comp).__name__}.")
+    return comp
 
 
 def _strategy_label(strategy: StrategyArg | Competitor) -> str:
@@ -371,7 +359,8 @@ class BBOBTask(Task):
     every run (a finished run's entry holds its results; the problem data is
     rebuilt, not saved); :meth:`save_extra` keeps the runs' wall times. At the
     end (:meth:`finish`) the finished runs' tables, runtimes, ECDF plot and
-    COCO data are written; a run stopped by a signal writes none of them.
+    COCO data are written; a run stopped by a signal writes none of them. ``total`` is the
+    number of chunks the budget implies (the loop's generations for the whole benchmark).
 
     Args:
         strategies: names (see :func:`make_competitor`), :class:`Competitor` s,
@@ -478,14 +467,10 @@ class BBOBTask(Task):
                 )
         self.data = {d: suite.device_data() for d, suite in suites.items()}
         self.ends = list(np.cumsum([r.chunks for r in self.runs]))  # the generation that finishes each run
+        self.total = int(self.ends[-1])  # chunks over all runs: the loop's generations for the whole budget
         self.seconds = [0.0] * len(self.runs)
         self._points: list[np.ndarray] = []
         self._observers: dict[str, Any] = {}
-
-    @property
-    def total(self) -> int:
-        """Chunks over all runs: the loop's generations for the whole budget."""
-        return int(self.ends[-1])
 
     def settings(self) -> dict[str, Any]:
         return dict(self._settings)
@@ -557,45 +542,45 @@ class BBOBTask(Task):
             f"run {run_.index + 1} of {len(self.runs)}"
         )
 
-    def result(self, carry: Mapping[str, Any], generation: int) -> BenchmarkResult:
-        """The runs finished after ``generation`` chunks, as a :class:`BenchmarkResult`."""
-        result = BenchmarkResult(records=[], hits={}, problems={}, budgets={}, step=generation)
-        for r in self.runs:
-            result.problems.setdefault(r.suite.dimension, list(r.suite.problems))
-            result.budgets.setdefault(r.suite.dimension, r.budget)
+    def result(self, done: RunResult, out: str | Path | None = None) -> BenchmarkResult:
+        """The runs finished when the loop stopped, as a :class:`BenchmarkResult`.
+
+        Finalises COCO's data and, unless a signal stopped the run (the checkpoint holds everything; the
+        files come with the resume), writes the tables, runtimes and ECDF plot into ``out`` (if given).
+        """
+        bench = BenchmarkResult(records=[], hits={}, problems={}, budgets={}, step=done.generation)
+        bench.interrupted, bench.resumed_from = done.interrupted, done.resumed_from
+        bench.checkpoint_dir = None if done.checkpoint_dir is None else Path(done.checkpoint_dir)
+        bench.stopped_at = self.stopped_at(done.generation)
         for r, end in zip(self.runs, self.ends, strict=True):
-            if end <= generation:
-                state = carry[f"run{r.index}"]
-                _add_run(result, r, np.asarray(state["hits"]), np.asarray(state["best"]), self.seconds[r.index])
-        result.stopped_at = self.stopped_at(generation)
-        return result
-
-    def write(self, result: BenchmarkResult, out: Path) -> dict[str, Path]:
-        """Write the tables, runtimes, ECDF plot (and close COCO's observers); return the files."""
-        from eggroll.problems.bbob import report
-
+            bench.problems.setdefault(r.suite.dimension, list(r.suite.problems))
+            bench.budgets.setdefault(r.suite.dimension, r.budget)
+            if end <= done.generation:
+                state = done.carry[f"run{r.index}"]
+                _add_run(bench, r, np.asarray(state["hits"]), np.asarray(state["best"]), self.seconds[r.index])
         self._observers.clear()  # finalises COCO's files
-        files = dict(report.write_tables(result, out))
-        if self.plot:
-            files["ecdf"] = report.plot_ecdf(result, out / "bbob_ecdf.png")
-        if self.coco:
-            files["coco"] = out / "coco"
-        return files
+        if out is not None and not bench.interrupted:
+            from eggroll.problems.bbob import report
+
+            out = Path(out)
+            bench.files.update(report.write_tables(bench, out))
+            if self.plot:
+                bench.files["ecdf"] = report.plot_ecdf(bench, out / "bbob_ecdf.png")
+            if self.coco:
+                bench.files["coco"] = out / "coco"
+        return bench
 
     def finish(self, carry: Any, result: RunResult) -> dict[str, Any]:
-        bench = self.result(carry, result.generation)
+        bench = self.result(result, result.out)
         record: dict[str, Any] = {
+            "files": {k: str(Path(v).relative_to(result.out)) for k, v in bench.files.items()},
             "runs_finished": len(bench.seconds),
             "runs": len(self.runs),
             "run_seconds": {f"{name} {d}-D": s for (name, d), s in bench.seconds.items()},
         }
         if bench.stopped_at:
             record["stopped_at"] = bench.stopped_at
-        if result.interrupted:  # a signal: the checkpoint holds everything; the tables come with the resume
-            self._observers.clear()
-            return record
-        files = self.write(bench, Path(result.out))
-        return {"files": {k: str(Path(v).relative_to(result.out)) for k, v in files.items()}, **record}
+        return record
 
     def _replay_coco(self, run_: _Run) -> None:
         """Feed every point the run evaluated, in order, through the observed cocoex problems."""
@@ -631,8 +616,7 @@ def _add_run(result: BenchmarkResult, run_: _Run, hits: np.ndarray, best: np.nda
     result.hits[(name, d)] = hits
     result.seconds[(name, d)] = float(seconds)
     for k, (f, i) in enumerate(run_.suite.problems):
-        reached = np.nonzero(hits[k] >= 0)[0]
-        best_t = int(reached.max()) if reached.size else -1
+        best_t = int(np.sum(hits[k] >= 0)) - 1  # the reached targets are the easiest ones (-1: none)
         result.records.append(
             {
                 "strategy": name,
@@ -681,9 +665,10 @@ def run_benchmark(
     numbered 1, 2, ... over all runs (the *step* of checkpoints and metrics).
 
     With ``checkpoint_dir`` the loop saves the carry (every run's strategy states,
-    best-so-far values, target hits, evaluation count and key) every
-    ``checkpoint_every`` steps, at the end and after the current chunk when
-    SIGTERM / Ctrl-C arrives (the call then returns with ``interrupted`` set).
+    best-so-far values, target hits, evaluation count and key) after every finished
+    (strategy, dimension) run, every ``checkpoint_every`` steps, at the end and after
+    the current chunk when SIGTERM / Ctrl-C arrives (the call then returns with
+    ``interrupted`` set).
     ``resume=True`` continues from the newest checkpoint: finished runs are not
     recomputed, and the results are identical, bit for bit, to those of an
     uninterrupted run.
@@ -713,8 +698,8 @@ def run_benchmark(
             compute in double precision (eggroll's strategies keep float32 noise and means).
         checkpoint_dir: where checkpoints go (``None``: none). A fresh run
             (``resume=False``) refuses a directory that already holds checkpoints.
-        checkpoint_every: also save every this many steps (chunks), besides
-            the end and interruptions (``None``: only those).
+        checkpoint_every: also save every this many steps (chunks), besides every finished
+            run, the end and interruptions (``None``: only those).
         resume: continue from the newest checkpoint in ``checkpoint_dir``; the settings (strategies, functions,
             dimensions, instances, budget, population, seed, x0, chunk size, x64)
             must be those of the checkpointed run.
@@ -731,53 +716,46 @@ def run_benchmark(
 
     Raises:
         ValueError: for unknown strategies, ids or dimensions, a budget too
-            small for one generation, a fresh run into a directory holding
-            checkpoints, or a resume with other settings.
+            small for one generation, bad loop options (e.g. ``checkpoint_every=0``), a fresh
+            run into a directory holding checkpoints, or a resume with other settings.
         eggroll.checkpoint.CheckpointError: no usable checkpoint to resume from.
     """
-    if x64 and not jax.config.jax_enable_x64:
-        with jax.enable_x64(True):
-            kwargs = dict(locals())
-            kwargs.pop("x64")
-            return run_benchmark(**kwargs, x64=True)
-    if checkpoint_every is not None and checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive number of chunks (or None), got {checkpoint_every}.")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir (the checkpoints of the run to continue).")
-    if resume and coco_observer:
+    refuse_coco_resume(coco_observer, resume)
+    with jax.enable_x64(True) if x64 else contextlib.nullcontext():
+        task = BBOBTask(
+            strategies,
+            functions,
+            dimensions,
+            instances,
+            budget_multiplier,
+            population=population,
+            seed=seed,
+            x0=x0,
+            chunk_generations=chunk_generations,
+            coco_observer=coco_observer,
+            out_dir=out_dir,
+            plot=plot,
+            x64=x64,
+        )
+        options = RunOptions(
+            generations=task.total if generations is None else min(generations, task.total),
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            time_budget=time_budget,
+            quiet=not progress,
+        )
+        # out=None: the loop writes no result.json and no files of its own; the tables are written here
+        done = run(task, options, checkpoint_dir=checkpoint_dir, metrics_dir=log_dir)
+        return task.result(done, out_dir)
+
+
+def refuse_coco_resume(coco_observer: bool, resume: bool) -> None:
+    """Raise ``ValueError`` for ``--coco`` with ``--resume`` (COCO's observer needs points checkpoints do not hold)."""
+    if coco_observer and resume:
         raise ValueError(
             "--coco cannot be combined with --resume: COCO's observer replays every point a run evaluated, and "
             "checkpoints do not store them. Resume without --coco (the tables, runtimes and ECDF are complete; "
             "<out>/coco then holds only the runs finished before the stop), or rerun with --coco into a new --out."
         )
-    task = BBOBTask(
-        strategies,
-        functions,
-        dimensions,
-        instances,
-        budget_multiplier,
-        population=population,
-        seed=seed,
-        x0=x0,
-        chunk_generations=chunk_generations,
-        coco_observer=coco_observer,
-        out_dir=out_dir,
-        plot=plot,
-        x64=x64,
-    )
-    options = RunOptions(
-        generations=task.total if generations is None else min(generations, task.total),
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        time_budget=time_budget,
-        quiet=not progress,
-    )
-    # out=None: the loop writes no result.json and no files of its own; the tables are written here
-    done = run(task, options, checkpoint_dir=checkpoint_dir, metrics_dir=log_dir)
-    result = task.result(done.carry, done.generation)
-    result.interrupted = done.stopped_by if done.stopped_by in ("SIGTERM", "SIGINT") else ""
-    result.resumed_from = done.resumed_from
-    result.checkpoint_dir = None if done.checkpoint_dir is None else Path(done.checkpoint_dir)
-    if out_dir is not None and not result.interrupted:
-        result.files.update(task.write(result, Path(out_dir)))
-    return result

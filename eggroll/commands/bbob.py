@@ -58,17 +58,13 @@ def bbob(
     """
     import jax
 
-    from eggroll.apps.bbob import BBOBTask
+    from eggroll.apps.bbob import BBOBTask, refuse_coco_resume
     from eggroll.run.progress import console
 
     out = out_short or out
-    if resume and coco:
-        _common.fail(
-            "--coco cannot be combined with --resume: COCO's observer replays every point a run evaluated, and "
-            "checkpoints do not store them. Resume without --coco, or rerun with --coco into a new --out."
-        )
     with jax.enable_x64(True) if x64 else contextlib.nullcontext():
         try:
+            refuse_coco_resume(coco, resume)
             task = BBOBTask(
                 strategies,
                 functions,

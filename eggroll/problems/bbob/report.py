@@ -65,33 +65,32 @@ def summary_markdown(result: BenchmarkResult, wall_time: bool = True) -> str:
         lines.append("Cell: median over instances of the best f - fopt reached (instances that reached 1e-8).\n")
         lines.append("| function | " + " | ".join(names) + " |")
         lines.append("|---|" + "---|" * len(names))
-        fids = sorted({r["function"] for r in rows})
-        for f in fids:
-            cells = []
-            for name in names:
-                rs = [r for r in rows if r["function"] == f and r["strategy"] == name]
-                if not rs:
-                    cells.append("")
-                    continue
-                med = float(np.median([r["final_delta"] for r in rs]))
-                solved = sum(r["evals_to_1e-8"] >= 0 for r in rs)
-                cells.append(f"{_fmt(med)} ({solved}/{len(rs)})")
+        for f in sorted({r["function"] for r in rows}):
+            cells = [_cell([r for r in rows if r["function"] == f and r["strategy"] == name]) for name in names]
             lines.append(f"| f{f} {FUNCTION_NAMES[f]} | " + " | ".join(cells) + " |")
-        totals = []
-        for name in names:
-            hits = result.hits.get((name, d))
-            if hits is None:
-                totals.append("")
-                continue
-            frac = float(np.mean(hits >= 0))
-            solved = int(np.sum(hits[:, -1] >= 0))
-            totals.append(f"{frac:.0%} targets, {solved}/{hits.shape[0]} solved")
+        totals = [_total(result.hits.get((name, d))) for name in names]
         lines.append("| **all** | " + " | ".join(totals) + " |")
         if wall_time:
             secs = [f"{result.seconds.get((name, d), float('nan')):.0f} s" for name in names]
             lines.append("| wall time | " + " | ".join(secs) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _cell(rows: list[dict]) -> str:
+    """``median best f-fopt (instances solved to 1e-8 / all)`` of one function's runs ("" for none)."""
+    if not rows:
+        return ""
+    median = float(np.median([r["final_delta"] for r in rows]))
+    solved = sum(r["evals_to_1e-8"] >= 0 for r in rows)
+    return f"{_fmt(median)} ({solved}/{len(rows)})"
+
+
+def _total(hits: np.ndarray | None) -> str:
+    """The share of (problem, target) pairs reached and the problems solved to 1e-8 ("" for no run)."""
+    if hits is None:
+        return ""
+    return f"{float(np.mean(hits >= 0)):.0%} targets, {int(np.sum(hits[:, -1] >= 0))}/{hits.shape[0]} solved"
 
 
 def write_tables(result: BenchmarkResult, out_dir: str | Path) -> dict[str, Path]:
@@ -106,10 +105,9 @@ def write_tables(result: BenchmarkResult, out_dir: str | Path) -> dict[str, Path
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "bbob_results.csv"
     with csv_path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(_COLUMNS))
+        writer = csv.DictWriter(fh, fieldnames=_COLUMNS)  # the records' keys, in this order
         writer.writeheader()
-        for rec in result.records:
-            writer.writerow({k: rec[k] for k in _COLUMNS})
+        writer.writerows(result.records)
     md_path = out / "bbob_results.md"
     md_path.write_text("# BBOB results\n\n" + summary_markdown(result, wall_time=False) + "\n")
     npz_path = out / "bbob_runtimes.npz"
@@ -131,10 +129,9 @@ def ecdf_curve(hits: np.ndarray, dimension: int) -> tuple[np.ndarray, np.ndarray
         ``(x, y)``: sorted ``log10(evals / D)`` of the reached pairs and the
         fraction of all pairs reached by then (a step function).
     """
-    total = hits.size
     reached = np.sort(hits[hits >= 0].astype(np.float64))
     x = np.log10(np.maximum(reached, 1.0) / dimension)
-    y = np.arange(1, reached.size + 1) / max(total, 1)
+    y = np.arange(1, reached.size + 1) / max(hits.size, 1)
     return x, y
 
 
@@ -146,88 +143,81 @@ def plot_ecdf(result: BenchmarkResult, path: str | Path, title: str | None = Non
     strategy ending with a cross at the budget. Unlike ``cocopp`` there is no
     bootstrapped restart simulation beyond the budget.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     dims = sorted(result.problems)
-    fig, axes = plt.subplots(1, len(dims), figsize=(5.2 * len(dims), 4.2), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    markers = ["o", "s", "^", "D", "v", "<", ">", "p", "h", "*"]
+    fig, axes = _subplots(1, len(dims), (5.2 * len(dims), 4.2))
     for ax, d in zip(axes[0], dims, strict=True):
-        xmax = math.log10(result.budgets[d] / d)
+        xmax = _draw_ecdfs(ax, result, d, slice(None), cross=10, markers=True)
         fids = sorted({f for f, _ in result.problems[d]})
         n_inst = len({i for _, i in result.problems[d]})
-        for j, name in enumerate(result.strategies):
-            hits = result.hits.get((name, d))
-            if hits is None:
-                continue
-            x, y = ecdf_curve(hits, d)
-            xs = np.concatenate([[0.0], x, [xmax]])
-            ys = np.concatenate([[0.0], y, [y[-1] if y.size else 0.0]])
-            color = colors[j % len(colors)]
-            ax.step(xs, ys, where="post", color=color, lw=2, label=name)
-            ax.plot([xmax], [ys[-1]], marker="x", ms=10, mew=2, color=color)
-            if x.size:
-                idx = np.linspace(0, x.size - 1, min(6, x.size)).astype(int)
-                ax.plot(x[idx], y[idx], ls="none", marker=markers[j % len(markers)], color=color, ms=5)
         ax.set_xlim(0, max(xmax, 0.5) + 0.3)
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(True, alpha=0.4)
-        ax.set_xlabel("log10(# f-evals / dimension)")
-        ax.set_ylabel("Fraction of function,target pairs")
         ftxt = f"f{fids[0]}-f{fids[-1]}" if fids == list(range(fids[0], fids[-1] + 1)) else f"{len(fids)} functions"
         ax.set_title(title or f"bbob {ftxt}, {d}-D\n51 targets 1e2..1e-8, {n_inst} instances", fontsize=10)
         if ax.get_legend_handles_labels()[0]:  # no finished run (a capped or time-boxed benchmark): no legend
             ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)
 
 
 def plot_ecdf_groups(result: BenchmarkResult, dimension: int, path: str | Path) -> Path:
     """ECDFs per COCO function group (plus all functions) for one dimension, as ``cocopp`` shows them."""
+    problems = result.problems[dimension]
+    panels = [("all functions", tuple(sorted({f for f, _ in problems})))]
+    panels += [(name, fids) for name, fids in FUNCTION_GROUPS.items() if any(f in fids for f, _ in problems)]
+    ncol = 3
+    nrow = -(-len(panels) // ncol)
+    fig, axes = _subplots(nrow, ncol, (5.0 * ncol, 3.8 * nrow))
+    for ax, (label, fids) in zip(axes.ravel(), panels, strict=False):
+        rows = np.array([f in fids for f, _ in problems])
+        xmax = _draw_ecdfs(ax, result, dimension, rows, cross=9, markers=False)
+        ax.set_title(f"{label}, {dimension}-D", fontsize=10)
+        ax.set_xlim(0, xmax + 0.3)
+    for ax in axes.ravel()[len(panels) :]:
+        ax.axis("off")
+    axes[0, 0].legend(loc="upper left", fontsize=8)
+    return _save(fig, path, dpi=100)
+
+
+def _subplots(nrow: int, ncol: int, figsize: tuple[float, float]):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    problems = result.problems[dimension]
-    xmax = math.log10(result.budgets[dimension] / dimension)
-    panels = [("all functions", tuple(sorted({f for f, _ in problems})))]
-    panels += [(name, fids) for name, fids in FUNCTION_GROUPS.items() if any(f in fids for f, _ in problems)]
-    ncol = 3
-    nrow = -(-len(panels) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5.0 * ncol, 3.8 * nrow), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (label, fids) in zip(axes.ravel(), panels, strict=False):
-        rows = np.array([f in fids for f, _ in problems])
-        for j, name in enumerate(result.strategies):
-            hits = result.hits.get((name, dimension))
-            if hits is None:
-                continue
-            x, y = ecdf_curve(hits[rows], dimension)
-            xs = np.concatenate([[0.0], x, [xmax]])
-            ys = np.concatenate([[0.0], y, [y[-1] if y.size else 0.0]])
-            color = colors[j % len(colors)]
-            ax.step(xs, ys, where="post", color=color, lw=2, label=name)
-            ax.plot([xmax], [ys[-1]], marker="x", ms=9, mew=2, color=color)
-        ax.set_title(f"{label}, {dimension}-D", fontsize=10)
-        ax.set_xlim(0, xmax + 0.3)
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(True, alpha=0.4)
-        ax.set_xlabel("log10(# f-evals / dimension)")
-        ax.set_ylabel("Fraction of function,target pairs")
-    for ax in axes.ravel()[len(panels) :]:
-        ax.axis("off")
-    axes[0, 0].legend(loc="upper left", fontsize=8)
+    return plt.subplots(nrow, ncol, figsize=figsize, squeeze=False)
+
+
+def _draw_ecdfs(ax, result: BenchmarkResult, d: int, rows, cross: float, markers: bool) -> float:
+    """One panel: each strategy's ECDF over the problems ``rows`` of dimension ``d``; returns ``log10(budget / d)``."""
+    import matplotlib
+
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    shapes = ["o", "s", "^", "D", "v", "<", ">", "p", "h", "*"]
+    xmax = math.log10(result.budgets[d] / d)
+    for j, name in enumerate(result.strategies):
+        hits = result.hits.get((name, d))
+        if hits is None:
+            continue
+        x, y = ecdf_curve(hits[rows], d)
+        xs = np.concatenate([[0.0], x, [xmax]])
+        ys = np.concatenate([[0.0], y, [y[-1] if y.size else 0.0]])
+        color = colors[j % len(colors)]
+        ax.step(xs, ys, where="post", color=color, lw=2, label=name)
+        ax.plot([xmax], [ys[-1]], marker="x", ms=cross, mew=2, color=color)
+        if markers and x.size:
+            idx = np.linspace(0, x.size - 1, min(6, x.size)).astype(int)
+            ax.plot(x[idx], y[idx], ls="none", marker=shapes[j % len(shapes)], color=color, ms=5)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(True, alpha=0.4)
+    ax.set_xlabel("log10(# f-evals / dimension)")
+    ax.set_ylabel("Fraction of function,target pairs")
+    return xmax
+
+
+def _save(fig, path: str | Path, dpi: int) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

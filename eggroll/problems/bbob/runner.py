@@ -1,23 +1,8 @@
-"""The BBOB benchmark runner, now :mod:`eggroll.apps.bbob` (a task of the one run loop); the old names stay here."""
+"""The BBOB benchmark runner, now :mod:`eggroll.apps.bbob` (a task of the one run loop); the old names stay here.
 
-from eggroll.apps.bbob import (
-    BUILTIN_STRATEGIES,
-    COCO_DIMENSIONS,
-    TARGETS,
-    BBOBTask,
-    BenchmarkResult,
-    Competitor,
-    make_competitor,
-    run_benchmark,
-)
+``BBOBTask``, ``BUILTIN_STRATEGIES``, ``BenchmarkResult``, ``COCO_DIMENSIONS``, ``Competitor``, ``TARGETS``,
+``make_competitor`` and ``run_benchmark`` are those of :mod:`eggroll.apps.bbob`.
+"""
 
-__all__ = [
-    "BBOBTask",
-    "BUILTIN_STRATEGIES",
-    "BenchmarkResult",
-    "COCO_DIMENSIONS",
-    "Competitor",
-    "TARGETS",
-    "make_competitor",
-    "run_benchmark",
-]
+from eggroll.apps.bbob import *  # noqa: F403
+from eggroll.apps.bbob import __all__  # noqa: F401
