@@ -122,8 +122,8 @@ def finish(result: Any, files: dict[str, Any] | None = None) -> None:
     if result.resumed_from is not None:
         console.print(f"resumed from generation {result.resumed_from} ({result.checkpoint_dir})")
     files = files if files is not None else result.record.get("files", {})
-    for name, path in files.items():
-        console.print(f"  {name:10s} {path}")
+    for name, path in files.items():  # paths in the record may be relative to --out
+        console.print(f"  {name:10s} {Path(result.out or '.') / path}")
     if result.out is not None:
         console.print(f"  {'result':10s} {Path(result.out) / 'result.json'}")
     if result.stopped_by in ("SIGTERM", "SIGINT") and result.checkpoint_dir is None:

@@ -320,7 +320,7 @@ def _run(
         checkpoint_dir = out / "checkpoints"
     metrics_dir = metrics_dir if metrics_dir is not None else None if out is None else out / "metrics"
     if options.resume and checkpoint_dir is None:
-        raise ValueError("--resume needs --out (the folder of the run to continue)")
+        raise ValueError("resuming needs the run's folder (--out; in Python out= or checkpoint_dir=)")
     ckpt = None
     if checkpoint_dir is not None:
         ckpt = Checkpointer(checkpoint_dir, every=options.checkpoint_every, max_to_keep=options.max_to_keep)
