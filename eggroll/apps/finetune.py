@@ -28,12 +28,20 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
+import eggroll
+from eggroll import parallel
+from eggroll.models.io import hf, load_model
+from eggroll.models.llama import generate_ids, generate_population, merge_layers, pad_prompts, split_layers
+from eggroll.problems.tasks import assign_prompts, make_task
 from eggroll.run.loop import RunOptions, RunResult, Task, run, write_json
 
 __all__ = [
@@ -45,7 +53,6 @@ __all__ = [
     "parse_layers",
     "plot_history",
     "restore_checkpoint",
-    "run_options",
     "save_checkpoint",
     "select_leaves",
 ]
@@ -116,6 +123,9 @@ class FinetuneConfig:
     time_budget: float | None = None
 
     def resolved_group_size(self) -> int:
+        """The group size; ``ValueError`` naming what is wrong if the population cannot be split into even groups."""
+        if self.population < 2 or self.population % 2:
+            raise ValueError(f"--population must be even and >= 2 (antithetic pairs), got {self.population}")
         g = self.group_size or max(self.population // self.prompts_per_generation, 1)
         if self.population % g:
             raise ValueError(f"group_size={g} must divide population={self.population}")
@@ -128,10 +138,22 @@ class FinetuneConfig:
             raise ValueError(f"group_size={g} must be even (antithetic pairs share prompts)")
         return g
 
+    def run_options(self, *, quiet: bool = True) -> RunOptions:
+        """The run loop's options in these settings (every checkpoint is kept: each holds the evolved weights)."""
+        return RunOptions(
+            out=self.out_dir,
+            generations=self.generations,
+            checkpoint_every=self.checkpoint_every or None,
+            resume=self.resume,
+            time_budget=self.time_budget,
+            eval_every=self.eval_every,
+            quiet=quiet,
+            max_to_keep=KEEP_ALL,
+        )
+
     def resolved_lr(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return 0.5 * self.sigma**2 * math.sqrt(self.population)
+        default = 0.5 * self.sigma**2 * math.sqrt(self.population)
+        return default if self.learning_rate is None else self.learning_rate
 
 
 def parse_layers(spec: str, n_layers: int) -> set[int]:
@@ -142,16 +164,14 @@ def parse_layers(spec: str, n_layers: int) -> set[int]:
     if spec == "none":
         return set()
     if spec.startswith("last:"):
-        k = int(spec[5:])
-        return set(range(max(n_layers - k, 0), n_layers))
+        return set(range(max(n_layers - int(spec[5:]), 0), n_layers))
     out: set[int] = set()
     for part in spec.split(","):
         lo, _, hi = part.partition("-")
         try:
-            rng = range(int(lo), int(hi or lo) + 1)
+            out.update(range(int(lo), int(hi or lo) + 1))
         except ValueError as e:
             raise ValueError(f"bad layer spec {spec!r}: use 'all', 'last:K', or e.g. '0,5,20-29'") from e
-        out.update(rng)
     bad = [i for i in out if not 0 <= i < n_layers]
     if bad:
         raise ValueError(f"layers {sorted(bad)} out of range for a {n_layers}-layer model")
@@ -183,8 +203,6 @@ def select_leaves(params: dict, layers: str = "all", evolve: str = "attn,mlp,nor
         ``(params, mask)``: params with ``"layers"`` as a list of segments, and a
         pytree of bools of the same structure (True = evolves).
     """
-    from eggroll.models.llama import merge_layers, split_layers
-
     kinds = {k.strip() for k in evolve.split(",") if k.strip()}
     unknown = kinds - {"attn", "mlp", "norm", "embed", "head"}
     if unknown:
@@ -195,11 +213,8 @@ def select_leaves(params: dict, layers: str = "all", evolve: str = "attn,mlp,nor
     bounds = [i for i in range(1, n_layers) if (i in chosen) != (i - 1 in chosen)]
     split = split_layers(merged, bounds)
     names = set().union(*(_KINDS[k] for k in kinds if k in _KINDS))
-    seg_masks, start = [], 0
-    for seg in split["layers"]:
-        evolved = start in chosen
-        seg_masks.append({n: evolved and n in names for n in seg})
-        start += seg["wq"].shape[0]
+    starts = [0, *bounds]  # each segment's first layer
+    seg_masks = [{n: i in chosen and n in names for n in seg} for i, seg in zip(starts, split["layers"], strict=True)]
     mask = {"embed": "embed" in kinds, "layers": seg_masks, "norm": "norm" in kinds}
     if "lm_head" in params:
         mask["lm_head"] = "head" in kinds
@@ -238,65 +253,30 @@ def _width(lengths, multiple: int = 32) -> int:
     return -(-max(lengths) // multiple) * multiple
 
 
-def _host(tree):
-    """NumPy copies (all-gathered when the arrays span several processes)."""
-    from eggroll import parallel
-
-    return parallel.to_host(tree)
-
-
 def _split(x: np.ndarray, mesh) -> Any:
     """A host array placed with its leading (member) axis split over ``mesh`` (any number of processes)."""
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-
     sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
 def evaluate_model(config, params, tokenizer, task, examples, max_new_tokens: int, batch_size: int = 32):
     """Greedy completions of ``examples`` by ``params``: (mean reward, accuracy, completions)."""
-    import jax
-
-    from eggroll.models.llama import generate_ids, pad_prompts
-
+    decoding = {"max_new_tokens": max_new_tokens, "stop_ids": tuple(tokenizer.stop_ids), "pad_id": tokenizer.pad_id}
     texts = []
     ids_all = _encode(tokenizer, task, examples)
     width = _width([len(x) for x in ids_all])
     for s in range(0, len(ids_all), batch_size):
-        chunk = ids_all[s : s + batch_size]
-        ids, mask = pad_prompts(chunk, tokenizer.pad_id, multiple=width)
-        out = generate_ids(
-            config,
-            params,
-            ids,
-            mask,
-            jax.random.PRNGKey(0),
-            max_new_tokens=max_new_tokens,
-            stop_ids=tuple(tokenizer.stop_ids),
-            pad_id=tokenizer.pad_id,
-        )
-        toks, lens, done = _host(out)
-        texts += [tokenizer.decode(toks[i, : lens[i] - int(done[i])]) for i in range(len(chunk))]
+        ids, mask = pad_prompts(ids_all[s : s + batch_size], tokenizer.pad_id, multiple=width)
+        toks, lens, done = parallel.to_host(generate_ids(config, params, ids, mask, jax.random.PRNGKey(0), **decoding))
+        texts += [tokenizer.decode(toks[i, : lens[i] - int(done[i])]) for i in range(len(ids))]
     rewards = task.rewards(texts, examples)
     acc = float(np.mean([task.correct(t, e) for t, e in zip(texts, examples, strict=True)]))
     return float(rewards.mean()), acc, texts
 
 
-_NOT_IN_STATE = (
-    "generations", "eval_every", "eval_prompts", "checkpoint_every", "out_dir", "export", "resume", "time_budget",
-)  # fmt: skip
-
-
-def _resume_fields(cfg: FinetuneConfig) -> dict[str, Any]:
-    """The settings a resumed run must share with its checkpoint (JSON)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_STATE}
-
-
-def _record_fields(cfg: FinetuneConfig) -> dict[str, Any]:
-    """The settings ``history.json`` records: what shaped the result (not where it went or how it was run)."""
-    skip = ("out_dir", "resume", "checkpoint_every", "time_budget")
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
+# The settings history.json leaves out (they do not shape the result), and those a resumed run may change.
+_NOT_RECORDED = ("out_dir", "resume", "checkpoint_every", "time_budget")
+_NOT_IN_STATE = (*_NOT_RECORDED, "generations", "eval_every", "eval_prompts", "export")
 
 
 def _evals(rows: list[dict]) -> list[tuple[int, float, float]]:
@@ -313,7 +293,7 @@ class FinetuneTask(Task):
     uninterrupted one does.
 
     Args:
-        cfg: the run's settings (the run options in it are read by :func:`run_options`).
+        cfg: the run's settings (its run options are read by :meth:`FinetuneConfig.run_options`).
         model: ``(config, params, tokenizer)`` already loaded (else ``cfg.model`` is loaded).
         task: a :class:`~eggroll.problems.tasks.Task` (else ``cfg.task`` is built).
         mesh: split the population over this device mesh (``None``: one device).
@@ -321,7 +301,6 @@ class FinetuneTask(Task):
     """
 
     name = "finetune"
-    label = "finetune"
     columns = (
         "generation", "reward_mean", "reward_max", "train_accuracy", "tokens", "tokens_per_s", "update_norm", "sigma",
         "eval_reward", "eval_accuracy", "seconds", "generations_per_s", "evaluations_per_s",
@@ -339,24 +318,16 @@ class FinetuneTask(Task):
         mesh: Any = None,
         callback: Callable[[dict], Any] | None = None,
     ):
-        import jax
-        import optax
-
-        import eggroll
-        from eggroll.models.io import load_model
-        from eggroll.models.llama import generate_population
-        from eggroll.problems.tasks import make_task
-
-        self.cfg, self.mesh, self.callback = cfg, mesh, callback
+        self.cfg, self.mesh, self.callback = cfg, mesh, callback or (lambda record: None)
         self.group_size = cfg.resolved_group_size()
         self.config, params, self.tok = model if model is not None else load_model(cfg.model)
         self.reward_task = task if task is not None else make_task(cfg.task, reward=cfg.reward)
         self.population_size = cfg.population
         self.max_new = cfg.max_new_tokens or self.reward_task.max_new_tokens
-        params, mask = select_leaves(params, cfg.layers, cfg.evolve)
+        self._params, mask = select_leaves(params, cfg.layers, cfg.evolve)
         self.es = eggroll.eggroll(
             population_size=cfg.population,
-            solution=params,
+            solution=self._params,
             rank=cfg.rank,
             optimizer=optax.sgd(cfg.resolved_lr()),
             fitness_shaping="z_score",
@@ -366,70 +337,49 @@ class FinetuneTask(Task):
             track_best=False,  # no dense copy of the best member: the mean is the result (half the memory)
         )
         self.es_params = self.es.default_params.replace(sigma_init=cfg.sigma)
-        self.run_es = self.es
         if mesh is not None:
-            from eggroll import parallel
-
-            self.run_es = parallel.sharded(self.es, mesh)  # a clear error if the population does not split evenly
-            params, self.es_params = parallel.replicate((params, self.es_params), mesh)
-        self._params = params
+            self.es = parallel.sharded(self.es, mesh)  # a clear error if the population does not split evenly
+            self._params, self.es_params = parallel.replicate((self._params, self.es_params), mesh)
         self._gen_fn = jax.jit(generate_population, static_argnames=("config", "max_new_tokens", "stop_ids", "pad_id"))
+        self.decoding = dict(max_new_tokens=self.max_new, stop_ids=tuple(self.tok.stop_ids), pad_id=self.tok.pad_id)
         self.eval_examples = self.reward_task.examples(cfg.eval_prompts, seed=10_000_019 + cfg.seed)
         self.width: int | None = None  # the prompts' padding width; grows rarely (few recompilations)
-        self.last_eval: tuple[float, float] | None = None
+        self.last_eval: Sequence[float] | None = None  # held-out reward and accuracy of the last evaluation
         self.generation = 0
-        self._told: set[int] = set()  # generations the callback has seen (through done())
+        self._told = -1  # the generation done() last showed the callback
 
     # ------------------------------------------------------------------ the loop's hooks
     def settings(self) -> dict[str, Any]:
-        return _resume_fields(self.cfg)
+        return {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in _NOT_IN_STATE}
 
     def init(self) -> dict[str, Any]:
-        import jax
-
-        return {"state": self.run_es.init(jax.random.PRNGKey(self.cfg.seed), self._params, self.es_params)}
+        return {"state": self.es.init(jax.random.PRNGKey(self.cfg.seed), self._params, self.es_params)}
 
     def step(self, carry, generation):
-        import jax
-
-        from eggroll.models.llama import pad_prompts
-        from eggroll.problems.tasks import assign_prompts
-
         cfg, tok, task, n = self.cfg, self.tok, self.reward_task, self.cfg.population
         t0 = time.perf_counter()
         key = jax.random.PRNGKey(cfg.seed * 1_000_003 + generation)
-        population, state = self.run_es.ask(key, carry["state"], self.es_params)
+        population, state = self.es.ask(key, carry["state"], self.es_params)
         examples = task.examples(cfg.prompts_per_generation, seed=cfg.seed * 7919 + generation)
-        per_member = assign_prompts(examples, n, self.group_size)
-        enc = {id(e): ids for e, ids in zip(examples, _encode(tok, task, examples), strict=True)}
-        self.width = max(self.width or 0, _width([len(v) for v in enc.values()]))
-        ids, masks = zip(
-            *[pad_prompts([enc[id(e)] for e in ex], tok.pad_id, multiple=self.width) for ex in per_member], strict=True
-        )
-        ids, masks = np.stack(ids), np.stack(masks)
+        encoded = _encode(tok, task, examples)
+        self.width = max(self.width or 0, _width([len(ids) for ids in encoded]))
+        prompt_ids, prompt_mask = pad_prompts(encoded, tok.pad_id, multiple=self.width)
+        rows = np.array(assign_prompts(range(len(examples)), n, self.group_size))  # member i answers examples[rows[i]]
+        ids, masks = prompt_ids[rows], prompt_mask[rows]
         if self.mesh is not None:  # each device holds the prompts of its own members
             ids, masks = _split(ids, self.mesh), _split(masks, self.mesh)
-        out = self._gen_fn(
-            self.config,
-            population,
-            ids,
-            masks,
-            key,
-            cfg.temperature,
-            max_new_tokens=self.max_new,
-            stop_ids=tuple(tok.stop_ids),
-            pad_id=tok.pad_id,
-        )
-        toks, lens, done = _host(out)
-        rewards = np.zeros((n, len(per_member[0])), np.float32)
+        out = self._gen_fn(self.config, population, ids, masks, key, cfg.temperature, **self.decoding)
+        toks, lens, done = parallel.to_host(out)
+        rewards = np.zeros(rows.shape, np.float32)
         correct = 0
         for i in range(n):
             texts = [tok.decode(toks[i, j, : lens[i, j] - int(done[i, j])]) for j in range(toks.shape[1])]
-            rewards[i] = task.rewards(texts, per_member[i])
-            correct += sum(task.correct(t, e) for t, e in zip(texts, per_member[i], strict=True))
+            member_examples = [examples[k] for k in rows[i]]
+            rewards[i] = task.rewards(texts, member_examples)
+            correct += sum(task.correct(t, e) for t, e in zip(texts, member_examples, strict=True))
         fitness = rewards.mean(axis=1)
-        state, metrics = self.run_es.tell(key, population, fitness, state, self.es_params)
-        update_norm, sigma = _host((metrics["update_norm"], state.sigma))
+        state, metrics = self.es.tell(key, population, fitness, state, self.es_params)
+        update_norm, sigma = parallel.to_host((metrics["update_norm"], state.sigma))
         self.generation = generation
         return {"state": state}, {
             "reward_mean": float(fitness.mean()),
@@ -449,9 +399,7 @@ class FinetuneTask(Task):
 
     def done(self, row) -> bool:
         """The Python callback's wish to stop (the CLI has none)."""
-        if self.callback is None:
-            return False
-        self._told.add(row["generation"])
+        self._told = row["generation"]
         return self.callback(dict(row)) is True
 
     def describe(self, row) -> str:
@@ -470,27 +418,22 @@ class FinetuneTask(Task):
         return {"width": self.width, "last_eval": self.last_eval, "generation": self.generation}
 
     def load_extra(self, extra) -> None:
-        self.width, self.generation = extra.get("width"), int(extra.get("generation", 0))
-        self.last_eval = tuple(extra["last_eval"]) if extra.get("last_eval") else None
-        if self.callback is not None:
-            self.callback({"generation": self.generation, "resumed_from": self.generation})
+        self.width, self.last_eval, self.generation = extra["width"], extra["last_eval"], extra["generation"]
+        self.callback({"generation": self.generation, "resumed_from": self.generation})
 
     def notify(self, generation: int, row: dict) -> None:
         """The loop's callback: tell the Python callback about the rows :meth:`done` did not show it."""
-        if self.callback is not None and generation not in self._told:
-            self._told.add(generation)
+        if generation != self._told:
             self.callback(dict(row))
 
     def result(self, run_result: RunResult) -> FinetuneResult:
         """The :class:`FinetuneResult` of a finished (or stopped) run."""
-        from eggroll.models.llama import merge_layers
-
         return FinetuneResult(
             params=merge_layers(self.es.get_mean(run_result.carry["state"])),
             history=[r for r in run_result.history if r["generation"] > 0],
             evals=_evals(run_result.history),
             out_dir=None if run_result.out is None else str(run_result.out),
-            interrupted=run_result.stopped_by if run_result.stopped_by in ("SIGTERM", "SIGINT") else "",
+            interrupted=run_result.interrupted,
             resumed_from=run_result.resumed_from,
             stopped_by=run_result.stopped_by,
         )
@@ -500,13 +443,10 @@ class FinetuneTask(Task):
         out = Path(run_result.out)
         result = self.result(run_result)
         files = {"history": out / "history.json", "plot": out / "finetune.png", "checkpoints": out / "checkpoints"}
-        write_json(
-            files["history"], {"config": _record_fields(self.cfg), "history": result.history, "evals": result.evals}
-        )
+        config = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in _NOT_RECORDED}
+        write_json(files["history"], {"config": config, "history": result.history, "evals": result.evals})
         plot_history(result, str(files["plot"]), title=f"EGGROLL fine-tuning: {self.reward_task.name}")
         if self.cfg.export:
-            from eggroll.models.io import hf
-
             files["export"] = out / "export"
             hf.save_hf(str(files["export"]), self.config, result.params, self.tok)
         first, last = result.evals[0], result.evals[-1]
@@ -518,20 +458,6 @@ class FinetuneTask(Task):
             "eval_accuracy": last[2],
             "eval_generation": last[0],
         }
-
-
-def run_options(cfg: FinetuneConfig, *, quiet: bool = True) -> dict[str, Any]:
-    """The :class:`eggroll.run.loop.RunOptions` fields of ``cfg`` (every checkpoint is kept: each holds weights)."""
-    return {
-        "out": cfg.out_dir,
-        "generations": cfg.generations,
-        "checkpoint_every": cfg.checkpoint_every or None,
-        "resume": cfg.resume,
-        "time_budget": cfg.time_budget,
-        "eval_every": cfg.eval_every,
-        "quiet": quiet,
-        "max_to_keep": KEEP_ALL,
-    }
 
 
 def finetune(
@@ -577,11 +503,8 @@ def finetune(
             that already holds a run, or a checkpoint written with other settings.
         eggroll.checkpoint.CheckpointError: no usable checkpoint to resume from.
     """
-    if cfg.resume and not cfg.out_dir:
-        raise ValueError("resume needs out_dir (the --out folder of the run to continue)")
-    options = RunOptions(**run_options(cfg, quiet=quiet)).validate()
     runner = FinetuneTask(cfg, model=model, task=task, mesh=mesh, callback=callback)
-    return runner.result(run(runner, options, callback=runner.notify))
+    return runner.result(run(runner, cfg.run_options(quiet=quiet), callback=runner.notify))
 
 
 def save_checkpoint(directory: str, step: int, params: Any) -> str:
@@ -604,45 +527,35 @@ def restore_checkpoint(path: str, like: Any) -> Any:
     Returns:
         The weights, laid out like ``like`` (the evolved mean, for a run's checkpoint).
     """
-    import jax
     import orbax.checkpoint as ocp
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    items = os.path.join(os.path.abspath(path), "items")
-    if not os.path.isdir(items):
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
-        with ocp.StandardCheckpointer() as ckpt:
-            return ckpt.restore(os.path.abspath(path), abstract)
-    from eggroll.models.llama import merge_layers
-
+    path = os.path.abspath(path)
+    items = os.path.join(path, "items")
     with ocp.StandardCheckpointer() as ckpt:
-        saved = ckpt.restore(items)
-    mean = saved["carry"]["state"]["mean"]
+        if not os.path.isdir(items):  # weights written by save_checkpoint: restored with the shapes of `like`
+            return ckpt.restore(path, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like))
+        mean = ckpt.restore(items)["carry"]["state"]["mean"]
     layers = mean["layers"]
     if isinstance(layers, dict) and all(k.isdigit() for k in layers):  # the segments of a partial selection
         layers = [layers[k] for k in sorted(layers, key=int)]
     merged = merge_layers({**mean, "layers": layers})
-    leaves = [np.asarray(merged_leaf) for merged_leaf in jax.tree.leaves(merged)]
-    treedef = jax.tree.structure(like)
-    if treedef != jax.tree.structure(merged):
+    if jax.tree.structure(like) != jax.tree.structure(merged):
         raise ValueError(f"checkpoint {path!r} holds weights of another model layout than `like`")
-    return jax.tree.unflatten(treedef, leaves)
+    return jax.tree.map(np.asarray, merged)
 
 
 def plot_history(result: FinetuneResult, path: str, title: str = "EGGROLL fine-tuning") -> None:
     """Training reward (mean / max over members) and held-out reward / accuracy per generation."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8), layout="tight")
+    ax1, ax2 = fig.subplots(1, 2)
     gens = [h["generation"] for h in result.history]
     ax1.plot(gens, [h["reward_mean"] for h in result.history], label="population mean")
     ax1.plot(gens, [h["reward_max"] for h in result.history], label="population best", alpha=0.6)
-    ax1.set_xlabel("generation")
-    ax1.set_ylabel("training reward")
+    ax1.set(xlabel="generation", ylabel="training reward")
     ax1.legend()
     eg = [e[0] for e in result.evals]
     ax2.plot(eg, [e[1] for e in result.evals], "o-", label="held-out reward")
@@ -650,6 +563,4 @@ def plot_history(result: FinetuneResult, path: str, title: str = "EGGROLL fine-t
     ax2.set_xlabel("generation")
     ax2.legend()
     fig.suptitle(title)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -22,9 +22,7 @@ def finetune(
     population: int = common.population_option(32, ", even"),
     rank: int = typer.Option(1, min=1, help="Rank of the perturbations."),
     sigma: float = typer.Option(
-        4e-3,
-        min=0.0,
-        help="Perturbation scale (4e-3 moved SmolLM2-135M; at 1e-3 mirrored members often decode alike).",
+        4e-3, min=0.0, help="Perturbation scale (4e-3 moved SmolLM2-135M; at 1e-3 mirrored members often decode alike)."
     ),
     lr: float = typer.Option(None, help="SGD learning rate on the ES gradient; default 0.5*sigma^2*sqrt(N)."),
     prompts: int = typer.Option(8, min=1, help="Distinct prompts per generation."),
@@ -55,50 +53,45 @@ def finetune(
     import jax
 
     from eggroll import parallel
-    from eggroll.apps.finetune import FinetuneConfig, FinetuneTask, run_options
+    from eggroll.apps.finetune import FinetuneConfig, FinetuneTask
 
-    cfg = FinetuneConfig(
-        task=task,
-        model=model,
-        generations=generations,
-        population=population,
-        rank=rank,
-        sigma=sigma,
-        learning_rate=lr,
-        prompts_per_generation=prompts,
-        group_size=group_size,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        layers=layers,
-        evolve=evolve,
-        eval_every=eval_every,
-        eval_prompts=eval_prompts,
-        checkpoint_every=checkpoint_every or 0,  # 0 (the old spelling of "at the end only") = not given
-        out_dir=out,
-        export=export,
-        seed=seed,
-        reward=reward,
-        resume=resume,
-        time_budget=time_budget,
-    )
-    options = common.options(**run_options(cfg, quiet=quiet))
-    if population < 2 or population % 2:
-        common.fail(f"--population must be even and >= 2 (antithetic pairs), got {population}")
-    try:
-        cfg.resolved_group_size()
-    except ValueError as err:
-        common.fail(err)
     if jax.process_count() > 1:
         common.fail(
             "eggroll finetune runs on one host (all of its devices with --devices all); multi-host fine-tuning is "
             "not supported yet. Start it without --coordinator / EGGROLL_COORDINATOR."
         )
     try:
+        cfg = FinetuneConfig(
+            task=task,
+            model=model,
+            generations=generations,
+            population=population,
+            rank=rank,
+            sigma=sigma,
+            learning_rate=lr,
+            prompts_per_generation=prompts,
+            group_size=group_size,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            layers=layers,
+            evolve=evolve,
+            eval_every=eval_every,
+            eval_prompts=eval_prompts,
+            checkpoint_every=checkpoint_every or 0,  # 0 (the old spelling of "at the end only") = not given
+            out_dir=out,
+            export=export,
+            seed=seed,
+            reward=reward,
+            resume=resume,
+            time_budget=time_budget,
+        )
+        cfg.resolved_group_size()  # an odd population or a group size that does not fit: exit 2 before loading
+        options = cfg.run_options(quiet=quiet).validate()
         mesh = parallel.mesh_from_option(devices)
-        if mesh is not None:
+        if mesh is not None:  # before the model is loaded
             parallel.check_population_size(population, mesh.size, antithetic=True)
     except ValueError as err:
-        common.fail(f"--devices {devices}: {err}")
+        common.fail(err)
     if not quiet:
         where = f" on {mesh.size} devices" if mesh is not None else ""
         console.print(f"[bold]EGGROLL fine-tuning[/] task={task} N={population} r={rank} sigma={sigma}{where} -> {out}")
@@ -114,12 +107,10 @@ def finetune(
             )
 
     result = common.execute(lambda: FinetuneTask(cfg, mesh=mesh), options, callback=show)
-    evals = [r for r in result.history if "eval_reward" in r]
-    if evals:
-        first, last = evals[0], evals[-1]
-        console.print(
-            f"[bold]held-out reward[/] {num(first['eval_reward']):.3f} -> {num(last['eval_reward']):.3f}, accuracy "
-            f"{num(first['eval_accuracy']):.1%} -> {num(last['eval_accuracy']):.1%} "
-            f"(generation {first['generation']} -> {last['generation']})"
-        )
+    record = result.record  # the base model's evaluation (generation 0) and the last one
+    console.print(
+        f"[bold]held-out reward[/] {num(record['base_eval_reward']):.3f} -> {num(record['eval_reward']):.3f}, "
+        f"accuracy {num(record['base_eval_accuracy']):.1%} -> {num(record['eval_accuracy']):.1%} "
+        f"(generation 0 -> {record['eval_generation']})"
+    )
     common.finish(result)
