@@ -26,37 +26,17 @@ from typing import Any
 
 import jax
 
+from eggroll.models import egg
 from eggroll.problems import text
+from eggroll.run.checkpoint import Checkpointer, CheckpointError
 from eggroll.run.loop import RunOptions, RunResult, Task, run
+from eggroll.run.progress import console
 
-__all__ = [
-    "CHECKPOINT_FORMAT",
-    "LMTrainTask",
-    "build_task",
-    "command_config",
-    "load_checkpoint",
-    "read_run_meta",
-    "restore_run",
-    "resume_config",
-    "train_lm",
-]
+__all__ = ["CHECKPOINT_FORMAT", "LMTrainTask", "command_task", "load_checkpoint", "train_lm"]
 
-CHECKPOINT_FORMAT = "eggroll.lm/2"
-"""``extra["format"]`` of the checkpoints written through the run loop (``<out>/checkpoints``)."""
-OLD_FORMAT = "eggroll.checkpoint/lm-1"
-"""``meta["format"]`` of the checkpoints of the previous ``eggroll lm`` (steps directly in ``--ckpt-dir``)."""
-
-# LMConfig fields a resumed run takes from its checkpoint; one given on the command line must agree.
-_RUN_SETTINGS = (
-    "width", "depth", "mlp_ratio", "population", "rank", "sigma_shift", "chunk", "group_pairs",
-    "alpha_start", "alpha_end", "seed",
-)  # fmt: skip
-
-
-def _error(message: str) -> Exception:
-    from eggroll.run.checkpoint import CheckpointError
-
-    return CheckpointError(message)
+# ``extra["format"]`` of an ``eggroll lm`` checkpoint (older layouts are not read: re-run them, or sample them
+# with the previous release)
+CHECKPOINT_FORMAT = "eggroll.lm/3"
 
 
 # --------------------------------------------------------------------------- the task
@@ -64,11 +44,8 @@ def _error(message: str) -> Exception:
 
 def corpus_record(path: str | Path | None, data: bytes) -> dict[str, Any]:
     """What identifies a corpus: its path, size and SHA-256."""
-    return {
-        "path": None if path is None else str(Path(path).resolve()),
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
+    path = None if path is None else str(Path(path).resolve())
+    return {"path": path, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def baselines(train, valid) -> dict[str, float]:
@@ -79,6 +56,11 @@ def baselines(train, valid) -> dict[str, float]:
         "bigram_train": text.bigram_bits(train, train),
         "bigram_valid": text.bigram_bits(train, valid),
     }
+
+
+def _settings(config: text.LMConfig) -> dict[str, Any]:
+    """The fields of ``config`` a resumed run must share (``generations`` may lengthen the schedule)."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k != "generations"}
 
 
 class LMTrainTask(Task):
@@ -98,7 +80,6 @@ class LMTrainTask(Task):
     """
 
     name = "lm"
-    label = "lm"
     columns = (
         "train_bpb", "valid_bpb", "num_moved", "tokens_per_s", "seconds", "generations_per_s", "evaluations_per_s",
         "elapsed_s",
@@ -129,34 +110,28 @@ class LMTrainTask(Task):
         self.offset = 0 if carry is None else int(carry.generation)
         self.validate_first, self._stop = validate_first, stop
         self.sample_length, self.plot, self.verbose = sample_length, plot, verbose
-        self._elapsed0, self._t0, self._generation = 0.0, time.perf_counter(), self.offset
-        self._shown: dict[str, float] = {}
-        self._announced = False
+        self._elapsed0, self._t0 = 0.0, time.perf_counter()
+        self._shown = {"train_bpb": float("nan"), "valid_bpb": float("nan"), "tokens_per_s": 0.0}
 
     # ------------------------------------------------------------------ hooks
     def settings(self) -> dict[str, Any]:
-        config = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "generations"}
-        return {**config, "corpus_sha256": self.corpus["sha256"], "corpus_bytes": self.corpus["bytes"]}
+        return {**_settings(self.config), "corpus_sha256": self.corpus["sha256"], "corpus_bytes": self.corpus["bytes"]}
 
     def init(self) -> text.Carry:
         self._t0 = time.perf_counter()
-        if self.verbose and not self._announced:
-            self._announced = True
+        if self.verbose:
             self._announce()
         return self.problem.init() if self._start is None else self._start
 
     def step(self, carry: text.Carry, generation: int) -> tuple[text.Carry, dict[str, Any]]:
         p = self.problem
-        self._generation = self.offset + generation
-        inputs, targets, reset = p.batch(self._generation - 1)
+        inputs, targets, reset = p.batch(self.offset + generation - 1)
         t0 = time.perf_counter()
         carry, metrics = p.step(carry, p.put(inputs), p.put(targets), p.put(reset))
-        train_bpb = float(metrics["mean_fitness"])  # waits for the device
-        dt = time.perf_counter() - t0
         return carry, {
-            "train_bpb": train_bpb,
+            "train_bpb": float(metrics["mean_fitness"]),  # waits for the device, so the time below is the step's
             "num_moved": int(metrics["num_moved"]),
-            "tokens_per_s": self.config.population * self.config.chunk / dt,
+            "tokens_per_s": self.config.population * self.config.chunk / (time.perf_counter() - t0),
             "elapsed_s": self._elapsed(),
         }
 
@@ -169,37 +144,24 @@ class LMTrainTask(Task):
         return self._stop is not None and bool(self._stop())
 
     def describe(self, row: Mapping[str, Any]) -> str:
-        self._shown.update({k: row[k] for k in ("train_bpb", "valid_bpb", "tokens_per_s") if row.get(k) is not None})
-        nan = float("nan")
+        self._shown.update({k: row[k] for k in self._shown if row.get(k) is not None})
         s = self._shown
-        return (
-            f"train {s.get('train_bpb', nan):.3f}  valid {s.get('valid_bpb', nan):.3f} bits/byte  "
-            f"{s.get('tokens_per_s', 0.0):,.0f} tok/s"
-        )
+        return f"train {s['train_bpb']:.3f}  valid {s['valid_bpb']:.3f} bits/byte  {s['tokens_per_s']:,.0f} tok/s"
 
     def save_extra(self) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
-            "generation": self._generation,
             "generations": self.config.generations,
-            "corpus_path": self.corpus["path"],
-            "baselines": self.baselines,
+            "corpus": self.corpus,
             "elapsed_s": self._elapsed(),
         }
 
     def load_extra(self, extra: Mapping[str, Any]) -> None:
         self._elapsed0 = float(extra.get("elapsed_s", 0.0))
-        self._generation = int(extra.get("generation", 0))
         if self.verbose:
-            from eggroll.run.progress import console
-
-            console.print(
-                f"[bold]resuming[/] at generation {self._generation} (settings and corpus from the checkpoint)"
-            )
+            console.print("[bold]resuming[/] (settings and corpus from the checkpoint)")
 
     def finish(self, carry: text.Carry, result: RunResult) -> dict[str, Any]:
-        from eggroll.models import egg
-
         out = Path(result.out)
         plot = Path(self.plot) if self.plot is not None else out / "learning_curve.png"
         c = self.config
@@ -218,8 +180,6 @@ class LMTrainTask(Task):
             got = egg.generate(carry.es_state.mean, b"The ", self.sample_length, jax.random.key(c.seed), 0.8)
             record["sample"] = "The " + got.decode("utf-8", errors="replace")
         if self.verbose:
-            from eggroll.run.progress import console
-
             console.print(
                 f"[bold green]done[/] generation {result.generation}: valid {valid[-1]:.3f} bits/byte (start "
                 f"{valid[0]:.3f}; unigram {self.baselines.get('unigram_valid', float('nan')):.3f}, bigram "
@@ -237,16 +197,12 @@ class LMTrainTask(Task):
     def _announce(self) -> None:
         from rich.table import Table
 
-        from eggroll.models import egg
-        from eggroll.run.progress import console
-
         b, c, p = self.baselines, self.config, self.problem
         if b and self.corpus["bytes"]:
             n_train = int(round(self.corpus["bytes"] * (1 - c.valid_fraction)))  # as text.split_bytes
             n_valid = self.corpus["bytes"] - n_train
-            table = Table(title=f"baselines, bits/byte ({n_train:,} train / {n_valid:,} valid bytes)")
-            for name, justify in (("model", "left"), ("train", "right"), ("valid", "right")):
-                table.add_column(name, justify=justify)
+            title = f"baselines, bits/byte ({n_train:,} train / {n_valid:,} valid bytes)"
+            table = Table("model", "train", "valid", title=title)
             table.add_row("uniform", "8.000", "8.000")
             for name in ("unigram", "bigram"):
                 table.add_row(name, f"{b[name + '_train']:.3f}", f"{b[name + '_valid']:.3f}")
@@ -257,46 +213,6 @@ class LMTrainTask(Task):
             f"EGG {c.depth}x{c.width} ({n_params:,} int8 params), population {c.population}, rank {c.rank}, "
             f"sigma 2^-{c.sigma_shift}, chunk {c.chunk}, {n_dev} device{'s' if n_dev > 1 else ''}; compiling..."
         )
-
-
-def build_task(
-    config: text.LMConfig,
-    *,
-    corpus: str | Path | None = None,
-    mesh: Any = None,
-    expect_corpus: Mapping[str, Any] | None = None,
-    sample_length: int = 0,
-    plot: str | Path | None = None,
-    verbose: bool = True,
-) -> LMTrainTask:
-    """Read the corpus, split it, compute the baselines and build the task (what ``eggroll lm`` runs).
-
-    Args:
-        config: the run's settings.
-        corpus: a text file (``None``: :func:`eggroll.problems.text.default_corpus`).
-        mesh: split the population over this device mesh (``None``: one device).
-        expect_corpus: the :func:`corpus_record` a resumed run was trained on (its SHA-256 must match).
-        sample_length, plot, verbose: see :class:`LMTrainTask`.
-
-    Raises:
-        FileNotFoundError, ValueError: a missing or short corpus, another corpus
-            than ``expect_corpus``, bad settings, or a population that does not split over the devices.
-    """
-    data = text.load_corpus(corpus)
-    record = corpus_record(corpus, data)
-    if expect_corpus is not None and expect_corpus.get("sha256") != record["sha256"]:
-        raise ValueError(
-            f"cannot resume: the run was trained on another corpus ({expect_corpus.get('path') or 'the default'}, "
-            f"{expect_corpus.get('bytes') or 0:,} bytes) than {corpus or 'the default'} ({len(data):,} bytes); "
-            "resume with the same --corpus."
-        )
-    config.validate()
-    train, valid = text.split_bytes(data, config.valid_fraction)
-    problem = text.make_task(config, train, valid, mesh=mesh)
-    return LMTrainTask(
-        problem, corpus=record, baselines=baselines(train, valid), sample_length=sample_length, plot=plot,
-        verbose=verbose,
-    )  # fmt: skip
 
 
 def train_lm(
@@ -329,17 +245,13 @@ def train_lm(
     Returns:
         ``(carry, history)``: the final carry and the list of log records.
     """
-    if valid_every < 1:
-        raise ValueError(f"valid_every must be >= 1, got {valid_every}.")
     lm = LMTrainTask(task, carry=carry, validate_first=validate_first, stop=stop)
     end = task.config.generations if generations is None else generations
     if end <= lm.offset:
         return (task.init() if carry is None else carry), []
 
     def record(row: Mapping[str, Any]) -> dict:
-        out = {**row, "generation": row["generation"] + lm.offset}
-        out["elapsed"] = out.get("elapsed_s", 0.0)
-        return out
+        return {**row, "generation": row["generation"] + lm.offset, "elapsed": row.get("elapsed_s", 0.0)}
 
     on_row = None if callback is None else (lambda _generation, row: callback(record(row)))
     options = RunOptions(generations=end - lm.offset, time_budget=time_budget, eval_every=valid_every, quiet=True)
@@ -350,199 +262,126 @@ def train_lm(
 # --------------------------------------------------------------------------- reading a run back
 
 
-def _carry_tree(carry: text.Carry) -> dict[str, Any]:
-    """The item tree of an ``eggroll.checkpoint/lm-1`` checkpoint (and what :func:`load_checkpoint` returns)."""
-    es = carry.es_state
-    return {
-        "params": es.mean,
-        "es": {"generation": es.generation, "seed": es.seed, "table": es.table, "best_fitness": es.best_fitness},
-        "hidden": carry.hidden,
-        "generation": carry.generation,
-    }
-
-
-def _tree_carry(tree: dict[str, Any]) -> text.Carry:
-    es = tree["es"]
-    state = text.IntEggrollState(tree["params"], es["generation"], es["seed"], es["table"], es["best_fitness"])
-    return text.Carry(state, tree["hidden"], tree["generation"])
-
-
-def _old_format(directory: Path) -> Exception:
-    return _error(
-        f"the checkpoint in {directory} was written by an older `eggroll lm` (before eggroll.checkpoint) and "
-        "cannot be read by this version; start a new run with another --out (or delete this one)."
-    )
-
-
-def _steps_in(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.is_dir() and p.name.isdigit()) if directory.is_dir() else []
-
-
-def _checkpoint_dir(directory: Path) -> Path:
-    """A run's ``checkpoints/``; a folder of the previous ``eggroll lm`` holds its steps itself."""
+def _open(out: Path):
+    """The checkpoints of the run in ``out``, opened for reading (the run loop writes them)."""
+    directory = Path(out) / "checkpoints"
     if not directory.is_dir():
-        raise _error(
-            f"checkpoint directory {str(directory)!r} does not exist; train first with `eggroll lm --out DIR` "
-            "(or start without --resume)."
+        raise CheckpointError(
+            f"{str(directory)!r} does not exist: {str(out)!r} holds no `eggroll lm` run; train first with `eggroll "
+            "lm --out DIR` (or start without --resume). A run of an older `eggroll lm` (before the one run loop, "
+            "steps directly in its folder) must be re-run, or sampled with the previous release."
         )
-    inner = directory / "checkpoints"
-    return inner if inner.is_dir() or not _steps_in(directory) else directory
-
-
-def _open(directory: Path):
-    from eggroll.run.checkpoint import Checkpointer  # read only: the run loop writes the checkpoints
-
     return Checkpointer(directory, max_to_keep=3, async_save=False)
 
 
-def read_run_meta(ckpt) -> dict[str, Any]:
-    """The JSON record of the newest step of an open checkpointer, with ``config``, ``corpus``, ``history``.
-
-    Reads both layouts: the run loop's (``settings`` / ``extra``) and the
-    previous ``eggroll lm``'s (``eggroll.checkpoint/lm-1``); ``meta["format"]`` says which.
-
-    Raises:
-        eggroll.checkpoint.CheckpointError: no checkpoint, an unreadable one, or
-            one written by an ``eggroll lm`` older than :mod:`eggroll.checkpoint`.
-    """
-    from eggroll.run.checkpoint import CheckpointError
-
-    try:
-        meta = ckpt.read_meta()
-    except CheckpointError:
-        if any((ckpt.directory / str(s) / "state").is_dir() for s in ckpt.steps()):
-            raise _old_format(ckpt.directory) from None
-        raise
+def _read_meta(ckpt) -> dict[str, Any]:
+    """The newest step's JSON record, plus the run's ``config`` (:class:`~eggroll.problems.text.LMConfig` fields)
+    and ``corpus`` (:func:`corpus_record`)."""
+    meta = ckpt.read_meta()
     extra = meta.get("extra") or {}
-    if extra.get("format") == CHECKPOINT_FORMAT:
-        settings = dict(meta["settings"])
-        corpus = {"path": extra.get("corpus_path"), "bytes": settings.pop("corpus_bytes", None)}
-        corpus["sha256"] = settings.pop("corpus_sha256", None)
-        config = {**settings, "generations": int(extra["generations"])}
-        return {**meta, "format": CHECKPOINT_FORMAT, "config": config, "corpus": corpus,
-                "baselines": extra.get("baselines", {})}  # fmt: skip
-    if meta.get("format") == OLD_FORMAT:
-        return meta
-    if "fingerprint" not in meta and "config" in meta:
-        raise _old_format(ckpt.directory)
-    raise _error(
-        f"the checkpoint in {ckpt.directory} was not written by `eggroll lm` (format "
-        f"{meta.get('format', extra.get('format'))!r}); point --out at an `eggroll lm` run."
-    )
-
-
-def resume_config(meta: Mapping[str, Any], given: Mapping[str, Any], directory: Path | str = "the checkpoint"):
-    """The :class:`~eggroll.problems.text.LMConfig` of a resumed run.
-
-    Settings come from the checkpoint (``meta`` from :func:`read_run_meta`);
-    ``given`` are those set on the command line: each of the run's settings must
-    equal the checkpoint's, and ``generations`` may only lengthen the threshold schedule.
-
-    Raises:
-        eggroll.checkpoint.CheckpointError: a given setting differs from the checkpoint's (all are named).
-    """
-    saved = dict(meta["config"])
-    diff = [f"--{k.replace('_', '-')} {v} (checkpoint: {saved.get(k)})" for k, v in given.items()
-            if k in _RUN_SETTINGS and saved.get(k) != v]  # fmt: skip
-    if diff:
-        raise _error(
-            f"cannot resume {directory}: it was trained with other settings: {'; '.join(diff)}. Resume without "
-            "these options (a resumed run takes its settings from the checkpoint) or start a new run with another "
-            "--out."
+    if extra.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"the checkpoint in {ckpt.directory} was not written by this `eggroll lm` (format "
+            f"{extra.get('format')!r}); point --out at an `eggroll lm` run, or choose another --out for a new one."
         )
-    if "generations" in given:
-        saved["generations"] = max(int(given["generations"]), int(saved["generations"]))
-    return text.LMConfig(**saved)
-
-
-def restore_run(ckpt, task: text.LMTask | None = None) -> tuple[dict[str, Any], Any]:
-    """Restore ``(meta, carry)`` from the newest step of an open :class:`~eggroll.checkpoint.Checkpointer`.
-
-    With ``task`` (built from the checkpoint's settings, on any number of
-    devices) the whole :class:`~eggroll.problems.text.Carry` is restored, placed
-    like ``task.init()``; without it the saved arrays as ``{"params": ...,
-    "es": ..., "hidden": ..., "generation": ...}`` on one device, enough for sampling.
-
-    Raises:
-        eggroll.checkpoint.CheckpointError: no checkpoint, a corrupt or
-            old-format one, or one whose arrays or settings do not match ``task``.
-    """
-    import jax.numpy as jnp
-
-    meta = read_run_meta(ckpt)
-    if task is not None:
-        ours = dataclasses.asdict(task.config)
-        diff = [f"{k} {v} (checkpoint: {meta['config'].get(k)})" for k, v in ours.items()
-                if k != "generations" and meta["config"].get(k) != v]  # fmt: skip
-        if diff:
-            raise _error(
-                f"the checkpoint in {ckpt.directory} belongs to a run with other settings than this task: "
-                f"{'; '.join(diff)}. Build the task from the checkpoint's settings (meta['config'])."
-            )
-        carry = task.init()
-    else:
-        init = text._compiled(text.LMConfig(**meta["config"]))[1]
-        carry = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(init))
-    if meta["format"] == CHECKPOINT_FORMAT:
-        carry = ckpt.restore({"carry": carry}, meta["step"])[0]["carry"]
-    else:
-        carry = _tree_carry(ckpt.restore(_carry_tree(carry), meta["step"])[0])
-    return meta, (carry if task is not None else _carry_tree(carry))
+    config = {k: v for k, v in meta["settings"].items() if not k.startswith("corpus_")}
+    return {**meta, "config": {**config, "generations": int(extra["generations"])}, "corpus": extra["corpus"]}
 
 
 def load_checkpoint(directory: Path | str, task: text.LMTask | None = None) -> tuple[dict[str, Any], Any]:
-    """Open a run's folder (its ``checkpoints/``, or an old ``--ckpt-dir``) and :func:`restore_run` its newest step.
+    """Restore ``(meta, carry)`` from the newest checkpoint of the run in ``directory`` (its ``checkpoints/``).
+
+    ``meta`` is the checkpoint's JSON record with the run's ``config``
+    (:class:`~eggroll.problems.text.LMConfig` fields), ``corpus`` and
+    ``history``. With ``task`` (built from ``meta["config"]``, on any number of
+    devices) the whole :class:`~eggroll.problems.text.Carry` is restored, placed
+    like ``task.init()``; without it the saved arrays as ``{"params": mean,
+    "es_state": ..., "hidden": ..., "generation": ...}`` on one device, enough for sampling.
 
     Raises:
-        eggroll.checkpoint.CheckpointError: no such folder, or see :func:`restore_run`.
+        eggroll.run.checkpoint.CheckpointError: no run in ``directory``, a checkpoint not written by
+            ``eggroll lm``, a corrupt one, or one whose arrays do not match ``task``.
+        ValueError: ``task`` has other settings than the checkpoint (each difference named).
     """
-    ckpt = _open(_checkpoint_dir(Path(directory)))
-    try:
-        return restore_run(ckpt, task)
-    finally:
-        ckpt.close()
+    import jax.numpy as jnp
+
+    with _open(Path(directory)) as ckpt:
+        meta = _read_meta(ckpt)
+        if task is None:
+            init = text._compiled(text.LMConfig(**meta["config"]))[1]
+            carry = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(init))
+        else:
+            ckpt.check_settings(meta["settings"], _settings(task.config))
+            carry = task.init()
+        carry = ckpt.restore({"carry": carry})[0]["carry"]
+    return meta, (carry if task is not None else {"params": carry.es_state.mean, **carry._asdict()})
 
 
-def command_config(
-    out: Path, resume: bool, settings: Mapping[str, Any], given: Mapping[str, Any]
-) -> tuple[text.LMConfig, dict[str, Any] | None]:
-    """The settings of an ``eggroll lm`` run into ``out``, and the corpus a resumed run was trained on.
+# --------------------------------------------------------------------------- the command
+
+
+def command_task(
+    out: Path,
+    resume: bool,
+    settings: Mapping[str, Any],
+    given: Mapping[str, Any],
+    *,
+    corpus: str | Path | None = None,
+    mesh: Any = None,
+    sample_length: int = 0,
+    plot: str | Path | None = None,
+) -> LMTrainTask:
+    """The task of an ``eggroll lm`` run into ``out``: its settings, the corpus read and split, the baselines.
 
     A fresh run takes ``settings``, into a folder that is new, empty or holds
-    a run of this command (the loop refuses that one without ``--resume``); a
-    resumed run takes the checkpoint's settings (``given`` must agree, see :func:`resume_config`).
+    a run of this command (the loop refuses that one without ``--resume``). A
+    resumed run takes the checkpoint's settings with those ``given`` on the
+    command line on top (the loop refuses any that differ, naming each), except
+    ``generations``, which may lengthen the run and its threshold schedule; and
+    its corpus, unless ``corpus`` is given (its SHA-256 must match).
+
+    Args:
+        out: the run's folder.
+        resume: continue the run in ``out``.
+        settings: every :class:`~eggroll.problems.text.LMConfig` field the command sets.
+        given: those of ``settings`` given on the command line.
+        corpus: a text file (``None``: a resumed run's, else :func:`eggroll.problems.text.default_corpus`).
+        mesh: split the population over this device mesh (``None``: one device).
+        sample_length, plot: see :class:`LMTrainTask`.
 
     Raises:
-        eggroll.checkpoint.CheckpointError: no run to resume, other settings, an old layout, or a
-            folder that holds other files.
+        eggroll.run.checkpoint.CheckpointError: no run to resume, or a folder that holds other files.
+        FileNotFoundError, ValueError: a missing or short corpus, another corpus than the resumed run's,
+            bad settings, or a population that does not split over the devices.
     """
     if out.exists() and not out.is_dir():
-        raise _error(f"--out {str(out)!r} exists and is not a directory.")
-    if not resume:
-        if _steps_in(out) and not (out / "checkpoints").is_dir():
-            raise _error(
-                f"{str(out)!r} holds checkpoints of an older `eggroll lm` (steps {', '.join(_steps_in(out))}); "
-                "they cannot be resumed by this version (`eggroll lm sample --out DIR` still reads them): choose "
-                "another --out to start a new run."
-            )
-        inner = out / "checkpoints"
-        others = sorted(p.name for p in out.iterdir() if p != inner) if out.is_dir() else []
-        if others and not _steps_in(inner):
-            raise _error(
+        raise CheckpointError(f"--out {str(out)!r} exists and is not a directory.")
+    saved = None
+    if resume:
+        with _open(out) as ckpt:
+            meta = _read_meta(ckpt)
+        saved = meta["corpus"]
+        corpus = saved["path"] if corpus is None else corpus
+        generations = max(int(given.get("generations", 0)), meta["config"]["generations"])
+        config = text.LMConfig(**{**meta["config"], **given, "generations": generations})
+    else:
+        others = sorted(p.name for p in out.iterdir() if p.name != "checkpoints") if out.is_dir() else []
+        if others and not any(p.name.isdigit() for p in (out / "checkpoints").glob("*")):
+            raise CheckpointError(
                 f"{str(out)!r} is not empty but holds no finished checkpoint ({', '.join(others[:5])}); choose "
                 "another --out, or delete it to start over."
             )
-        return text.LMConfig(**settings), None
-    directory = _checkpoint_dir(out)
-    if directory == out:
-        raise _error(
-            f"the checkpoint in {out} was written by an older `eggroll lm` (steps directly in the folder) and "
-            "cannot be resumed by this version (`eggroll lm sample --out DIR` still reads it); start a new run "
-            "with another --out."
+        config = text.LMConfig(**settings)
+    data = text.load_corpus(corpus)
+    record = corpus_record(corpus, data)
+    if saved is not None and saved["sha256"] != record["sha256"]:
+        raise ValueError(
+            f"cannot resume: the run was trained on another corpus ({saved['path'] or 'the default'}, "
+            f"{saved['bytes']:,} bytes) than {corpus or 'the default'} ({len(data):,} bytes); "
+            "resume with the same --corpus."
         )
-    ckpt = _open(directory)
-    try:
-        meta = read_run_meta(ckpt)
-    finally:
-        ckpt.close()
-    return resume_config(meta, given, out), meta["corpus"]
+    train, valid = text.split_bytes(data, config.valid_fraction)
+    return LMTrainTask(
+        text.make_task(config, train, valid, mesh=mesh), corpus=record, baselines=baselines(train, valid),
+        sample_length=sample_length, plot=plot, verbose=True,
+    )  # fmt: skip

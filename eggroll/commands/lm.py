@@ -13,6 +13,7 @@ this module only parses the options.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +21,17 @@ import typer
 
 from eggroll.commands import _common
 
-_MOVED = ("CHECKPOINT_FORMAT", "load_checkpoint", "read_run_meta", "restore_run", "resume_config")
-
 
 def __getattr__(name: str) -> Any:
     """The old entry points of this module, now in :mod:`eggroll.apps.lm` (imported when first used)."""
-    if name in _MOVED:
+    if name in ("CHECKPOINT_FORMAT", "load_checkpoint"):
         from eggroll.apps import lm
 
         return getattr(lm, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-app = typer.Typer(
-    help="Integer-only byte-level language model trained with integer EGGROLL.",
-    no_args_is_help=False,
-    add_completion=False,
-)
+app = typer.Typer(help="Integer-only byte-level language model trained with integer EGGROLL.", add_completion=False)
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -65,9 +60,7 @@ def train(
     checkpoint_every: int = typer.Option(
         100, "--checkpoint-every", help="Checkpoint every K generations (always on SIGTERM / Ctrl-C and at the end)."
     ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in --out from its newest checkpoint (its settings and corpus)."
-    ),
+    resume: bool = _common.RESUME,
     devices: str = _common.DEVICES,
     time_budget: float | None = _common.TIME_BUDGET,
     quiet: bool = _common.QUIET,
@@ -109,34 +102,18 @@ def train(
             "eggroll lm runs on one host (all of its devices with --devices all); multi-host training of the "
             "integer LM is not supported yet. Start it without --coordinator / EGGROLL_COORDINATOR."
         )
-    try:
-        mesh = mesh_from_option(devices)
-    except ValueError as err:
-        _common.fail(err)
-    settings = dict(
-        width=width, depth=depth, mlp_ratio=mlp_ratio, population=population, rank=rank, sigma_shift=sigma_shift,
-        chunk=chunk, group_pairs=group_pairs, generations=generations, alpha_start=alpha_start, alpha_end=alpha_end,
-        seed=seed,
-    )  # fmt: skip
+    # the options that set the run (the LMConfig fields), and those of them given on the command line
+    settings = {k: v for k, v in ctx.params.items() if k in {f.name for f in dataclasses.fields(lm.text.LMConfig)}}
     given = {k: v for k, v in settings.items() if _given(ctx, k)}
-    from eggroll.run.checkpoint import CheckpointError
-
-    try:
-        config, saved_corpus = lm.command_config(out, resume, settings, given)
-    except (CheckpointError, ValueError) as err:
-        _common.fail(err)
-    if saved_corpus is not None and corpus is None and saved_corpus.get("path"):
-        corpus = Path(saved_corpus["path"])
+    task = _common.execute_result(lambda: lm.command_task(
+        out, resume, settings, given, corpus=corpus, mesh=mesh_from_option(devices), sample_length=sample_length,
+        plot=plot,
+    ))  # fmt: skip
     run_options = _common.options(
-        out=out, generations=config.generations, checkpoint_every=checkpoint_every, resume=resume,
+        out=out, generations=task.config.generations, checkpoint_every=checkpoint_every, resume=resume,
         time_budget=time_budget, eval_every=eval_every, quiet=quiet, stop_after=stop_at, max_to_keep=3,
     )  # fmt: skip
-    result = _common.execute(
-        lambda: lm.build_task(
-            config, corpus=corpus, mesh=mesh, expect_corpus=saved_corpus, sample_length=sample_length, plot=plot
-        ),
-        run_options,
-    )
+    result = _common.execute(lambda: task, run_options)
     _common.finish(result, files={k: out / v for k, v in result.record.get("files", {}).items()})
 
 
@@ -149,20 +126,16 @@ def sample(
     seed: int = typer.Option(0, help="Sampling seed."),
     ckpt: Path | None = typer.Option(None, "--ckpt", hidden=True, help="Old name of --out."),
 ) -> None:
-    """Generate text from the newest checkpoint of the run in --out (or of an older `eggroll lm` folder)."""
+    """Generate text from the newest checkpoint of the run in --out."""
     import jax
 
     from eggroll.apps.lm import load_checkpoint
     from eggroll.models import egg
-    from eggroll.run.checkpoint import CheckpointError
 
     out = ckpt if ckpt is not None else out
     if length < 0 or temperature < 0:
         _common.fail("--length and --temperature must be >= 0.")
-    try:
-        meta, tree = load_checkpoint(out)
-    except CheckpointError as err:
-        _common.fail(err)
+    meta, tree = _common.execute_result(lambda: load_checkpoint(out))
     text = egg.generate(tree["params"], prompt.encode("utf-8"), length, jax.random.key(seed), temperature)
     typer.echo(prompt + text.decode("utf-8", errors="replace"))
     valid = [r["valid_bpb"] for r in meta.get("history", []) if r.get("valid_bpb") is not None]

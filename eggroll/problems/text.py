@@ -337,24 +337,15 @@ def _step_shapes(init: Callable[[], Carry], config: LMConfig) -> tuple:
     return jax.eval_shape(init), inputs, inputs, jax.ShapeDtypeStruct((), jnp.bool_)
 
 
-def train_lm(
-    task: LMTask,
-    carry: Carry | None = None,
-    *,
-    generations: int | None = None,
-    time_budget: float | None = None,
-    valid_every: int = 25,
-    callback: Callable[[dict], None] | None = None,
-    validate_first: bool = True,
-    stop: Callable[[], bool] | None = None,
-) -> tuple[Carry, list[dict]]:
-    """Run integer EGGROLL on a text task through the shared run loop: :func:`eggroll.apps.lm.train_lm`."""
+def train_lm(task: LMTask, carry: Carry | None = None, **options: Any) -> tuple[Carry, list[dict]]:
+    """Run integer EGGROLL on a text task through the shared run loop, without files.
+
+    The same call as :func:`eggroll.apps.lm.train_lm` (options: ``generations``, ``time_budget``,
+    ``valid_every``, ``callback``, ``validate_first``, ``stop``); returns ``(carry, history)``.
+    """
     from eggroll.apps.lm import train_lm as run_lm
 
-    return run_lm(
-        task, carry, generations=generations, time_budget=time_budget, valid_every=valid_every, callback=callback,
-        validate_first=validate_first, stop=stop,
-    )  # fmt: skip
+    return run_lm(task, carry, **options)
 
 
 def plot_learning_curve(history: list[dict], baselines: dict[str, float], path: str | Path, title: str = "") -> Path:
