@@ -92,7 +92,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run_with_smollm2(tmp_path):
     assert _steps(out / "checkpoints")[-1] == stopped_at  # the refused commands wrote nothing
     missing = runner.invoke(_app(), [*ARGS[1:], "--out", str(tmp_path / "none"), "--resume"])
     flat = " ".join(missing.output.split())
-    assert missing.exit_code == 2 and "No finished checkpoint" in flat and "pass the run's --out" in flat
+    assert missing.exit_code == 2 and "No finished checkpoint" in flat and "(its --out or checkpoint directory)" in flat
 
     resumed = runner.invoke(_app(), [*ARGS[1:], "--out", str(out), "--resume"])
     assert resumed.exit_code == 0, resumed.output
@@ -157,7 +157,8 @@ def _unplugged_after(n_calls):
     server = make_server(FunctionBackend(answer_then_unplug), port=0)
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return OpenAIBackend(url, "scripted", max_retries=0, timeout=10), url
+    # one request at a time, so "gone after n answers" is exact (a batch sent concurrently could outrun the shutdown)
+    return OpenAIBackend(url, "scripted", max_retries=0, timeout=10, max_concurrency=1), url
 
 
 def test_endpoint_down_mid_run_saves_the_last_generation_and_resume_finishes_it(tmp_path):

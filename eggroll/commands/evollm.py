@@ -9,8 +9,8 @@ Examples::
 
 The run goes through the one loop (:class:`eggroll.apps.evollm.BBOBTask`): it checkpoints
 into ``--out`` (default ``runs/evollm/<function>-<dim>d``) every ``--checkpoint-every``
-generations (default 1, so a model that fails mid-run loses nothing), at the end and on
-SIGTERM / Ctrl-C (after the current generation); ``--resume`` continues bit for bit::
+generations (default 1), at the end, on SIGTERM / Ctrl-C (after the current generation) and
+when the model fails (the last finished generation); ``--resume`` continues bit for bit::
 
     eggroll evollm --function rosenbrock --dim 10 --generations 200 --out runs/rosen10
     eggroll evollm --function rosenbrock --dim 10 --generations 200 --out runs/rosen10 --resume
@@ -74,15 +74,14 @@ def optimise(
         return
     import logging
 
-    from eggroll.apps.evollm import BBOBTask, GenerationFailed, default_out
+    from eggroll.apps.evollm import BBOBTask, GenerationFailed
 
     # A backend failure inside the io_callback is reported in one line (with what was saved);
     # JAX's own log of the callback's traceback would only repeat it.
     logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
-    try:
-        out = out or default_out(function, dim)
-    except ValueError as err:
-        _common.fail(err)
+    if out is None:
+        name = f"f{int(function)}" if function.isdigit() else function.lower()
+        out = Path("runs") / "evollm" / f"{name}-{dim}d"
     run_options = _common.options(
         out=out,
         generations=generations,
@@ -92,13 +91,12 @@ def optimise(
         quiet=quiet,
     )
     task = dict(function=function, dim=dim, instance=instance, population=population, seed=seed, out=out)
-    task.update(checkpoint_every=checkpoint_every, resume=resume, base_url=base_url, model=model, api=api)
-    task.update(api_key_env=api_key_env, timeout=timeout, model_path=model_path, cache=cache)
+    task.update(base_url=base_url, model=model, api=api, api_key_env=api_key_env, timeout=timeout)
+    task.update(model_path=model_path, cache=cache, show_prompt=show_prompt, plot=plot)
     task.update(block_size=block_size, resolution=resolution, archive_size=archive_size, temperature=temperature)
-    task.update(show_prompt=show_prompt, plot=plot)
     try:
         result = _common.execute(lambda: BBOBTask(**task), run_options)
-    except GenerationFailed as err:  # the last finished generation is on disk (--checkpoint-every 1)
+    except GenerationFailed as err:  # the last finished generation is on disk (the loop saved it)
         _common.fail(err)
     _common.finish(result)
 

@@ -413,20 +413,13 @@ def evollm(
     )
 
 
-_MOVED = ("run", "RunInterrupted", "GenerationFailed", "run_settings")
-
-
 def __getattr__(name: str) -> Any:
     """The run loop moved to :mod:`eggroll.apps.evollm`; the old names still work, with a DeprecationWarning."""
-    if name in _MOVED:
-        import warnings
+    if name not in ("run", "RunInterrupted", "GenerationFailed", "run_settings"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import warnings
 
-        warnings.warn(
-            f"eggroll.strategies.evollm.{name} moved to eggroll.apps.evollm.{name}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        from eggroll.apps import evollm as app
+    from eggroll.apps import evollm as app
 
-        return getattr(app, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"{__name__}.{name} moved to {app.__name__}.{name}", DeprecationWarning, stacklevel=2)
+    return getattr(app, name)
