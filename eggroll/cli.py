@@ -75,7 +75,6 @@ def demo(
     from eggroll.apps import demo as demo_lib
 
     cfg = demo_lib.DemoConfig(generations=generations, population_size=population, rank=rank, seed=seed)
-    common.options(out=out, generations=max(generations, 1), checkpoint_every=checkpoint_every, time_budget=time_budget)
     result = common.execute_result(
         lambda: demo_lib.run_task(
             out,

@@ -46,7 +46,7 @@ def _setup(command: str, tmp_path: Path) -> list[str]:
     """Files a command needs, made here: finetune evolves a tiny GGUF model on a Python reward."""
     if command != "finetune":
         return []
-    from test_finetune import _model_and_reward
+    from test_apps_finetune import _model_and_reward
 
     model, reward = _model_and_reward(tmp_path)
     return ["--model", str(model), "--reward", f"{reward}:digits"]

@@ -185,7 +185,9 @@ def test_two_processes_run_the_rl_command_together_like_one(tmp_path):
         [json.loads(line) for line in (tmp_path / d / "metrics" / "metrics.jsonl").read_text().splitlines()]
         for d in ("multi", "single")
     ]
-    assert [r["generation"] for r in rows[0]] == [1, 2, 3]
+    assert [r["generation"] for r in rows[0]] == [0, 1, 2, 3]  # 0: the initial policy's evaluation
+    assert rows[0][0]["eval_return"] == rows[1][0]["eval_return"]  # the same initial policy and episodes
+    rows = [rs[1:] for rs in rows]
     assert rows[0][0]["mean_return"] == rows[1][0]["mean_return"]  # generation 1: the same episodes exactly
     np.testing.assert_allclose([r["mean_return"] for r in rows[0]], [r["mean_return"] for r in rows[1]], rtol=1e-4)
     (config, p_multi, s_multi), (_, p_single, s_single) = (load_policy(tmp_path / d) for d in ("multi", "single"))

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from eggroll import parallel
 from eggroll.run.loop import Task
 
 STRATEGIES = ("eggroll", "open_es")
@@ -197,8 +198,6 @@ _COLUMNS = (
     "seconds",
     "sigma",
     "env_steps_per_s",
-    "generations_per_s",
-    "evaluations_per_s",
 )
 
 
@@ -235,8 +234,6 @@ class RLTask(Task):
         key, k_init, k_fit = jax.random.split(key, 3)
         run_es = es
         if mesh is not None:
-            from eggroll import parallel
-
             run_es = parallel.sharded(es, mesh)
             params, es_params, key, k_init, k_fit = parallel.replicate((params, es_params, key, k_init, k_fit), mesh)
         self._first = (run_es, k_init, params, es_params, k_fit, key)
@@ -266,8 +263,6 @@ class RLTask(Task):
         es_state = run_es.init(k_init, params, es_params)
         fit_state = self.fitness.init(k_fit)
         if self.mesh is not None:
-            from eggroll import parallel
-
             fit_state = parallel.replicate(fit_state, self.mesh)
         best = (self.es.get_mean(es_state), fit_state.obs_stats)
         return {"es_state": es_state, "fit_state": fit_state, "key": key, "best": best}
@@ -277,20 +272,20 @@ class RLTask(Task):
         es_state, fit_state, stats = self._generation(
             jax.random.fold_in(carry["key"], generation), carry["es_state"], carry["fit_state"]
         )
-        mean_ret, max_ret, steps = (float(x) for x in _host(stats, self.mesh))
+        mean_ret, max_ret, steps = (float(x) for x in parallel.to_host(stats))
         seconds = time.perf_counter() - t0
-        previous = float(_host(carry["fit_state"].env_steps, self.mesh))
+        previous = float(parallel.to_host(carry["fit_state"].env_steps))
         row = {"mean_return": mean_ret, "max_return": max_ret, "env_steps": steps}
         sigma = getattr(es_state, "sigma", None)
         if sigma is not None:
-            row["sigma"] = float(_host(sigma, self.mesh))
+            row["sigma"] = float(parallel.to_host(sigma))
         row["env_steps_per_s"] = (steps - previous) / max(seconds, 1e-9)
         return {**carry, "es_state": es_state, "fit_state": fit_state}, row
 
     def evaluate(self, carry, generation):
         mean = self.es.get_mean(carry["es_state"])
         key = jax.random.fold_in(self.eval_key, generation)
-        ret = float(_host(self._evaluate_mean(key, mean, carry["fit_state"]), self.mesh))
+        ret = float(parallel.to_host(self._evaluate_mean(key, mean, carry["fit_state"])))
         if generation > 0 and ret > self.best_return:  # the initial policy is a baseline, not a result
             self.best_return = ret
             carry = {**carry, "best": (mean, carry["fit_state"].obs_stats)}
@@ -324,11 +319,11 @@ class RLTask(Task):
         return RLResult(
             config=self.config,
             history=_columns_of(run.history),
-            best_params=_host(best_params, self.mesh),
-            best_obs_stats=_host(best_stats, self.mesh),
+            best_params=parallel.to_host(best_params),
+            best_obs_stats=parallel.to_host(best_stats),
             best_eval_return=self.best_return,
-            final_params=_host(self.es.get_mean(carry["es_state"]), self.mesh),
-            final_obs_stats=_host(carry["fit_state"].obs_stats, self.mesh),
+            final_params=parallel.to_host(self.es.get_mean(carry["es_state"])),
+            final_obs_stats=parallel.to_host(carry["fit_state"].obs_stats),
             compile_seconds=next((r["seconds"] for r in run.history if r.get("seconds") is not None), 0.0),
             generation=run.generation,
             interrupted=run.stopped_by if run.stopped_by in ("SIGTERM", "SIGINT") else "",
@@ -339,14 +334,6 @@ class RLTask(Task):
     def finish(self, carry, run) -> dict[str, Any]:
         files = save_run(self.result(run), run.out)
         return {"best_eval_return": self.best_return, "files": {k: str(v) for k, v in files.items()}}
-
-
-def _host(tree: Any, mesh: Any) -> Any:
-    if mesh is None:
-        return tree
-    from eggroll import parallel
-
-    return parallel.to_host(tree)
 
 
 def _columns_of(rows: list[dict[str, Any]]) -> dict[str, list[float]]:

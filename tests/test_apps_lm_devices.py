@@ -13,7 +13,7 @@ from eggroll import parallel
 from eggroll.problems import text
 from eggroll.strategies.int_eggroll import check_devices  # the module's function, not the registry's factory
 
-# the settings of tests/test_egg_cli.py's TINY run, so the one-device functions compiled there are reused
+# the settings of tests/test_apps_lm.py's TINY run, so the one-device functions compiled there are reused
 CFG = text.LMConfig(width=16, depth=1, population=32, chunk=16, generations=8)
 
 
