@@ -365,6 +365,68 @@ def evaluate(
     return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P(axis))(population, *args)
 
 
+def map_members(
+    fn: Callable[..., Any],
+    population: Any,
+    *member_args: Any,
+    member: Callable[[Any, jax.Array], Any],
+    mesh: Mesh | None = None,
+    axis_name: str | None = None,
+) -> Any:
+    """``fn(member(population, i), *member_args_i)`` for every member ``i``, on one device or split over a mesh.
+
+    ``member_args`` are pytrees with a leading member axis (per-member inputs or
+    states, e.g. a recurrent hidden state). With a ``mesh`` the member axis of
+    the ids, of ``member_args`` and of the outputs is split over ``axis_name``
+    (:func:`jax.shard_map`; the population says how it splits through its
+    ``partition_specs``): each device rebuilds its own members from the
+    replicated mean and counters, so nothing crosses devices. Member ids stay
+    global, so results do not depend on the number of devices.
+
+    Args:
+        fn: ``(member_params, *args_i) -> pytree`` for one member.
+        population: from ``ask`` (with an ``index`` of member ids, e.g.
+            :class:`eggroll.strategies.int_eggroll.IntPopulation`).
+        *member_args: per-member inputs, leading axis ``N``.
+        member: ``member(population, i) -> member_params`` (e.g.
+            ``lambda p, i: int_eggroll.member(p, i, rank)``).
+        mesh: ``None`` (one device) or a mesh whose ``axis_name`` splits the members.
+        axis_name: the mesh axis (default: the only one).
+
+    Returns:
+        The stacked outputs, leading axis ``N`` (sharded over ``axis_name`` with a mesh).
+    """
+
+    def local(pop, *args):
+        return jax.vmap(lambda i, *a: fn(member(pop, i), *a))(pop.index, *args)
+
+    if mesh is None:
+        return local(population, *member_args)
+    axis = _axis(mesh, axis_name)
+    check_population_size(population.index.shape[0], mesh.shape[axis], antithetic=True)
+    in_specs = (_population_specs(population, axis), *(jax.tree.map(lambda _: P(axis), a) for a in member_args))
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P(axis))(population, *member_args)
+
+
+def replicated_tell(es: Strategy, mesh: Mesh, key, population, fitness, state, params) -> tuple[Any, dict]:
+    """``es.tell`` computed identically on every device of ``mesh``.
+
+    The fitness vector (``N`` values, typically sharded over the members) is
+    all-gathered at the boundary of a :func:`jax.shard_map` whose inputs and
+    outputs are all replicated; inside, every device regenerates all the noise
+    and forms the same update, so nothing of the size of the parameters crosses
+    devices and the result is exactly the single-device one.
+    """
+
+    def local(key, population, fitness, state, params):
+        return es.tell(key, population, fitness, state, params)
+
+    args = (key, population, fitness, state, params)
+    specs = jax.tree.map(lambda _: P(), args)
+    out = jax.eval_shape(local, *args)
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=jax.tree.map(lambda _: P(), out))(*args)
+
+
 # ----------------------------------------------------------------------------- sharded strategy
 
 

@@ -11,7 +11,6 @@ import pytest
 
 from eggroll import parallel
 from eggroll.problems import text
-from eggroll.strategies.int_eggroll import check_devices  # the module's function, not the registry's factory
 
 # the settings of tests/test_apps_lm.py's TINY run, so the one-device functions compiled there are reused
 CFG = text.LMConfig(width=16, depth=1, population=32, chunk=16, generations=8)
@@ -63,10 +62,16 @@ def test_only_the_fitness_vector_crosses_devices(split):
 
 
 def test_population_that_does_not_split_is_refused(split):
-    with pytest.raises(ValueError, match=r"population 36 cannot be split over 4 devices.*multiple of 2 x 4 = 8"):
+    with pytest.raises(
+        ValueError, match=r"population_size=36 cannot be split over 4 devices.*multiple of 2 x 4 devices = 8"
+    ):
         text.make_task(
             text.LMConfig(width=16, depth=1, population=36, chunk=16), *split, mesh=parallel.mesh_from_option(4)
         )
-    with pytest.raises(ValueError, match="whole antithetic pairs"):
+    with pytest.raises(ValueError, match="antithetic pairs stay on one device"):
+        parallel.check_population_size(6, 4, antithetic=True)
+    parallel.check_population_size(16, 8, antithetic=True)  # 8 devices x one pair each
+    with pytest.warns(DeprecationWarning, match="moved to eggroll.parallel"):
+        from eggroll.strategies.int_eggroll import check_devices  # the old name still works, with a warning
+    with pytest.raises(ValueError, match="antithetic pairs stay on one device"):
         check_devices(6, 4)
-    check_devices(16, 8)  # 8 devices x one pair each

@@ -29,14 +29,15 @@ def _float_case(name):
 
 
 def _int_case(name):
-    from eggroll.strategies.int_eggroll import map_members
+    from eggroll.parallel import map_members
+    from eggroll.strategies.int_eggroll import member
 
     target = jnp.array([20, -30, 10, 40], jnp.int8)
     es = make(name, 32, {"v": jnp.zeros(4, jnp.int8)}, table_size=2**12)
 
     def fitness(pop):
         dist = lambda p: jnp.sum((p["v"].astype(jnp.int32) - target) ** 2).astype(jnp.float32)
-        return map_members(dist, pop)
+        return map_members(dist, pop, member=member)
 
     return es, {"v": jnp.zeros(4, jnp.int8)}, fitness
 

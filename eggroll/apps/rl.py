@@ -501,3 +501,20 @@ def save_run(result: RLResult, out_dir: str | Path) -> dict[str, Path]:
     files["history"].write_text(json.dumps(summary, indent=1))
     files["plot"] = plot_history(result, out / "learning_curve.png")
     return files
+
+
+def replay_policy(policy: str | Path, out: str | Path, seed: int = 0, say: Callable[[str], None] | None = None) -> Path:
+    """Play one episode of a saved policy (deterministic actions) and write it to ``out`` (GIF / HTML).
+
+    Raises:
+        FileNotFoundError: no saved policy at ``policy``.
+    """
+    from eggroll.problems.rl.render import play_episode, render_episode
+
+    config, params, obs_stats = load_policy(policy)
+    fitness, _, _, _ = build(config)
+    stats = obs_stats if config.normalize_obs else None
+    episode = play_episode(fitness.env, fitness.policy, params, stats, jax.random.key(seed), horizon=fitness.horizon)
+    if say is not None:
+        say(f"episode return {episode.total:.2f} over {len(episode.rewards)} steps")
+    return render_episode(fitness.env, episode, Path(out))

@@ -125,7 +125,10 @@ def rl(
         f"{1000 * (times[len(times) // 2] if times else float('nan')):.0f} ms/generation"
     )
     if render and not result.exit_code:
-        result.record.setdefault("files", {})["replay"] = str(_replay(out / "policy.msgpack", out / "replay", seed))
+        from eggroll.apps.rl import replay_policy
+
+        path = replay_policy(out / "policy.msgpack", out / "replay", seed, console.print)
+        result.record.setdefault("files", {})["replay"] = str(path)
     common.finish(result)
 
 
@@ -136,29 +139,12 @@ def replay(
     seed: int = typer.Option(0, help="Episode seed."),
 ) -> None:
     """Replay a saved policy for one episode and write it to a file (GIF for gymnax, HTML for Brax)."""
+    from eggroll.apps.rl import replay_policy
+
     try:
-        path = _replay(policy, out or (policy if policy.is_dir() else policy.parent) / "replay", seed, console)
+        path = replay_policy(
+            policy, out or (policy if policy.is_dir() else policy.parent) / "replay", seed, console.print
+        )
     except (FileNotFoundError, ValueError) as err:
         common.fail(err)
     console.print(f"wrote {path}")
-
-
-def _replay(policy: Path, out: Path, seed: int, console=None) -> Path:
-    import jax
-
-    from eggroll.apps.rl import build, load_policy
-    from eggroll.problems.rl.render import play_episode, render_episode
-
-    config, params, obs_stats = load_policy(policy)
-    fitness, _, _, _ = build(config)
-    episode = play_episode(
-        fitness.env,
-        fitness.policy,
-        params,
-        obs_stats if config.normalize_obs else None,
-        jax.random.key(seed),
-        horizon=fitness.horizon,
-    )
-    if console is not None:
-        console.print(f"episode return {episode.total:.2f} over {len(episode.rewards)} steps")
-    return render_episode(fitness.env, episode, out)

@@ -36,16 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from eggroll.models import egg
-
-# the submodule's names (``eggroll.strategies.int_eggroll`` is also the registry's factory function)
-from eggroll.strategies.int_eggroll import (
-    IntEggrollState,
-    check_devices,
-    int_eggroll,
-    map_members,
-    replicated_tell,
-    z_threshold_schedule,
-)
+from eggroll.parallel import check_population_size, map_members, replicated_tell
+from eggroll.strategies.int_eggroll import IntEggrollState, int_eggroll, member, z_threshold_schedule
 
 LN2 = math.log(2.0)
 
@@ -257,7 +249,7 @@ def make_task(config: LMConfig, train: np.ndarray, valid: np.ndarray, valid_stre
     """
     config.validate()
     if mesh is not None:
-        check_devices(config.population, mesh.devices.size)
+        check_population_size(config.population, mesh.devices.size, antithetic=True)
     train_s = _streams(train, config.streams, config.chunk + 1, "training")
     valid_s = _streams(valid, valid_streams, 2, "validation")
     es, init, step, validate = _compiled(config, mesh)
@@ -302,7 +294,8 @@ def _compiled(config: LMConfig, mesh=None):
             logits, h = egg.apply(member_params, xi, h)
             return bits_per_byte(logits, yi), h
 
-        fitness, hidden = map_members(one, pop, hidden, x, y, rank=rank, mesh=mesh)
+        view = lambda p, i: member(p, i, rank)  # noqa: E731
+        fitness, hidden = map_members(one, pop, hidden, x, y, member=view, mesh=mesh)
         if mesh is None:
             state, metrics = es.tell(jax.random.key(0), pop, fitness, state, params)
         else:  # the all-gather of the N fitness values; the update is replicated

@@ -359,94 +359,23 @@ def int_eggroll(
     )
 
 
-# --------------------------------------------------------------------------- device mesh
+_MOVED = {"check_devices", "map_members", "replicated_tell"}  # to eggroll.parallel: this file holds the strategy only
 
 
-def check_devices(population_size: int, num_devices: int) -> None:
-    """Raise a clear ``ValueError`` unless whole antithetic pairs split evenly over the devices.
+def __getattr__(name: str):
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import warnings
 
-    Args:
-        population_size: members ``N``.
-        num_devices: devices on the mesh axis that splits the members.
-    """
-    unit = 2 * num_devices
-    if num_devices < 1 or population_size % unit:
-        lo, hi = population_size // unit * unit, (population_size // unit + 1) * unit
-        sizes = f"{lo} or {hi}" if lo else f"{hi}"
-        raise ValueError(
-            f"population {population_size} cannot be split over {num_devices} devices: it must be a multiple of "
-            f"2 x {num_devices} = {unit} (each device holds whole antithetic pairs). Use population {sizes}, "
-            "or fewer devices."
+    from eggroll import parallel
+
+    warnings.warn(f"int_eggroll.{name} moved to eggroll.parallel", DeprecationWarning, stacklevel=2)
+    if name == "check_devices":
+        return lambda population_size, num_devices: parallel.check_population_size(
+            population_size, num_devices, antithetic=True
         )
-
-
-def _mesh_axis(mesh, axis_name: str | None) -> str:
-    if axis_name is None:
-        if len(mesh.axis_names) != 1:
-            raise ValueError(f"the mesh has axes {mesh.axis_names}; pass axis_name= to say which splits the members.")
-        return mesh.axis_names[0]
-    if axis_name not in mesh.axis_names:
-        raise ValueError(f"axis_name={axis_name!r} is not an axis of the mesh {mesh.axis_names}.")
-    return axis_name
-
-
-def map_members(
-    fn,
-    population: IntPopulation,
-    *member_args: Any,
-    rank: int = 1,
-    mesh=None,
-    axis_name: str | None = None,
-) -> Any:
-    """``fn(member_view, *member_args_i)`` for every member, on one device or split over a mesh.
-
-    ``member_args`` are pytrees with a leading member axis (per-member inputs or
-    states, e.g. a recurrent hidden state). With a ``mesh``, the member axis of
-    the ids, of ``member_args`` and of the outputs is split over ``axis_name``
-    (:func:`jax.shard_map`): each device rebuilds its own members' noise from
-    the replicated mean, table and counters, so nothing crosses devices.
-    Member ids stay global, so results do not depend on the number of devices.
-
-    Args:
-        fn: ``(member_params, *args_i) -> pytree`` for one member (see :func:`member`).
-        population: from ``ask``.
-        *member_args: per-member inputs, leading axis ``N``.
-        rank: the strategy's rank.
-        mesh: ``None`` (one device) or a mesh whose ``axis_name`` splits the members.
-        axis_name: the mesh axis (default: the only one).
-
-    Returns:
-        The stacked outputs, leading axis ``N`` (sharded over ``axis_name`` with a mesh).
-    """
-
-    def local(pop, *args):
-        return jax.vmap(lambda i, *a: fn(member(pop, i, rank), *a))(pop.index, *args)
-
-    if mesh is None:
-        return local(population, *member_args)
-    from jax.sharding import PartitionSpec as P
-
-    axis = _mesh_axis(mesh, axis_name)
-    check_devices(population.index.shape[0], mesh.shape[axis])
-    in_specs = (population.partition_specs(axis), *(jax.tree.map(lambda _: P(axis), a) for a in member_args))
-    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P(axis))(population, *member_args)
-
-
-def replicated_tell(es: Strategy, mesh, key, population, fitness, state, params) -> tuple[IntEggrollState, dict]:
-    """``es.tell`` computed identically on every device of ``mesh``.
-
-    The fitness vector (``N`` values, typically sharded over the members) is
-    all-gathered at the boundary of a :func:`jax.shard_map` whose inputs and
-    outputs are all replicated; inside, every device regenerates all the noise
-    and forms the same ``int32`` update, so nothing of the size of the
-    parameters crosses devices and the result is exactly the single-device one.
-    """
-    from jax.sharding import PartitionSpec as P
-
-    def local(key, population, fitness, state, params):
-        return es.tell(key, population, fitness, state, params)
-
-    args = (key, population, fitness, state, params)
-    specs = jax.tree.map(lambda _: P(), args)
-    out = jax.eval_shape(local, *args)
-    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=jax.tree.map(lambda _: P(), out))(*args)
+    if name == "map_members":
+        return lambda fn, pop, *args, rank=1, **kw: parallel.map_members(
+            fn, pop, *args, member=lambda p, i: member(p, i, rank), **kw
+        )
+    return parallel.replicated_tell
