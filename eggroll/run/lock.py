@@ -72,6 +72,12 @@ class RunLock:
             f"(its machine was lost), delete {self.path}"
         )
 
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
     def release(self) -> None:
         """Remove the lock file if this process still holds it (and the folder, if the run left it empty)."""
         try:

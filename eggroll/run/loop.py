@@ -41,6 +41,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
@@ -285,171 +286,156 @@ def run(
     from eggroll.run.lock import RunLock
 
     options.validate()
-    lock = None
+    lock = contextlib.nullcontext()
     if options.out is not None and jax.process_index() == 0:
         lock = RunLock(options.out, task.name)
         if lock.stale_note:
             from eggroll.run.progress import console
 
             console.print(f"[yellow]note:[/] {lock.stale_note}")
-    try:
-        return _run(task, options, callback=callback, checkpoint_dir=checkpoint_dir, metrics_dir=metrics_dir)
-    finally:
-        if lock is not None:
-            lock.release()
+    with lock:
+        from eggroll.run.checkpoint import Checkpointer, GracefulInterrupt
+        from eggroll.run.logging import MetricsLogger
+        from eggroll.run.progress import ProgressBar
 
+        t_start = time.perf_counter() if options.started is None else options.started
+        out = Path(options.out) if options.out is not None else None
+        main = jax.process_index() == 0
+        settings = task.settings()
+        if checkpoint_dir is None and out is not None and options.checkpoints:
+            checkpoint_dir = out / "checkpoints"
+        metrics_dir = metrics_dir if metrics_dir is not None else None if out is None else out / "metrics"
+        if options.resume and checkpoint_dir is None:
+            raise ValueError("resuming needs the run's folder (--out; in Python out= or checkpoint_dir=)")
+        ckpt = None
+        if checkpoint_dir is not None:
+            ckpt = Checkpointer(checkpoint_dir, every=options.checkpoint_every, max_to_keep=options.max_to_keep)
+            ckpt.refuse_fresh_run(options.resume, f"`eggroll {task.name}`")
+        carry = task.init()
+        history: list[dict[str, Any]] = []
+        start, resumed_from = 0, None
+        if options.resume and (ckpt.latest_step() is not None or not options.resume_missing_ok):
+            ckpt.check_settings(ckpt.read_meta().get("settings"), settings, may_change=task.may_change)
+            items, meta = ckpt.restore({"carry": carry})
+            carry, history = items["carry"], [dict(r) for r in meta.get("history", [])]
+            task.load_extra(meta.get("extra", {}))
+            start = resumed_from = int(meta["generation"])
 
-def _run(
-    task: Task,
-    options: RunOptions,
-    *,
-    callback: Callable[[int, dict[str, Any]], None] | None = None,
-    checkpoint_dir: str | Path | None = None,
-    metrics_dir: str | Path | None = None,
-) -> RunResult:
-    """The body of :func:`run` (under the folder's lock)."""
-    from eggroll.run.checkpoint import Checkpointer, GracefulInterrupt
-    from eggroll.run.logging import MetricsLogger
-    from eggroll.run.progress import ProgressBar
+        def save(gen: int) -> None:
+            if ckpt is not None:
+                meta = {"generation": gen, "settings": settings, "history": history, "extra": task.save_extra()}
+                ckpt.save(gen, {"carry": carry}, json.loads(json.dumps(meta, default=_json_default)))
 
-    t_start = time.perf_counter() if options.started is None else options.started
-    out = Path(options.out) if options.out is not None else None
-    main = jax.process_index() == 0
-    settings = task.settings()
-    if checkpoint_dir is None and out is not None and options.checkpoints:
-        checkpoint_dir = out / "checkpoints"
-    metrics_dir = metrics_dir if metrics_dir is not None else None if out is None else out / "metrics"
-    if options.resume and checkpoint_dir is None:
-        raise ValueError("resuming needs the run's folder (--out; in Python out= or checkpoint_dir=)")
-    ckpt = None
-    if checkpoint_dir is not None:
-        ckpt = Checkpointer(checkpoint_dir, every=options.checkpoint_every, max_to_keep=options.max_to_keep)
-        ckpt.refuse_fresh_run(options.resume, f"`eggroll {task.name}`")
-    carry = task.init()
-    history: list[dict[str, Any]] = []
-    start, resumed_from = 0, None
-    if options.resume and (ckpt.latest_step() is not None or not options.resume_missing_ok):
-        ckpt.check_settings(ckpt.read_meta().get("settings"), settings, may_change=task.may_change)
-        items, meta = ckpt.restore({"carry": carry})
-        carry, history = items["carry"], [dict(r) for r in meta.get("history", [])]
-        task.load_extra(meta.get("extra", {}))
-        start = resumed_from = int(meta["generation"])
+        logger = None
+        if metrics_dir is not None:
+            columns = None
+            if task.columns:  # the loop's own columns follow the task's
+                extra = ["seconds", "generations_per_s"] + (["evaluations_per_s"] if task.population_size else [])
+                columns = [*task.columns, *(c for c in extra if c not in task.columns)]
+            logger = MetricsLogger(metrics_dir, tensorboard=options.tensorboard, columns=columns)
+            logger.truncate(start + 1 if resumed_from is not None else 0)
 
-    def save(gen: int) -> None:
-        if ckpt is not None:
-            meta = {"generation": gen, "settings": settings, "history": history, "extra": task.save_extra()}
-            ckpt.save(gen, {"carry": carry}, json.loads(json.dumps(meta, default=_json_default)))
+        last_logged = [start, time.perf_counter()]
 
-    logger = None
-    if metrics_dir is not None:
-        columns = None
-        if task.columns:  # the loop's own columns follow the task's
-            extra = ["seconds", "generations_per_s"] + (["evaluations_per_s"] if task.population_size else [])
-            columns = [*task.columns, *(c for c in extra if c not in task.columns)]
-        logger = MetricsLogger(metrics_dir, tensorboard=options.tensorboard, columns=columns)
-        logger.truncate(start + 1 if resumed_from is not None else 0)
+        def record(row: dict[str, Any]) -> None:
+            if row["generation"] > 0:
+                now = time.perf_counter()
+                rate = (row["generation"] - last_logged[0]) / max(now - last_logged[1], 1e-9)
+                last_logged[:] = [row["generation"], now]
+                row["generations_per_s"] = rate
+                if task.population_size:
+                    row["evaluations_per_s"] = rate * task.population_size
+            row = _clean(row)
+            history.append(row)
+            if logger is not None:
+                logger.log(row["generation"], {k: v for k, v in row.items() if v is not None})
+            bar.update(row["generation"], task.describe(row))
+            if callback is not None:
+                callback(row["generation"], row)
 
-    last_logged = [start, time.perf_counter()]
+        gen, stopped_by = start, ""
+        step_times: list[float] = []
+        eval_times: list[float] = []
 
-    def record(row: dict[str, Any]) -> None:
-        if row["generation"] > 0:
-            now = time.perf_counter()
-            rate = (row["generation"] - last_logged[0]) / max(now - last_logged[1], 1e-9)
-            last_logged[:] = [row["generation"], now]
-            row["generations_per_s"] = rate
-            if task.population_size:
-                row["evaluations_per_s"] = rate * task.population_size
-        row = _clean(row)
-        history.append(row)
-        if logger is not None:
-            logger.log(row["generation"], {k: v for k, v in row.items() if v is not None})
-        bar.update(row["generation"], task.describe(row))
-        if callback is not None:
-            callback(row["generation"], row)
+        def evaluate(row: dict[str, Any]) -> None:
+            nonlocal carry
+            t0 = time.perf_counter()
+            got = task.evaluate(carry, row["generation"])
+            if got is not None:
+                carry, metrics = got
+                row.update(metrics)
+                eval_times.append(time.perf_counter() - t0)
 
-    gen, stopped_by = start, ""
-    step_times: list[float] = []
-    eval_times: list[float] = []
+        def over_budget() -> bool:
+            if options.time_budget is None:
+                return False
+            typical = statistics.median(step_times[1:] or step_times)
+            next_eval = max(eval_times) if eval_times else 0.0
+            return time.perf_counter() - t_start + typical + next_eval > options.time_budget
 
-    def evaluate(row: dict[str, Any]) -> None:
-        nonlocal carry
-        t0 = time.perf_counter()
-        got = task.evaluate(carry, row["generation"])
-        if got is not None:
-            carry, metrics = got
-            row.update(metrics)
-            eval_times.append(time.perf_counter() - t0)
-
-    def over_budget() -> bool:
-        if options.time_budget is None:
-            return False
-        typical = statistics.median(step_times[1:] or step_times)
-        next_eval = max(eval_times) if eval_times else 0.0
-        return time.perf_counter() - t_start + typical + next_eval > options.time_budget
-
-    label = task.label or task.name
-    try:
-        progress = ProgressBar(label, options.generations, start, enabled=main and not options.quiet)
-        with progress as bar, GracefulInterrupt() as signals:
-            if resumed_from is None:
-                row0 = {"generation": 0}
-                evaluate(row0)
-                if len(row0) > 1:
-                    record(row0)
-                if signals.requested is not None:  # stopped during the initial evaluation: resume skips it
-                    stopped_by = signals.signal_name
-            while gen < options.generations and not stopped_by:
-                t0 = time.perf_counter()
-                try:
-                    carry, metrics = task.step(carry, gen + 1)
-                except Exception:
-                    if gen > start:  # keep the last finished generation: --resume continues from it
-                        save(gen)
-                    raise
-                gen += 1
-                step_times.append(time.perf_counter() - t0)
-                row = {"generation": gen, **metrics, "seconds": step_times[-1]}
-                if signals.requested is not None:
-                    stopped_by = signals.signal_name
-                elif gen >= options.generations:
-                    stopped_by = "generations"
-                elif options.stop_after is not None and gen >= options.stop_after:
-                    stopped_by = "stop_after"
-                elif over_budget():
-                    stopped_by = "time_budget"
-                last = stopped_by in ("generations", "time_budget")
-                scheduled = options.eval_every is not None and gen % options.eval_every == 0
-                if scheduled or last:
-                    evaluate(row)
-                if not stopped_by and task.done(row):
-                    stopped_by = "target"
-                    if not scheduled:
+        label = task.label or task.name
+        try:
+            progress = ProgressBar(label, options.generations, start, enabled=main and not options.quiet)
+            with progress as bar, GracefulInterrupt() as signals:
+                if resumed_from is None:
+                    row0 = {"generation": 0}
+                    evaluate(row0)
+                    if len(row0) > 1:
+                        record(row0)
+                    if signals.requested is not None:  # stopped during the initial evaluation: resume skips it
+                        stopped_by = signals.signal_name
+                while gen < options.generations and not stopped_by:
+                    t0 = time.perf_counter()
+                    try:
+                        carry, metrics = task.step(carry, gen + 1)
+                    except Exception:
+                        if gen > start:  # keep the last finished generation: --resume continues from it
+                            save(gen)
+                        raise
+                    gen += 1
+                    step_times.append(time.perf_counter() - t0)
+                    row = {"generation": gen, **metrics, "seconds": step_times[-1]}
+                    if signals.requested is not None:
+                        stopped_by = signals.signal_name
+                    elif gen >= options.generations:
+                        stopped_by = "generations"
+                    elif options.stop_after is not None and gen >= options.stop_after:
+                        stopped_by = "stop_after"
+                    elif over_budget():
+                        stopped_by = "time_budget"
+                    last = stopped_by in ("generations", "time_budget")
+                    scheduled = options.eval_every is not None and gen % options.eval_every == 0
+                    if scheduled or last:
                         evaluate(row)
-                if stopped_by or scheduled or gen % options.log_every == 0:
-                    record(row)
-                if not stopped_by and ckpt is not None and (ckpt.should_save(gen) or task.should_checkpoint(gen)):
-                    save(gen)
-                if signals.requested is not None and not stopped_by:
-                    stopped_by = signals.signal_name
-        save(gen)
-        result = RunResult(carry, gen, history, stopped_by or "generations", resumed_from, out)
-        result.checkpoint_dir = None if ckpt is None else str(ckpt.directory)
-        if out is not None and main:
-            extra = task.finish(carry, result)
-            result.record = {
-                "command": task.name,
-                "settings": settings,
-                "generation": gen,
-                "generations": options.generations,
-                "stopped_by": result.stopped_by,
-                "final": {k: v for k, v in (history[-1] if history else {}).items() if not is_wall_clock(k)},
-                **extra,
-                "seconds": time.perf_counter() - t_start,
-            }
-            write_json(out / "result.json", result.record)
-        return result
-    finally:
-        if logger is not None:
-            logger.close()
-        if ckpt is not None:
-            ckpt.close()
+                    if not stopped_by and task.done(row):
+                        stopped_by = "target"
+                        if not scheduled:
+                            evaluate(row)
+                    if stopped_by or scheduled or gen % options.log_every == 0:
+                        record(row)
+                    if not stopped_by and ckpt is not None and (ckpt.should_save(gen) or task.should_checkpoint(gen)):
+                        save(gen)
+                    if signals.requested is not None and not stopped_by:
+                        stopped_by = signals.signal_name
+            save(gen)
+            result = RunResult(carry, gen, history, stopped_by or "generations", resumed_from, out)
+            result.checkpoint_dir = None if ckpt is None else str(ckpt.directory)
+            if out is not None and main:
+                extra = task.finish(carry, result)
+                result.record = {
+                    "command": task.name,
+                    "settings": settings,
+                    "generation": gen,
+                    "generations": options.generations,
+                    "stopped_by": result.stopped_by,
+                    "final": {k: v for k, v in (history[-1] if history else {}).items() if not is_wall_clock(k)},
+                    **extra,
+                    "seconds": time.perf_counter() - t_start,
+                }
+                write_json(out / "result.json", result.record)
+            return result
+        finally:
+            if logger is not None:
+                logger.close()
+            if ckpt is not None:
+                ckpt.close()
