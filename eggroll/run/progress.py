@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console()
 
-__all__ = ["ProgressBar", "console", "generation_progress"]
+__all__ = ["ProgressBar", "console"]
 
 
 def _columns() -> tuple:
@@ -52,15 +50,3 @@ class ProgressBar:
         if self._progress is not None:
             self._progress.__exit__(*exc)
             self._progress = None
-
-
-@contextmanager
-def generation_progress(total: int, description: str = "generations"):
-    """A rich progress bar with a free-text status column; yields ``update(advance, status)``."""
-    with Progress(*_columns(), console=console, transient=False) as progress:
-        task = progress.add_task(description, total=total, status="")
-
-        def update(advance: int = 1, status: str = "") -> None:
-            progress.update(task, advance=advance, status=status)
-
-        yield update
