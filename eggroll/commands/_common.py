@@ -108,7 +108,7 @@ def execute(build: Callable[[], Any], run_options: Any, **run_kwargs: Any):
 
 
 def execute_result(run_it: Callable[[], Any]):
-    """Call ``run_it()`` (which builds and runs a task, returning its result); bad input exits 2."""
+    """Return ``run_it()``; bad input it raises (ValueError, CheckpointError, missing file): one line, exit 2."""
     from eggroll.run.checkpoint import CheckpointError
 
     try:
