@@ -30,7 +30,7 @@ import pytest
 from typer.testing import CliRunner
 
 from eggroll.commands.bbob import app
-from eggroll.run.loop import is_wall_clock
+from eggroll.run.loop import is_wall_clock, without_wall_clock
 
 ARGS = ["--strategies", "cma_es,open_es", "--functions", "1,21", "--dims", "2", "--instances", "1-2"]
 ARGS += ["--budget", "200", "--chunk-generations", "5", "--quiet", "--checkpoint-every", "3"]
@@ -138,8 +138,8 @@ def test_metrics_rows_appear_once_and_finished_runs_are_not_recomputed(legs) -> 
     assert rows[:stopped] == legs["stopped_rows"][:stopped]
     # the same metrics values as the uninterrupted run (timings aside)
     assert {"seconds", "evals_per_s", "generations_per_s"} <= {k for k in rows[0] if is_wall_clock(k)}
-    ref = [_without_wall_clock(r) for r in _rows(legs["whole"])]
-    assert [_without_wall_clock(r) for r in rows] == ref
+    ref = [without_wall_clock(r) for r in _rows(legs["whole"])]
+    assert [without_wall_clock(r) for r in rows] == ref
     header = (legs["split"] / "metrics" / "metrics.csv").read_text().splitlines()
     assert len(header) == 1 + CHUNKS and header[0].startswith("generation,run,strategy_index,dimension")
 
@@ -151,14 +151,6 @@ def test_fresh_run_into_a_used_folder_and_other_settings_are_refused(legs) -> No
     other = _text(legs["other"])
     assert legs["other"].exit_code == 2
     assert "functions: [1, 21] in the checkpoint, [1, 22] now" in other and "seed: 0 in the checkpoint, 3 now" in other
-
-
-def _without_wall_clock(value):
-    if isinstance(value, dict):
-        return {k: _without_wall_clock(v) for k, v in value.items() if not is_wall_clock(k)}
-    if isinstance(value, list):
-        return [_without_wall_clock(v) for v in value]
-    return value
 
 
 def test_every_file_equals_the_uninterrupted_runs(legs) -> None:
@@ -178,13 +170,13 @@ def test_every_file_equals_the_uninterrupted_runs(legs) -> None:
     for name in names:
         a, b = (split / name).read_bytes(), (whole / name).read_bytes()
         if name.endswith(".json"):
-            assert _without_wall_clock(json.loads(a)) == _without_wall_clock(json.loads(b)), name
+            assert without_wall_clock(json.loads(a)) == without_wall_clock(json.loads(b)), name
         elif name.endswith(".jsonl"):
-            rows = [[_without_wall_clock(json.loads(line)) for line in x.splitlines()] for x in (a, b)]
+            rows = [[without_wall_clock(json.loads(line)) for line in x.splitlines()] for x in (a, b)]
             assert rows[0] == rows[1], name
         elif name.endswith("metrics.csv"):
             tables = [list(csv.DictReader(io.StringIO(x.decode()))) for x in (a, b)]
-            assert [_without_wall_clock(r) for r in tables[0]] == [_without_wall_clock(r) for r in tables[1]], name
+            assert [without_wall_clock(r) for r in tables[0]] == [without_wall_clock(r) for r in tables[1]], name
         else:
             assert a == b, name
     record = json.loads((split / "result.json").read_text())

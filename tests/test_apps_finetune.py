@@ -54,19 +54,12 @@ def _model_and_reward(tmp_path):
 
 def _comparable(path, out):
     """A file's content without wall-clock fields (and with the run's folder spelled ``OUT``)."""
-    from eggroll.run.loop import is_wall_clock
+    from eggroll.run.loop import is_wall_clock, without_wall_clock
 
-    def clean(x):
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items() if not is_wall_clock(k)}
-        if isinstance(x, list):
-            return [clean(v) for v in x]
-        return x.replace(str(out), "OUT") if isinstance(x, str) else x
-
-    if path.suffix == ".json":
-        return clean(json.loads(path.read_text()))
-    if path.suffix == ".jsonl":
-        return [clean(json.loads(line)) for line in path.read_text().splitlines()]
+    if path.suffix in (".json", ".jsonl"):
+        text = path.read_text().replace(str(out), "OUT")
+        rows = [json.loads(line) for line in text.splitlines()] if path.suffix == ".jsonl" else json.loads(text)
+        return without_wall_clock(rows)
     if path.suffix == ".csv":
         table = [line.split(",") for line in path.read_text().splitlines()]
         keep = [i for i, name in enumerate(table[0]) if not is_wall_clock(name)]

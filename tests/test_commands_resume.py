@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from eggroll.run.loop import is_wall_clock
+from eggroll.run.loop import is_wall_clock, without_wall_clock
 
 RL = ["--env", "CartPole-v1", "--population", "8", "--horizon", "30", "--rollouts", "1", "--hidden", "4"]
 RL += ["--eval-every", "3", "--eval-episodes", "1", "--generations", "14"]
@@ -77,13 +77,8 @@ def _logged(out: Path) -> int:
 
 
 def _strip(value, out: Path):
-    if isinstance(value, dict):
-        return {k: _strip(v, out) for k, v in value.items() if not is_wall_clock(k)}
-    if isinstance(value, list):
-        return [_strip(v, out) for v in value]
-    if isinstance(value, str):
-        return value.replace(str(out), "<out>")
-    return value
+    """Without wall-clock fields, and with the run's folder spelled ``<out>``."""
+    return json.loads(json.dumps(without_wall_clock(value)).replace(str(out), "<out>"))
 
 
 def _read(path: Path, out: Path):

@@ -53,7 +53,7 @@ from typing import Any
 
 import jax
 
-__all__ = ["RunOptions", "RunResult", "Task", "is_wall_clock", "run", "write_json"]
+__all__ = ["RunOptions", "RunResult", "Task", "is_wall_clock", "run", "without_wall_clock", "write_json"]
 
 _WALL_CLOCK = frozenset({"seconds", "wall_s", "compile_seconds", "elapsed_s", "eval_seconds"})
 
@@ -61,6 +61,18 @@ _WALL_CLOCK = frozenset({"seconds", "wall_s", "compile_seconds", "elapsed_s", "e
 def is_wall_clock(key: str) -> bool:
     """Whether a metric or record field is a wall-clock measurement (differs between otherwise equal runs)."""
     return key in _WALL_CLOCK or key.endswith("_per_s") or key.endswith("_seconds")
+
+
+def without_wall_clock(value: Any) -> Any:
+    """``value`` (JSON: dicts, lists, scalars) with every wall-clock field dropped, at any depth.
+
+    Two runs of the same settings, one stopped and resumed, give equal records and rows after this.
+    """
+    if isinstance(value, dict):
+        return {k: without_wall_clock(v) for k, v in value.items() if not is_wall_clock(k)}
+    if isinstance(value, list):
+        return [without_wall_clock(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
