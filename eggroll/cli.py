@@ -74,18 +74,9 @@ def demo(
     """Evolve a Flax MLP with EGGROLL (and OpenAI-ES for comparison); save a plot (demo.png) and demo.json."""
     from eggroll.apps import demo as demo_lib
 
-    cfg = demo_lib.DemoConfig(generations=generations, population_size=population, rank=rank, seed=seed)
-    result = common.execute_result(
-        lambda: demo_lib.run_task(
-            out,
-            cfg,
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-            time_budget=time_budget,
-            quiet=quiet,
-            started=common.STARTED,
-        )  # fmt: skip
-    )
+    cfg = common.from_options(demo_lib.DemoConfig, locals(), {"population": "population_size"})
+    run_options = common.options(locals(), generations=None, checkpoints=checkpoint_every is not None or resume)
+    result = common.execute(lambda: demo_lib.DemoTask(cfg), run_options)
     common.finish(result)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from eggroll.run.checkpoint import CheckpointError
 from eggroll.run.logging import read_jsonl
-from eggroll.run.loop import RunOptions, Task, is_wall_clock, run
+from eggroll.run.loop import GenerationFailed, RunOptions, Task, is_wall_clock, run
 
 
 class Count(Task):
@@ -126,8 +126,11 @@ def test_resume_without_a_checkpoint_is_an_error_unless_allowed(tmp_path):
 
 
 def test_a_failing_generation_keeps_the_last_finished_one(tmp_path):
-    with pytest.raises(ConnectionError):
+    with pytest.raises(GenerationFailed, match="generation 5 failed: .* Generation 4 is saved in ") as failed:
         run(Count(fail_at=5), RunOptions(out=tmp_path, generations=9, checkpoint_every=3, quiet=True))
+    assert isinstance(failed.value.__cause__, ConnectionError) and failed.value.saved_generation == 4
+    with pytest.raises(ConnectionError):  # a run without checkpoints raises the error itself
+        run(Count(fail_at=2), RunOptions(generations=9, quiet=True))
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [3, 4]  # the schedule's 3, and 4, the last finished generation
     rest = run(Count(), RunOptions(out=tmp_path, generations=9, resume=True, quiet=True))

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 import eggroll
-from eggroll.run.loop import RunOptions, Task
+from eggroll.run.loop import RunInterrupted, RunOptions, Task
 from eggroll.run.loop import run as loop_run
 from eggroll.run.progress import console
 
@@ -104,6 +104,11 @@ class DemoTask(Task):
         return asdict(self.cfg)
 
     def init(self) -> dict[str, Any]:
+        cfg = self.cfg
+        console.print(
+            f"[bold]eggroll demo[/]: a {sum(v.size for v in jax.tree.leaves(self.variables))}-parameter MLP fits a "
+            f"curve by evolution (population {cfg.population_size}, rank {cfg.rank}, {cfg.generations} generations)"
+        )
         return {
             label: es.init(jax.random.key(self.cfg.seed), self.variables, _params(es, self.cfg))
             for label, es in self.strategies.items()
@@ -177,12 +182,9 @@ def _chunk_fn(es: eggroll.Strategy, model: MLP, x: jax.Array, y: jax.Array, cfg:
     return chunk
 
 
-class DemoInterrupted(Exception):
-    """SIGTERM / Ctrl-C stopped the demo (after a checkpoint when it checkpoints); ``signal`` names it."""
-
-    def __init__(self, signal: str, step: int):
-        super().__init__(f"stopped by {signal} at step {step}")
-        self.signal, self.step = signal, step
+class DemoInterrupted(RunInterrupted):
+    """SIGTERM / Ctrl-C stopped the demo (after a checkpoint when it checkpoints); ``signal`` names it, ``step``
+    is the last finished loop step."""
 
 
 def run(
@@ -206,34 +208,20 @@ def run(
             or a resume with other settings.
         DemoInterrupted: SIGTERM / Ctrl-C arrived.
     """
-    result = run_task(out_dir, cfg or DemoConfig(), checkpoint_every=checkpoint_every, resume=resume,
-                      time_budget=time_budget, quiet=quiet)  # fmt: skip
-    if result.interrupted:
-        raise DemoInterrupted(result.stopped_by, result.generation)
-    return result.summary
-
-
-def run_task(out_dir, cfg: DemoConfig, *, checkpoint_every=None, resume=False, time_budget=None, quiet=False,
-             started=None):  # fmt: skip
-    """Build the :class:`DemoTask` and run it; the loop's :class:`~eggroll.run.loop.RunResult` (with ``summary``)."""
-    task = DemoTask(cfg)
+    task = DemoTask(cfg or DemoConfig())
     options = RunOptions(
         out=out_dir,
-        generations=task.total,
+        generations=None,
         checkpoint_every=checkpoint_every,
         resume=resume,
         time_budget=time_budget,
         quiet=quiet,
         checkpoints=checkpoint_every is not None or resume,
-        started=started,
-    )
-    console.print(
-        f"[bold]eggroll demo[/]: a {sum(v.size for v in jax.tree.leaves(task.variables))}-parameter MLP fits a curve "
-        f"by evolution (population {cfg.population_size}, rank {cfg.rank}, {cfg.generations} generations)"
     )
     result = loop_run(task, options)
-    result.summary = getattr(task, "summary", None)
-    return result
+    if result.interrupted:
+        raise DemoInterrupted(result, signal=result.stopped_by, step=result.generation)
+    return getattr(task, "summary", None)
 
 
 def plot(out_dir, x, y, curves, fits) -> None:

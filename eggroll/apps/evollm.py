@@ -11,11 +11,10 @@ the key it finds into the next key and its ask / tell keys, so a resumed run
 draws the same keys (with a deterministic backend, greedy decoding, the result
 equals an uninterrupted run's bit for bit).
 
-A failed language-model call (an unreachable endpoint, a timeout) raises
-:class:`GenerationFailed` out of the loop: one line naming the error and the
-last generation on disk. The loop saves the last finished generation before
-the error leaves it (whatever ``checkpoint_every`` is), so ``resume`` loses
-nothing: the generation on disk is always the one before the failed one.
+A failed language-model call (an unreachable endpoint, a timeout) fails its
+generation: the loop saves the last finished one (whatever ``checkpoint_every``
+is) and raises :class:`~eggroll.run.loop.GenerationFailed`, one line naming the
+error and the generation on disk, so ``resume`` loses nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ import numpy as np
 from eggroll.llm.cache import CachedBackend
 from eggroll.llm.http import OpenAIBackend
 from eggroll.llm.local import LocalBackend
-from eggroll.run.loop import RunOptions, RunResult, Task, is_wall_clock
+from eggroll.run.loop import GenerationFailed, RunInterrupted, RunOptions, RunResult, Task, is_wall_clock
 from eggroll.run.loop import run as run_loop
 from eggroll.run.progress import console
 from eggroll.types import Strategy
@@ -39,67 +38,6 @@ from eggroll.types import Strategy
 __all__ = ["FUNCTIONS", "BBOBTask", "EvoLLMTask", "GenerationFailed", "RunInterrupted", "run", "run_settings"]
 
 FUNCTIONS = {"sphere": 1, "ellipsoid": 2, "rastrigin": 3, "rosenbrock": 8}
-
-
-class RunInterrupted(Exception):
-    """SIGTERM or Ctrl-C stopped :func:`run` after a finished generation, which was checkpointed.
-
-    Built from the loop's :class:`eggroll.run.loop.RunResult` and the history :func:`run` returns.
-
-    Attributes:
-        signal_name: ``"SIGTERM"`` or ``"SIGINT"``.
-        generation: the last finished (and saved) generation.
-        checkpoint_dir: where the checkpoint is (``None``: no checkpoints were asked for).
-        state: the strategy state after ``generation``.
-        history: the metrics so far (as :func:`run` returns them).
-        exit_code: the shell convention: 130 for Ctrl-C (SIGINT), 143 for SIGTERM.
-    """
-
-    def __init__(self, result: RunResult, history: dict[str, np.ndarray]):
-        self.signal_name, self.generation = result.stopped_by, result.generation
-        self.checkpoint_dir, self.state = result.checkpoint_dir, result.carry["state"]
-        self.history, self.exit_code = history, result.exit_code
-        saved = (
-            f"checkpoint saved in {self.checkpoint_dir}. Continue with resume=True (on the command line: the same "
-            "command plus --resume)."
-            if self.checkpoint_dir
-            else "nothing was saved (no checkpoint_dir)."
-        )
-        super().__init__(f"stopped by {self.signal_name} after generation {self.generation}; {saved}")
-
-
-class GenerationFailed(RuntimeError):
-    """A generation failed (e.g. the language model became unreachable).
-
-    The previous generation is on disk (the loop saves it when a generation
-    raises, and a resumed run's first one is its checkpoint), so a resumed run
-    loses nothing. ``__cause__`` is the original error.
-
-    Args:
-        generation: the generation that failed.
-        checkpoint_dir: where the checkpoints are (named in the message).
-        error: the original error.
-
-    Attributes:
-        generation: the generation that failed.
-        saved_generation: the newest checkpointed generation, ``generation - 1`` (``None``: none).
-        cause: the original error in one line (a host callback's error arrives as its traceback text, which
-            ends with ``Type: message``).
-    """
-
-    def __init__(self, generation: int, checkpoint_dir: str, error: BaseException):
-        text = str(error)
-        lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(error).__name__]
-        cause = lines[-1] if "Traceback (most recent call last)" in text else lines[0]
-        self.generation, self.saved_generation, self.cause = generation, generation - 1 or None, cause.rstrip(". ")
-        saved = (
-            f"Generation {self.saved_generation} is saved in {checkpoint_dir}; once the backend works again, "
-            "continue with resume=True (on the command line: the same command plus --resume)"
-            if self.saved_generation
-            else "No generation is saved, so there is nothing to resume; start again once the backend works"
-        )
-        end = "" if self.cause.endswith("?") else "."
-        super().__init__(f"generation {generation} failed: {self.cause}{end} {saved}.")
 
 
 def run_settings(strategy: Strategy, params: Any, settings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -123,8 +61,6 @@ class EvoLLMTask(Task):
         settings: extra JSON a resumed run must match (the strategy's name,
             population size and scalar params are always compared).
         label: the progress display's label (default: the task's ``label``).
-        checkpoint_dir: where the loop saves (named when a generation fails;
-            ``None``: a failing generation raises the backend's own error).
     """
 
     name = "evollm"
@@ -144,7 +80,6 @@ class EvoLLMTask(Task):
         *,
         settings: dict[str, Any] | None = None,
         label: str | None = None,
-        checkpoint_dir: str | Path | None = None,
     ):
         self.es, self.population_size = strategy, strategy.population_size
         self.params = strategy.default_params if params is None else params
@@ -153,7 +88,6 @@ class EvoLLMTask(Task):
         self.label = label or self.label
         self._ask, self._tell = jax.jit(strategy.ask), jax.jit(strategy.tell)
         self._evaluate = jax.jit(jax.vmap(fitness_fn))
-        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir).absolute()
 
     def settings(self) -> dict[str, Any]:
         return self._settings
@@ -164,14 +98,9 @@ class EvoLLMTask(Task):
 
     def step(self, carry, generation):
         next_key, k_ask, k_tell = jax.random.split(carry["key"], 3)
-        try:
-            population, state = self._ask(k_ask, carry["state"], self.params)
-            state, metrics = self._tell(k_tell, population, self._evaluate(population), state, self.params)
-            metrics = jax.device_get(metrics)  # a model error in the host callback surfaces by here
-        except Exception as err:
-            if self.checkpoint_dir is None:
-                raise
-            raise GenerationFailed(generation, str(self.checkpoint_dir), err) from err
+        population, state = self._ask(k_ask, carry["state"], self.params)
+        state, metrics = self._tell(k_tell, population, self._evaluate(population), state, self.params)
+        metrics = jax.device_get(metrics)  # a model error in the host callback surfaces here, in this generation
         row = {name: np.asarray(value).item() for name, value in metrics.items() if np.ndim(value) == 0}
         if hasattr(state, "llm_queries"):
             row["total_llm_queries"] = int(state.llm_queries)
@@ -269,9 +198,7 @@ def run(
     """
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir (the checkpoint folder of the run to continue)")
-    task = EvoLLMTask(
-        strategy, fitness_fn, key, mean, params, settings=settings, label=description, checkpoint_dir=checkpoint_dir
-    )
+    task = EvoLLMTask(strategy, fitness_fn, key, mean, params, settings=settings, label=description)
     options = RunOptions(
         generations=num_generations,
         checkpoint_every=checkpoint_every,
@@ -282,7 +209,7 @@ def run(
     result = run_loop(task, options, checkpoint_dir=checkpoint_dir, metrics_dir=log_dir)
     history = {name: np.asarray(values) for name, values in _columns(result.history, wall_clock=True).items()}
     if result.exit_code:  # SIGTERM / Ctrl-C, after the checkpoint
-        raise RunInterrupted(result, history)
+        raise RunInterrupted(result, state=result.carry["state"], history=history)
     return result.carry["state"], history
 
 
@@ -342,7 +269,7 @@ class BBOBTask(EvoLLMTask):
         self.plot = Path(plot) if plot else Path(out) / "evollm.png"
         self.label = f"f{fid} {FUNCTION_NAMES[fid]}, D={dim}, instance {instance}"  # also the plot's and table's title
         es = evollm(population, self.start, self.recorder or backend, **strategy_options)
-        super().__init__(es, self.f, key, self.start, settings=settings, checkpoint_dir=Path(out) / "checkpoints")
+        super().__init__(es, self.f, key, self.start, settings=settings)
 
     def step(self, carry, generation):
         if self._local is not None:  # this process's first generation: the checkpoint is checked, load the model

@@ -11,9 +11,10 @@ checkpoint, with the hint to add ``--resume``).
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,6 +32,7 @@ __all__ = [
     "execute",
     "execute_result",
     "fail",
+    "from_options",
     "finish",
     "generations_option",
     "options",
@@ -89,13 +91,22 @@ def fail(message: Any) -> NoReturn:
     raise typer.Exit(2)
 
 
-def options(**kwargs: Any):
-    """:class:`eggroll.run.loop.RunOptions` from the common options, validated (bad values exit 2)."""
+def from_options(cls: Callable[..., Any], values: Mapping[str, Any], /, renamed: Mapping[str, str] = {}, **kw: Any):
+    """``cls(...)`` from a command's option values: each parameter of ``cls`` that ``values`` holds by its
+    own name or by the option name ``renamed`` maps to it (``{"lr": "learning_rate"}``); ``kw`` on top."""
+    names = set(inspect.signature(cls).parameters)
+    given = {renamed.get(k, k): v for k, v in values.items()}
+    return cls(**{**{k: v for k, v in given.items() if k in names}, **kw})
+
+
+def options(values: Mapping[str, Any] = {}, /, **kwargs: Any):
+    """:class:`eggroll.run.loop.RunOptions` from the command's option ``values`` (those named like its
+    fields) and ``kwargs`` on top, validated (bad values exit 2)."""
     from eggroll.run.loop import RunOptions
 
-    kwargs.setdefault("started", STARTED)
+    kwargs = {**{k: v for k, v in values.items() if k not in kwargs}, "started": STARTED, **kwargs}
     try:
-        return RunOptions(**kwargs).validate()
+        return from_options(RunOptions, kwargs).validate()
     except ValueError as err:
         fail(err)
 
@@ -108,12 +119,14 @@ def execute(build: Callable[[], Any], run_options: Any, **run_kwargs: Any):
 
 
 def execute_result(run_it: Callable[[], Any]):
-    """Return ``run_it()``; bad input it raises (ValueError, CheckpointError, missing file): one line, exit 2."""
+    """Return ``run_it()``; bad input it raises (ValueError, CheckpointError, missing file) and a failed
+    generation (what is saved is named): one line, exit 2."""
     from eggroll.run.checkpoint import CheckpointError
+    from eggroll.run.loop import GenerationFailed
 
     try:
         return run_it()
-    except (ValueError, CheckpointError, FileNotFoundError) as err:
+    except (ValueError, CheckpointError, FileNotFoundError, GenerationFailed) as err:
         fail(err)
 
 

@@ -81,14 +81,7 @@ def bbob(
             )
         except ValueError as err:
             _common.fail(err)
-        run_options = _common.options(
-            out=out,
-            generations=task.total if generations is None else min(generations, task.total),
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-            time_budget=time_budget,
-            quiet=quiet or progress is False,
-        )
+        run_options = _common.options(locals(), quiet=quiet or progress is False)
         result = _common.execute(lambda: task, run_options)
     if result.record.get("stopped_at"):
         console.print(f"stopped at {result.record['stopped_at']}")

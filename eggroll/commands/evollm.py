@@ -74,7 +74,7 @@ def optimise(
         return
     import logging
 
-    from eggroll.apps.evollm import BBOBTask, GenerationFailed
+    from eggroll.apps.evollm import BBOBTask
 
     # A backend failure inside the io_callback is reported in one line (with what was saved);
     # JAX's own log of the callback's traceback would only repeat it.
@@ -82,22 +82,9 @@ def optimise(
     if out is None:
         name = f"f{int(function)}" if function.isdigit() else function.lower()
         out = Path("runs") / "evollm" / f"{name}-{dim}d"
-    run_options = _common.options(
-        out=out,
-        generations=generations,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        time_budget=time_budget,
-        quiet=quiet,
-    )
-    task = dict(function=function, dim=dim, instance=instance, population=population, seed=seed, out=out)
-    task.update(base_url=base_url, model=model, api=api, api_key_env=api_key_env, timeout=timeout)
-    task.update(model_path=model_path, cache=cache, show_prompt=show_prompt, plot=plot)
-    task.update(block_size=block_size, resolution=resolution, archive_size=archive_size, temperature=temperature)
-    try:
-        result = _common.execute(lambda: BBOBTask(**task), run_options)
-    except GenerationFailed as err:  # the last finished generation is on disk (the loop saved it)
-        _common.fail(err)
+    run_options, given = _common.options(locals()), locals()
+    strategy = {k: given[k] for k in ("block_size", "resolution", "archive_size", "temperature")}
+    result = _common.execute(lambda: _common.from_options(BBOBTask, given, **strategy), run_options)
     _common.finish(result)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import typer
 
 from eggroll.commands import _common as common
@@ -61,32 +63,10 @@ def finetune(
             "not supported yet. Start it without --coordinator / EGGROLL_COORDINATOR."
         )
     try:
-        cfg = FinetuneConfig(
-            task=task,
-            model=model,
-            generations=generations,
-            population=population,
-            rank=rank,
-            sigma=sigma,
-            learning_rate=lr,
-            prompts_per_generation=prompts,
-            group_size=group_size,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            layers=layers,
-            evolve=evolve,
-            eval_every=eval_every,
-            eval_prompts=eval_prompts,
-            checkpoint_every=checkpoint_every or 0,  # 0 (the old spelling of "at the end only") = not given
-            out_dir=out,
-            export=export,
-            seed=seed,
-            reward=reward,
-            resume=resume,
-            time_budget=time_budget,
-        )
+        renamed = {"lr": "learning_rate", "prompts": "prompts_per_generation", "out": "out_dir"}
+        cfg = common.from_options(FinetuneConfig, locals(), renamed, checkpoint_every=checkpoint_every or 0)
         cfg.resolved_group_size()  # an odd population or a group size that does not fit: exit 2 before loading
-        options = cfg.run_options(quiet=quiet).validate()
+        options = dataclasses.replace(cfg.run_options(quiet=quiet), started=common.STARTED).validate()
         mesh = parallel.mesh_from_option(devices)
         if mesh is not None:  # before the model is loaded
             parallel.check_population_size(population, mesh.size, antithetic=True)

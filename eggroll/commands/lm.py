@@ -109,10 +109,7 @@ def train(
         out, resume, settings, given, corpus=corpus, mesh=mesh_from_option(devices), sample_length=sample_length,
         plot=plot,
     ))  # fmt: skip
-    run_options = _common.options(
-        out=out, generations=task.config.generations, checkpoint_every=checkpoint_every, resume=resume,
-        time_budget=time_budget, eval_every=eval_every, quiet=quiet, stop_after=stop_at, max_to_keep=3,
-    )  # fmt: skip
+    run_options = _common.options(locals(), generations=task.config.generations, stop_after=stop_at, max_to_keep=3)
     result = _common.execute(lambda: task, run_options)
     _common.finish(result, files={k: out / v for k, v in result.record.get("files", {}).items()})
 

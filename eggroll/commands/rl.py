@@ -78,37 +78,12 @@ def rl(
     from eggroll.apps.rl import RLConfig, RLTask
 
     out = out or Path("runs") / "rl" / f"{env}-{strategy}"
-    run_options = common.options(
-        out=out,
-        generations=generations,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        time_budget=time_budget,
-        eval_every=eval_every,
-        quiet=quiet,
-    )
+    hidden = _hidden(hidden)
+    run_options = common.options(locals())
+    renamed = {"population": "population_size", "lr": "learning_rate", "rollouts": "num_rollouts"}
+    renamed.update(target="target_return", time_budget="time_budget_s")
     try:
-        config = RLConfig(
-            env=env,
-            strategy=strategy,
-            generations=generations,
-            population_size=population,
-            sigma=sigma,
-            learning_rate=lr,
-            rank=rank,
-            hidden=_hidden(hidden),
-            activation=activation,
-            num_rollouts=rollouts,
-            horizon=horizon,
-            stochastic=stochastic,
-            normalize_obs=normalize_obs,
-            eval_every=eval_every,
-            eval_episodes=eval_episodes,
-            target_return=target,
-            time_budget_s=time_budget,
-            backend=backend,
-            seed=seed,
-        ).validate()
+        config = common.from_options(RLConfig, locals(), renamed).validate()
         mesh = parallel.mesh_from_option(devices)
     except ValueError as err:
         common.fail(err)

@@ -53,7 +53,17 @@ from typing import Any
 
 import jax
 
-__all__ = ["RunOptions", "RunResult", "Task", "is_wall_clock", "run", "without_wall_clock", "write_json"]
+__all__ = [
+    "GenerationFailed",
+    "RunInterrupted",
+    "RunOptions",
+    "RunResult",
+    "Task",
+    "is_wall_clock",
+    "run",
+    "without_wall_clock",
+    "write_json",
+]
 
 _WALL_CLOCK = frozenset({"seconds", "wall_s", "compile_seconds", "elapsed_s", "eval_seconds"})
 
@@ -82,7 +92,8 @@ class RunOptions:
     Attributes:
         out: the run's folder (``checkpoints/``, ``metrics/``, ``result.json``
             and the task's files); ``None`` writes nothing.
-        generations: generations to run in total (a resumed run counts those done before).
+        generations: generations to run in total (a resumed run counts those done before); ``None``: the
+            task's :attr:`Task.total` (at most that many in any case).
         checkpoint_every: save every this many generations (``None``: only on
             SIGTERM / Ctrl-C and at the end).
         checkpoints: keep checkpoints in ``<out>/checkpoints`` at all (``False``:
@@ -108,7 +119,7 @@ class RunOptions:
     """
 
     out: str | Path | None = None
-    generations: int = 100
+    generations: int | None = 100
     checkpoint_every: int | None = None
     checkpoints: bool = True
     resume: bool = False
@@ -124,7 +135,8 @@ class RunOptions:
 
     def validate(self) -> RunOptions:
         """Raise ``ValueError`` naming the option that is wrong and what to pass instead."""
-        if isinstance(self.generations, bool) or not isinstance(self.generations, int) or self.generations < 1:
+        bad = isinstance(self.generations, bool) or not isinstance(self.generations, int) or self.generations < 1
+        if self.generations is not None and bad:
             raise ValueError(f"--generations must be a whole number >= 1, got {self.generations!r}")
         for name in ("checkpoint_every", "eval_every", "stop_after", "log_every"):
             value = getattr(self, name)
@@ -153,9 +165,12 @@ class Task:
         may_change: the options a resume may change, for the refusal message.
         population_size: members evaluated per generation (``None``: no
             ``evaluations_per_s`` metric).
+        total: the task's whole length in generations when it has one (the demo's and
+            BBOB's chunks): the default and the most a run goes to.
     """
 
     population_size: int | None = None
+    total: int | None = None
     name: str = "run"
     label: str = ""
     columns: tuple[str, ...] | None = None
@@ -242,6 +257,68 @@ class RunResult:
         return {"SIGINT": 130, "SIGTERM": 143}.get(self.stopped_by, 0)
 
 
+class RunInterrupted(Exception):
+    """SIGTERM or Ctrl-C stopped a run of a Python API that raises for it, after a finished generation.
+
+    Args:
+        result: the loop's :class:`RunResult`.
+        attributes: more attributes for the caller (e.g. ``state``, ``history``).
+
+    Attributes:
+        result: the loop's :class:`RunResult`.
+        signal_name: ``"SIGTERM"`` or ``"SIGINT"``.
+        generation: the last finished (and saved) generation.
+        checkpoint_dir: where the checkpoint is (``None``: the run kept none).
+        exit_code: the shell convention: 130 for Ctrl-C (SIGINT), 143 for SIGTERM.
+    """
+
+    def __init__(self, result: RunResult, **attributes: Any):
+        self.result, self.signal_name, self.generation = result, result.stopped_by, result.generation
+        self.checkpoint_dir, self.exit_code = result.checkpoint_dir, result.exit_code
+        self.__dict__.update(attributes)
+        saved = (
+            f"checkpoint saved in {self.checkpoint_dir}. Continue with resume=True (on the command line: the same "
+            "command plus --resume)."
+            if self.checkpoint_dir
+            else "nothing was saved (the run kept no checkpoints)."
+        )
+        super().__init__(f"stopped by {self.signal_name} after generation {self.generation}; {saved}")
+
+
+class GenerationFailed(RuntimeError):
+    """A generation raised (e.g. a language model became unreachable) in a run that keeps checkpoints.
+
+    The loop saves the last finished generation before this leaves it (a resumed
+    run's first one is its checkpoint), so a resumed run loses nothing.
+    ``__cause__`` is the original error.
+
+    Args:
+        generation: the generation that failed.
+        saved_generation: the newest generation on disk (``None``: none).
+        checkpoint_dir: where the checkpoints are (named in the message).
+        error: the original error.
+
+    Attributes:
+        generation, saved_generation: as given.
+        cause: the original error in one line (a host callback's error arrives as its traceback text, which
+            ends with ``Type: message``).
+    """
+
+    def __init__(self, generation: int, saved_generation: int | None, checkpoint_dir: str, error: BaseException):
+        text = str(error)
+        lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(error).__name__]
+        cause = lines[-1] if "Traceback (most recent call last)" in text else lines[0]
+        self.generation, self.saved_generation, self.cause = generation, saved_generation, cause.rstrip(". ")
+        saved = (
+            f"Generation {saved_generation} is saved in {checkpoint_dir}; once the cause is fixed, continue with "
+            "resume=True (on the command line: the same command plus --resume)"
+            if saved_generation
+            else "No generation is saved, so there is nothing to resume; start again once the cause is fixed"
+        )
+        end = "" if self.cause.endswith("?") else "."
+        super().__init__(f"generation {generation} failed: {self.cause}{end} {saved}.")
+
+
 def write_json(path: Path, record: Any) -> Path:
     """Write JSON atomically (a killed process leaves the old file, never half of one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -294,6 +371,7 @@ def run(
             file, :mod:`eggroll.run.lock`), a fresh run into a folder that holds a
             run, or a resume with other settings (each difference named).
         eggroll.run.checkpoint.CheckpointError: no usable checkpoint to resume from.
+        GenerationFailed: a generation raised in a run that keeps checkpoints (the last finished one is saved).
     """
     from eggroll.run.lock import RunLock
 
@@ -311,6 +389,9 @@ def run(
         from eggroll.run.progress import ProgressBar
 
         t_start = time.perf_counter() if options.started is None else options.started
+        generations = min(options.generations or task.total or 0, task.total or options.generations or 0)
+        if generations < 1:
+            raise ValueError(f"generations=None needs a task with a total length ({type(task).__name__}.total)")
         out = Path(options.out) if options.out is not None else None
         main = jax.process_index() == 0
         settings = task.settings()
@@ -387,7 +468,7 @@ def run(
 
         label = task.label or task.name
         try:
-            progress = ProgressBar(label, options.generations, start, enabled=main and not options.quiet)
+            progress = ProgressBar(label, generations, start, enabled=main and not options.quiet)
             with progress as bar, GracefulInterrupt() as signals:
                 if resumed_from is None:
                     row0 = {"generation": 0}
@@ -396,20 +477,22 @@ def run(
                         record(row0)
                     if signals.requested is not None:  # stopped during the initial evaluation: resume skips it
                         stopped_by = signals.signal_name
-                while gen < options.generations and not stopped_by:
+                while gen < generations and not stopped_by:
                     t0 = time.perf_counter()
                     try:
                         carry, metrics = task.step(carry, gen + 1)
-                    except Exception:
+                    except Exception as err:
+                        if ckpt is None:
+                            raise
                         if gen > start:  # keep the last finished generation: --resume continues from it
                             save(gen)
-                        raise
+                        raise GenerationFailed(gen + 1, gen or None, str(ckpt.directory), err) from err
                     gen += 1
                     step_times.append(time.perf_counter() - t0)
                     row = {"generation": gen, **metrics, "seconds": step_times[-1]}
                     if signals.requested is not None:
                         stopped_by = signals.signal_name
-                    elif gen >= options.generations:
+                    elif gen >= generations:
                         stopped_by = "generations"
                     elif options.stop_after is not None and gen >= options.stop_after:
                         stopped_by = "stop_after"
@@ -438,7 +521,7 @@ def run(
                     "command": task.name,
                     "settings": settings,
                     "generation": gen,
-                    "generations": options.generations,
+                    "generations": generations,
                     "stopped_by": result.stopped_by,
                     "final": {k: v for k, v in (history[-1] if history else {}).items() if not is_wall_clock(k)},
                     **extra,
