@@ -16,6 +16,7 @@ import typer
 from eggroll.commands import _common as common
 
 app = typer.Typer(
+    cls=common.OneLineErrors,
     help="eggroll: evolution strategies in JAX with low-rank perturbations.",
     no_args_is_help=True,
     add_completion=False,
@@ -42,6 +43,9 @@ def main_options(
     ),
     num_processes: int = typer.Option(None, help="Multi-host runs: number of processes (or EGGROLL_NUM_PROCESSES)."),
     process_id: int = typer.Option(None, help="Multi-host runs: this process's id (or EGGROLL_PROCESS_ID)."),
+    peer_timeout: float = typer.Option(
+        None, help="Multi-host runs: seconds a silent process is waited for before all stop (EGGROLL_PEER_TIMEOUT; 60)."
+    ),
 ) -> None:
     """eggroll: evolution strategies in JAX with low-rank perturbations."""
     env = ("EGGROLL_COORDINATOR", "JAX_COORDINATOR_ADDRESS", "EGGROLL_NUM_PROCESSES", "JAX_NUM_PROCESSES")
@@ -49,7 +53,7 @@ def main_options(
         from eggroll import parallel
 
         try:
-            parallel.init_distributed(coordinator, num_processes, process_id)
+            parallel.init_distributed(coordinator, num_processes, process_id, peer_timeout_s=peer_timeout)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from e
 
@@ -68,14 +72,15 @@ def demo(
         "without it the demo keeps no checkpoints.",
     ),
     resume: bool = common.RESUME,
+    resume_from: int | None = common.RESUME_FROM,
     time_budget: float = common.TIME_BUDGET,
     quiet: bool = common.QUIET,
 ) -> None:
     """Evolve a Flax MLP with EGGROLL (and OpenAI-ES for comparison); save a plot (demo.png) and demo.json."""
     from eggroll.apps import demo as demo_lib
 
-    cfg = common.from_options(demo_lib.DemoConfig, locals(), {"population": "population_size"})
     run_options = common.options(locals(), generations=None, checkpoints=checkpoint_every is not None or resume)
+    cfg = common.from_options(demo_lib.DemoConfig, locals(), {"population": "population_size"})
     result = common.execute(lambda: demo_lib.DemoTask(cfg), run_options)
     common.finish(result)
 

@@ -25,9 +25,14 @@ before anything else touches JAX; the mesh then spans every process's devices.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import math
 import os
 import re
+import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -45,6 +50,7 @@ DEFAULT_AXIS = "population"
 __all__ = [
     "DEFAULT_AXIS",
     "Collective",
+    "check_fits",
     "check_population_size",
     "collectives",
     "evaluate",
@@ -164,6 +170,7 @@ def init_distributed(
     local_device_ids: Sequence[int] | None = None,
     cpu_collectives: str | None = "gloo",
     timeout_s: int = 300,
+    peer_timeout_s: float | None = None,
 ) -> bool:
     """Join a multi-process (multi-host) JAX run; call before any other JAX work.
 
@@ -182,7 +189,12 @@ def init_distributed(
         local_device_ids: restrict this process to these local devices.
         cpu_collectives: collectives backend for CPU devices (``"gloo"`` or
             ``"mpi"``); ``None`` keeps JAX's default. Needed for CPU-only runs.
-        timeout_s: how long to wait for the other processes.
+        timeout_s: how long to wait for the other processes to join (a message says who is waiting after
+            a few seconds).
+        peer_timeout_s: once running, a process that shows no sign of life for this many seconds (killed,
+            its host gone) stops every other one with a one-line error and exit code 1, instead of
+            leaving them blocked in a collective (default: ``EGGROLL_PEER_TIMEOUT`` or 60). Restart all
+            processes with ``--resume``: the newest checkpoint is kept.
 
     Returns:
         ``True`` if this process joined a multi-process run.
@@ -216,14 +228,86 @@ def init_distributed(
         raise ValueError(f"process_id={process_id} must be in [0, {num_processes}).")
     if cpu_collectives is not None:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    jax.distributed.initialize(
-        coordinator,
-        num_processes=num_processes,
-        process_id=process_id,
-        local_device_ids=local_device_ids,
-        initialization_timeout=timeout_s,
+    if peer_timeout_s is None:
+        peer_timeout_s = float(os.environ.get("EGGROLL_PEER_TIMEOUT", 60))
+    if not peer_timeout_s > 0:
+        raise ValueError(f"the peer timeout must be a positive number of seconds, got {peer_timeout_s}")
+    others = f"the other {num_processes - 1} process{'es' if num_processes > 2 else ''}"
+    waiting = threading.Timer(
+        3.0, lambda: _say(f"process {process_id}: waiting for {others} at {coordinator} (up to {timeout_s} s)...")
     )
+    waiting.daemon = True
+    waiting.start()
+    try:
+        jax.distributed.initialize(
+            coordinator,
+            num_processes=num_processes,
+            process_id=process_id,
+            local_device_ids=local_device_ids,
+            initialization_timeout=timeout_s,
+            heartbeat_timeout_seconds=int(peer_timeout_s) + 30,  # JAX's own abort comes after the watch's message
+        )
+    finally:
+        waiting.cancel()
+    _PeerWatch(process_id, num_processes, peer_timeout_s).start()
     return True
+
+
+def _say(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+class _PeerWatch(threading.Thread):
+    """Every second: publish this process's heartbeat in JAX's key-value store and read the others'.
+
+    A peer whose heartbeat stops for ``timeout`` seconds without its "done" mark (killed, host lost), or
+    a store that stops answering (process 0, which holds it, is gone), ends this process with one
+    line on stderr and exit code 1: it would otherwise wait in a collective until JAX aborts it.
+    """
+
+    def __init__(self, process_id: int, num_processes: int, timeout: float):
+        super().__init__(name="eggroll-peer-watch", daemon=True)
+        from jax._src import distributed
+
+        self.client, self.me, self.n, self.timeout = distributed.global_state.client, process_id, num_processes, timeout
+        self.stop = threading.Event()
+        atexit.register(self.finish)  # runs before JAX's own shutdown (registered earlier)
+
+    def finish(self) -> None:
+        """Mark this process done (its silence is then no failure) and stop watching."""
+        self.stop.set()
+        with contextlib.suppress(Exception):
+            self.client.key_value_set(f"eggroll/done/{self.me}", "1", allow_overwrite=True)
+
+    def run(self) -> None:
+        beat, seen = 0, {p: ("", time.monotonic()) for p in range(self.n) if p != self.me}
+        while not self.stop.wait(1.0):
+            try:
+                beat += 1
+                self.client.key_value_set(f"eggroll/beat/{self.me}", str(beat), allow_overwrite=True)
+                beats = dict(self.client.key_value_dir_get("eggroll/beat/"))
+                done = {k.rsplit("/", 1)[-1] for k, _ in self.client.key_value_dir_get("eggroll/done/")}
+            except Exception:  # noqa: BLE001 - the store itself is gone: process 0 died
+                self._fail(0, "the coordinator (process 0) stopped answering")
+                return
+            now = time.monotonic()
+            for peer, (value, since) in seen.items():
+                current = beats.get(f"eggroll/beat/{peer}", "")
+                if current != value:
+                    seen[peer] = (current, now)
+                elif str(peer) not in done and now - since > self.timeout:
+                    self._fail(peer, f"process {peer} showed no sign of life for {self.timeout:g} s")
+
+    def _fail(self, peer: int, why: str) -> None:
+        if self.stop.is_set():
+            return
+        _say(
+            f"error: {why} (killed, or its host is gone); process {self.me} stops too. Restart every process "
+            "with the same command plus --resume: the newest checkpoint is kept. (EGGROLL_PEER_TIMEOUT sets the "
+            "seconds to wait.)"
+        )
+        os._exit(1)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -288,6 +372,38 @@ def check_population_size(population_size: int, num_devices: int, *, antithetic:
         raise ValueError(
             f"population_size={population_size} cannot be split over {num_devices} devices: it must be a multiple "
             f"of {what}. Use population_size={sizes}, or a mesh with fewer devices."
+        )
+
+
+def device_memory(device: Any) -> int:
+    """Bytes a computation may use on ``device``: an accelerator's allocator limit, or the host's RAM for a CPU
+    device (the CPU devices of one process share it)."""
+    stats = getattr(device, "memory_stats", lambda: None)() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return ram // max(1, sum(d.platform == "cpu" for d in jax.local_devices()) if device.platform == "cpu" else 1)
+
+
+def check_fits(compiled: Any, what: str, hint: str) -> None:
+    """Refuse a compiled computation whose buffers (XLA's memory analysis) exceed its device's memory.
+
+    Call it on ``jitted.lower(...).compile()`` before the first call (the call then reuses the compilation):
+    a population too large for the machine is refused in one line instead of failing minutes later.
+
+    Raises:
+        ValueError: naming the memory needed and available, and ``hint`` (what to change).
+    """
+    analysis = compiled.memory_analysis()
+    if analysis is None:  # a backend without the analysis: nothing to check
+        return
+    need = sum(getattr(analysis, f"{k}_size_in_bytes", 0) for k in ("temp", "argument", "output", "generated_code"))
+    device = jax.local_devices()[0]
+    have = device_memory(device)
+    if need > have:
+        raise ValueError(
+            f"{what} needs about {need / 2**30:,.1f} GiB per device, more than the {have / 2**30:,.1f} GiB of "
+            f"{device.platform} memory here; {hint}"
         )
 
 

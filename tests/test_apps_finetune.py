@@ -266,11 +266,12 @@ def test_finetune_time_budget_quiet_and_bad_input(tmp_path):
 
     for bad, says in [
         (["--population", "7"], "--population must be even"),
-        (["--generations", "0"], "--generations must be a whole number >= 1"),
-        (["--checkpoint-every", "-1"], "--checkpoint-every must be a whole number >= 1"),
-        (["--group-size", "3"], "group_size=3 must divide population=8"),
+        (["--generations", "0"], "Invalid value for '--generations'"),
+        (["--checkpoint-every", "-1"], "Invalid value for '--checkpoint-every'"),
+        (["--group-size", "3"], "--group-size 3 must divide --population 8"),
+        (["--prompts", "8"], "--population 8 with --prompts 8 gives groups of 1 members"),
         (["--resume"], "No finished checkpoint"),
     ]:
         refused = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad"), *bad])
         assert refused.exit_code == 2 and says in " ".join(refused.output.split()), (bad, refused.output)
-        assert "Traceback" not in refused.output
+        assert "Traceback" not in refused.output and len(refused.output.strip().splitlines()) == 1

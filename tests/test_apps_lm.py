@@ -100,7 +100,7 @@ def test_train_resume_and_sample(tmp_path: Path):
     missing = runner.invoke(app, ["sample", "--out", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
 
-    # a corrupt newest step: a clear error that names what to delete (sampling and resuming)
+    # a corrupt newest step: a clear error that names it and the step to continue from (sampling and resuming)
     broken = tmp_path / "broken"
     shutil.copytree(ckpt, broken)  # steps 4, 6 and 8
     for f in (broken / "checkpoints" / "8" / "items").rglob("*"):
@@ -110,8 +110,9 @@ def test_train_resume_and_sample(tmp_path: Path):
         out = runner.invoke(app, cmd)
         assert (
             out.exit_code == 2
-            and "corrupt" in out.output
-            and f"delete {broken / 'checkpoints' / '8'} to resume from step 6" in out.output
+            and f"step 8 in {broken / 'checkpoints'} is damaged" in " ".join(out.output.split())
+            and "--resume-from 6" in out.output
+            and "delete" not in out.output
         ), out.output
     assert "Traceback" not in out.output
 
@@ -154,7 +155,7 @@ def test_bad_options_and_old_checkpoints_give_clear_errors(tmp_path: Path):
         assert out.exit_code == 2, out.output
         assert "older `eggroll lm`" in out.output and "previous release" in out.output, out.output
     out = runner.invoke(app, [*TINY, "--out", str(old)])
-    assert out.exit_code == 2 and "not empty" in out.output and "another --out" in out.output, out.output
+    assert out.exit_code == 2 and "not empty" in out.output and "new or empty --out" in out.output, out.output
     # the run of another command
     with Checkpointer(tmp_path / "rl" / "checkpoints", async_save=False) as ckpt:
         ckpt.save(1, {"x": np.zeros(2)}, {"generation": 1, "settings": {"env": "CartPole-v1"}, "extra": {}})

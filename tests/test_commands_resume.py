@@ -52,7 +52,7 @@ def _setup(command: str, tmp_path: Path) -> list[str]:
     return ["--model", str(model), "--reward", f"{reward}:digits"]
 
 
-SKIP = ("checkpoints", "tensorboard")
+SKIP = ("checkpoints", "checkpoints.set-aside", "tensorboard")
 SETUP: dict[str, list[str]] = {}
 
 
@@ -153,3 +153,44 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(tmp_path
     rows = [json.loads(line) for line in (out / "metrics" / "metrics.jsonl").read_text().splitlines()]
     assert [r["generation"] for r in rows] == list(range(15))  # one run's rows, in order: nothing interleaved
     assert not (out / LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["rl", "lm"])
+def test_a_damaged_checkpoint_is_named_and_the_run_continues_from_the_newest_good_one(tmp_path, command):
+    """Issue 13, item 1: bytes overwritten inside the newest step's data (as `dd conv=notrunc` does).
+
+    ``--resume`` must refuse it in one line (exit 2) naming the damaged step and the newest step that
+    verifies, delete nothing, and ``--resume --resume-from <that step>`` must finish the run with every
+    file equal to the undamaged run's.
+    """
+    import shutil
+
+    from test_run_loop import _damage, _steps
+
+    out = tmp_path / "run"
+    done = subprocess.run(_cli(command, out), env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(out, snapshot, ignore=shutil.ignore_patterns(*SKIP))
+    ckpt = out / "checkpoints"
+    steps = _steps(ckpt)
+    newest, good = steps[-1], steps[-2]
+    damaged = _damage(ckpt / str(newest))
+
+    refused = subprocess.run(_cli(command, out, "--resume"), env=_env(), capture_output=True, text=True, timeout=600)
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert f"step {newest} in {ckpt} is damaged: {damaged.relative_to(ckpt / str(newest))}" in lines[0]
+    assert f"--resume-from {good}" in lines[0]
+    assert _steps(ckpt) == steps
+
+    again = _cli(command, out, "--resume", "--resume-from", str(good))
+    resumed = subprocess.run(again, env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resumed from generation {good}" in " ".join(resumed.stdout.split())
+    assert _steps(out / "checkpoints.set-aside") == [newest]
+    want, got = _files(snapshot), _files(out)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert _read(got[name], out) == _read(want[name], out), f"{command}: {name} differs after the fallback"

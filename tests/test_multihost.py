@@ -201,3 +201,89 @@ def test_two_processes_run_the_rl_command_together_like_one(tmp_path):
 
 if __name__ == "__main__":
     worker(Path(sys.argv[1]))
+
+
+def _rl_processes(tmp_path, out: str, *extra: str, env_extra: dict | None = None, count: int = 2):
+    port = _free_port()
+    args = ["rl", "--env", "Pendulum-v1", "--generations", "400", "--population", "16", "--horizon", "30"]
+    args += ["--rollouts", "1", "--hidden", "4", "--eval-every", "50", "--eval-episodes", "1", "--quiet"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EGGROLL_", "JAX_"))}
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", **(env_extra or {}))
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "eggroll.cli", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+            + ["--process-id", str(i), *args, "--out", str(tmp_path / out), *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(count)
+    ]
+
+
+def _wait_for_rows(path: Path, rows: int, procs, timeout: float = 300) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        if path.exists() and len(path.read_text().splitlines()) >= rows:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never reached {rows} rows")
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_generation_with_a_checkpoint(tmp_path):
+    """Issue 13, item 3: the stop is agreed through a collective every generation, so no process hangs."""
+    import signal
+
+    from eggroll.run.checkpoint import Checkpointer
+
+    procs = _rl_processes(tmp_path, "run", "--checkpoint-every", "1000")
+    _wait_for_rows(tmp_path / "run" / "metrics" / "metrics.jsonl", 4, procs)
+    procs[1].send_signal(signal.SIGTERM)  # the process that does not write the files
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [143, 143], outputs
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert record["stopped_by"] == "SIGTERM"
+    with Checkpointer(tmp_path / "run" / "checkpoints") as ck:  # saved at the agreed generation
+        assert ck.steps() == [record["generation"]]
+    resumed = _rl_processes(tmp_path, "run", "--resume", "--generations", str(record["generation"] + 2))
+    outputs = [p.communicate(timeout=300) for p in resumed]
+    assert [p.returncode for p in resumed] == [0, 0], outputs
+    assert f"resumed from generation {record['generation']}" in " ".join(outputs[0][0].split())
+
+
+def test_a_killed_process_stops_the_other_with_one_line_within_the_peer_timeout(tmp_path):
+    import time
+
+    procs = _rl_processes(tmp_path, "run", env_extra={"EGGROLL_PEER_TIMEOUT": "5"})
+    _wait_for_rows(tmp_path / "run" / "metrics" / "metrics.jsonl", 3, procs)
+    procs[1].kill()
+    start = time.monotonic()
+    _, err = procs[0].communicate(timeout=120)
+    assert time.monotonic() - start < 60, "the survivor must stop within the peer timeout (plus a margin)"
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert procs[0].returncode == 1 and len(lines) == 1, err[-3000:]
+    assert "process 1 showed no sign of life for 5 s" in lines[0] and "--resume" in lines[0]
+    assert "Check failure" not in err and "*** " not in err  # no glog abort, no C++ stack
+
+
+def test_a_process_waiting_for_its_peers_says_so(tmp_path):
+    import time
+
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        alone = subprocess.Popen(
+            [sys.executable, "-m", "eggroll.cli", "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes"]
+            + ["2", "--process-id", "0", "version"],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={k: v for k, v in os.environ.items() if not k.startswith(("EGGROLL_", "JAX_"))},
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and "waiting for" not in log.read_text() and alone.poll() is None:
+            time.sleep(0.2)
+        alone.kill()
+        alone.wait(timeout=60)
+    assert "process 0: waiting for the other 1 process at 127.0.0.1:" in log.read_text(), log.read_text()[-2000:]

@@ -12,7 +12,7 @@ import pytest
 
 from eggroll.run.checkpoint import CheckpointError
 from eggroll.run.logging import read_jsonl
-from eggroll.run.loop import GenerationFailed, RunOptions, Task, is_wall_clock, run
+from eggroll.run.loop import GenerationFailed, RunOptions, Task, is_wall_clock, run, without_wall_clock
 
 
 class Count(Task):
@@ -189,3 +189,55 @@ def test_a_live_run_holds_its_folder_and_a_stale_lock_is_taken_over(tmp_path):
     with pytest.raises(CheckpointError):
         run(Count(), RunOptions(out=tmp_path / "typo", generations=2, resume=True, quiet=True))
     assert not (tmp_path / "typo").exists()  # a mistyped --resume folder is not left behind
+
+
+def _steps(directory):
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def _damage(step_dir, nbytes=20):
+    """Overwrite bytes inside the largest data file of a step, as `dd conv=notrunc` would (issue 13, item 1)."""
+    data = max((p for p in step_dir.rglob("*") if p.is_file() and "items" in p.parts), key=lambda p: p.stat().st_size)
+    with open(data, "r+b") as f:
+        f.seek(max(0, data.stat().st_size // 2 - nbytes // 2))
+        f.write(bytes(255 - b for b in f.read(nbytes))[:nbytes].ljust(nbytes, b"\x00"))
+    return data
+
+
+def test_a_damaged_checkpoint_is_refused_named_and_the_newest_good_one_is_kept(tmp_path):
+    opts = dict(out=tmp_path, checkpoint_every=3, max_to_keep=2, quiet=True)
+    run(Count(), RunOptions(generations=9, **opts))
+    ckpt = tmp_path / "checkpoints"
+    assert _steps(ckpt) == [6, 9]
+    for step in (6, 9):  # every kept step carries the checksum of its files
+        assert (ckpt / str(step) / "eggroll-checksum.json").is_file()
+    damaged = _damage(ckpt / "9")
+
+    with pytest.raises(CheckpointError) as refused:
+        run(Count(), RunOptions(generations=12, resume=True, **opts))
+    message = str(refused.value)
+    assert f"step 9 in {ckpt} is damaged: {damaged.relative_to(ckpt / '9')} does not match its checksum" in message
+    assert "newest step that verifies is 6" in message and "--resume-from 6" in message
+    assert _steps(ckpt) == [6, 9]  # nothing deleted, nothing overwritten
+
+    resumed = run(Count(), RunOptions(generations=12, resume=True, resume_from=6, **opts))
+    reference = run(Count(), RunOptions(generations=12, out=tmp_path / "ref", checkpoint_every=3, quiet=True))
+    assert resumed.resumed_from == 6 and float(resumed.carry["x"]) == float(reference.carry["x"]) == 12.0
+    assert without_wall_clock(resumed.history) == without_wall_clock(reference.history)
+    assert _steps(tmp_path / "checkpoints.set-aside") == [9]  # the damaged step is kept aside, never read again
+    assert _steps(ckpt) == [9, 12]  # generation 9 saved anew; 6 goes only once two newer steps are sealed
+
+
+def test_a_step_is_deleted_only_when_newer_sealed_steps_replace_it(tmp_path):
+    from eggroll.run.checkpoint import Checkpointer
+
+    with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+        for step in (1, 2, 3):
+            ckpt.save(step, {"x": jnp.full((), step)})
+            ckpt.wait()
+            assert ckpt.sealed(step) and _steps(tmp_path)[-1] == step
+        assert _steps(tmp_path) == [2, 3]
+        (tmp_path / "3" / "eggroll-checksum.json").unlink()  # 3 as if the process died before sealing it
+        ckpt.save(4, {"x": jnp.full((), 4)})  # seals 3 again first, then saves 4
+        ckpt.wait()
+        assert _steps(tmp_path) == [3, 4] and all(ckpt.sealed(s) for s in (3, 4))

@@ -254,6 +254,12 @@ class BBOBTask(EvoLLMTask):
         fid = int(function) if function.isdigit() else FUNCTIONS.get(function.lower())
         if fid is None or not 1 <= fid <= 24:
             raise ValueError(f"--function {function!r}: use one of {', '.join(FUNCTIONS)} or a BBOB id 1-24")
+        if api not in ("completions", "chat"):
+            raise ValueError(f"--api must be completions or chat, got {api!r}")
+        if not strategy_options.get("temperature", 0.0) >= 0:
+            raise ValueError(f"--temperature must be >= 0 (0: greedy), got {strategy_options['temperature']}")
+        if not timeout > 0:  # NaN too
+            raise ValueError(f"--timeout must be a positive number of seconds, got {timeout!r}")
         settings = {"function": fid, "dim": dim, "instance": instance, "population": population, "seed": seed}
         settings.update(strategy_options)
         settings["model"] = f"{model} ({api})" if base_url else (model_path or "smollm2-135m-instruct")

@@ -126,16 +126,32 @@ class FinetuneConfig:
         """The group size; ``ValueError`` naming what is wrong if the population cannot be split into even groups."""
         if self.population < 2 or self.population % 2:
             raise ValueError(f"--population must be even and >= 2 (antithetic pairs), got {self.population}")
-        g = self.group_size or max(self.population // self.prompts_per_generation, 1)
-        if self.population % g:
-            raise ValueError(f"group_size={g} must divide population={self.population}")
-        if (self.population // g) > self.prompts_per_generation or self.prompts_per_generation % (self.population // g):
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"--lr must be > 0 (or left out for 0.5 sigma^2 sqrt(N)), got {self.learning_rate}")
+        if self.group_size is not None and self.group_size < 2:
+            raise ValueError(f"--group-size must be >= 2 (antithetic pairs share prompts), got {self.group_size}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.sigma > 0:
+            raise ValueError(f"--sigma must be > 0, got {self.sigma}")
+        n, prompts = self.population, self.prompts_per_generation
+        g = self.group_size or max(n // prompts, 1)
+        unit = max(1, round(n / (2 * prompts)))
+        if self.group_size is None and (n % prompts or g % 2):  # the user set neither: say it in their options
             raise ValueError(
-                f"prompts_per_generation={self.prompts_per_generation} must be a multiple of the number of "
-                f"groups population/group_size={self.population // g}"
+                f"--population {n} with --prompts {prompts} gives groups of {n / prompts:g} members sharing a "
+                f"prompt, but each group must be a whole, even number (antithetic pairs share prompts): use a "
+                f"--population that is a multiple of 2 x --prompts = {2 * prompts} (e.g. {2 * prompts * unit}), "
+                "or set --group-size"
+            )
+        if n % g:
+            raise ValueError(f"--group-size {g} must divide --population {n}")
+        if (n // g) > prompts or prompts % (n // g):
+            raise ValueError(
+                f"--prompts {prompts} must be a multiple of the number of groups --population / --group-size = {n // g}"
             )
         if g % 2:
-            raise ValueError(f"group_size={g} must be even (antithetic pairs share prompts)")
+            raise ValueError(f"--group-size {g} must be even (antithetic pairs share prompts)")
         return g
 
     def run_options(self, *, quiet: bool = True) -> RunOptions:
@@ -320,8 +336,8 @@ class FinetuneTask(Task):
     ):
         self.cfg, self.mesh, self.callback = cfg, mesh, callback or (lambda record: None)
         self.group_size = cfg.resolved_group_size()
+        self.reward_task = task if task is not None else make_task(cfg.task, reward=cfg.reward)  # before the model
         self.config, params, self.tok = model if model is not None else load_model(cfg.model)
-        self.reward_task = task if task is not None else make_task(cfg.task, reward=cfg.reward)
         self.population_size = cfg.population
         self.max_new = cfg.max_new_tokens or self.reward_task.max_new_tokens
         self._params, mask = select_leaves(params, cfg.layers, cfg.evolve)

@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 
+from eggroll import parallel
 from eggroll.models import egg
 from eggroll.problems import text
 from eggroll.run.checkpoint import Checkpointer, CheckpointError
@@ -112,6 +113,13 @@ class LMTrainTask(Task):
         self.sample_length, self.plot, self.verbose = sample_length, plot, verbose
         self._elapsed0, self._t0 = 0.0, time.perf_counter()
         self._shown = {"train_bpb": float("nan"), "valid_bpb": float("nan"), "tokens_per_s": 0.0}
+        # compile the step now (the first generation reuses it): a population the memory cannot hold is refused
+        # before any file is written
+        inputs, targets, reset = (problem.put(a) for a in problem.batch(self.offset))
+        shapes = jax.eval_shape(problem.init) if carry is None else carry
+        compiled = problem.step.lower(shapes, inputs, targets, reset).compile()
+        what = f"a generation of {self.config.population} members x {self.config.chunk} bytes"
+        parallel.check_fits(compiled, what, "use a smaller --population or --chunk, or more devices (--devices all)")
 
     # ------------------------------------------------------------------ hooks
     def settings(self) -> dict[str, Any]:
@@ -368,8 +376,8 @@ def command_task(
         others = sorted(p.name for p in out.iterdir() if p.name != "checkpoints") if out.is_dir() else []
         if others and not any(p.name.isdigit() for p in (out / "checkpoints").glob("*")):
             raise CheckpointError(
-                f"{str(out)!r} is not empty but holds no finished checkpoint ({', '.join(others[:5])}); choose "
-                "another --out, or delete it to start over."
+                f"{str(out)!r} is not empty but holds no finished checkpoint ({', '.join(others[:5])}); nothing "
+                "was written there: choose a new or empty --out for this run."
             )
         config = text.LMConfig(**settings)
     data = text.load_corpus(corpus)

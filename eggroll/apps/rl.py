@@ -95,6 +95,11 @@ class RLConfig:
             raise ValueError(f"unknown strategy {self.strategy!r}; use one of {STRATEGIES}")
         if self.population_size < 2 or self.population_size % 2:
             raise ValueError(f"population_size must be even and >= 2 (antithetic pairs), got {self.population_size}")
+        if self.population_size * self.num_rollouts >= 2**31:  # member and episode ids are int32
+            raise ValueError(
+                f"population_size x num_rollouts must be below 2^31 (int32 ids), got {self.population_size} x "
+                f"{self.num_rollouts}; use a smaller --population"
+            )
         for name in ("generations", "num_rollouts", "eval_every", "eval_episodes", "rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -254,6 +259,10 @@ class RLTask(Task):
             return jnp.mean(eval_fitness.rollout(key, mean, fit_state).returns)
 
         self._generation, self._evaluate_mean = generation, evaluate_mean
+        first = self.init()  # compile now (the first step reuses it) and refuse a generation the memory cannot hold
+        compiled = generation.lower(first["key"], first["es_state"], first["fit_state"]).compile()
+        what = f"a generation of {config.population_size} members x {config.num_rollouts} episodes"
+        parallel.check_fits(compiled, what, "use a smaller --population or --rollouts, or more devices (--devices)")
 
     def settings(self) -> dict[str, Any]:
         return _resume_fields(self.config)

@@ -12,25 +12,33 @@ checkpoint, with the hint to add ``--resume``).
 from __future__ import annotations
 
 import inspect
+import math
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
+import click
 import typer
+import typer.core
+from typer.core import TyperGroup
 
 from eggroll.run.progress import console
 
 __all__ = [
     "CHECKPOINT_EVERY",
     "DEVICES",
+    "OneLineErrors",
     "QUIET",
     "RESUME",
+    "RESUME_FROM",
     "SEED",
     "TIME_BUDGET",
     "execute",
     "execute_result",
+    "check_values",
     "fail",
     "from_options",
     "finish",
@@ -41,25 +49,60 @@ __all__ = [
 ]
 
 
+_click = getattr(typer.core, "_click", click)  # typer >= 0.24 raises its own copy of click's exceptions
+_NoArgsIsHelp = getattr(_click.exceptions, "NoArgsIsHelpError", type("NoArgsIsHelpError", (Exception,), {}))
+
+
+class OneLineErrors(TyperGroup):
+    """The ``eggroll`` group: a usage error (a bad value, an unknown option) is one line on stderr, exit 2.
+
+    Click would print a usage box; every command's own errors (:func:`eggroll.commands._common.fail`) are
+    one ``error: ...`` line, and so are these.
+    """
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None, standalone_mode=True, **kw):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **kw)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **kw)
+        except _NoArgsIsHelp as err:
+            typer.echo(err.ctx.get_help())
+            sys.exit(err.exit_code)
+        except _click.exceptions.ClickException as err:
+            where = f" ({err.ctx.command_path} --help lists the options)" if getattr(err, "ctx", None) else ""
+            typer.secho(f"error: {' '.join(err.format_message().split())}{where}", fg=typer.colors.RED, err=True)
+            sys.exit(err.exit_code)
+        except _click.exceptions.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 def out_option(default: str | None) -> Any:
     return typer.Option(default, "--out", help="The run's folder: result.json, metrics/, checkpoints/ and the plot.")
 
 
 def generations_option(default: int, unit: str = "generations") -> Any:
     return typer.Option(
-        default, "--generations", help=f"{unit.capitalize()} to run in total (a resume counts those done)."
+        default, "--generations", min=1, help=f"{unit.capitalize()} to run in total (a resume counts those done)."
     )
 
 
-def population_option(default: int, extra: str = "") -> Any:
-    return typer.Option(default, "--population", help=f"Population size (members per generation){extra}.")
+def population_option(default: int, extra: str = "", minimum: int = 2) -> Any:
+    return typer.Option(default, "--population", min=minimum, help=f"Population size (members per generation){extra}.")
 
 
 SEED = typer.Option(0, "--seed", help="Random seed of the whole run.")
 CHECKPOINT_EVERY = typer.Option(
-    None, "--checkpoint-every", help="Checkpoint every K generations (always on SIGTERM / Ctrl-C and at the end)."
+    None,
+    "--checkpoint-every",
+    min=1,
+    help="Checkpoint every K generations (always on SIGTERM / Ctrl-C and at the end).",
 )
 RESUME = typer.Option(False, "--resume", help="Continue the run in --out from its newest checkpoint (same settings).")
+RESUME_FROM = typer.Option(
+    None, "--resume-from", min=1, help="With --resume: continue from this checkpoint step (when a newer is damaged)."
+)
 DEVICES = typer.Option(
     "auto", "--devices", help="Split the population over devices: a number, 'all', or 'auto' (1; all if multi-process)."
 )
@@ -99,11 +142,30 @@ def from_options(cls: Callable[..., Any], values: Mapping[str, Any], /, renamed:
     return cls(**{**{k: v for k, v in given.items() if k in names}, **kw})
 
 
+def check_values(values: Mapping[str, Any]) -> None:
+    """Exit 2 (one line) for a NaN or infinite number among the command's option ``values``, or an ``out``
+    folder that cannot be created; checked before anything is written."""
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    out = values.get("out")
+    if out is None:
+        return
+    parent = Path(out).absolute()
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        fail(f"--out {out}: {parent} is a file, not a folder; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        fail(f"--out {out}: {parent} is not writable; choose a folder you can write to")
+
+
 def options(values: Mapping[str, Any] = {}, /, **kwargs: Any):
     """:class:`eggroll.run.loop.RunOptions` from the command's option ``values`` (those named like its
-    fields) and ``kwargs`` on top, validated (bad values exit 2)."""
+    fields) and ``kwargs`` on top, validated (:func:`check_values`; bad values exit 2)."""
     from eggroll.run.loop import RunOptions
 
+    check_values({**values, **kwargs})
     kwargs = {**{k: v for k, v in values.items() if k not in kwargs}, "started": STARTED, **kwargs}
     try:
         return from_options(RunOptions, kwargs).validate()
@@ -119,8 +181,8 @@ def execute(build: Callable[[], Any], run_options: Any, **run_kwargs: Any):
 
 
 def execute_result(run_it: Callable[[], Any]):
-    """Return ``run_it()``; bad input it raises (ValueError, CheckpointError, missing file) and a failed
-    generation (what is saved is named): one line, exit 2."""
+    """Return ``run_it()``; bad input it raises (ValueError, CheckpointError, a missing or unwritable file)
+    and a failed generation (what is saved is named): one line, exit 2."""
     from eggroll.run.checkpoint import CheckpointError
     from eggroll.run.loop import GenerationFailed
 
@@ -128,6 +190,10 @@ def execute_result(run_it: Callable[[], Any]):
         return run_it()
     except (ValueError, CheckpointError, FileNotFoundError, GenerationFailed) as err:
         fail(err)
+    except OSError as err:  # e.g. a folder that cannot be created or written
+        fail(
+            f"{err.strerror or err}: {err.filename} (check the path, or choose another --out)" if err.filename else err
+        )
 
 
 def finish(result: Any, files: dict[str, Any] | None = None) -> None:

@@ -17,6 +17,7 @@ import typer
 from eggroll.commands import _common
 
 app = typer.Typer(
+    cls=_common.OneLineErrors,
     help="Benchmark evolution strategies on the 24 noiseless COCO BBOB functions (identical to cocoex).",
     no_args_is_help=False,
 )
@@ -40,6 +41,7 @@ def bbob(
     seed: int = _common.SEED,
     checkpoint_every: int | None = _common.CHECKPOINT_EVERY,
     resume: bool = _common.RESUME,
+    resume_from: int | None = _common.RESUME_FROM,
     time_budget: float | None = _common.TIME_BUDGET,
     quiet: bool = _common.QUIET,
     x0: str = typer.Option("uniform", "--x0", help="Initial mean: 'uniform' in [-4,4]^D or 'origin'."),
@@ -62,6 +64,7 @@ def bbob(
     from eggroll.run.progress import console
 
     out = out_short or out
+    run_options = _common.options(locals(), quiet=quiet or progress is False)
     with jax.enable_x64(True) if x64 else contextlib.nullcontext():
         try:
             refuse_coco_resume(coco, resume)
@@ -81,7 +84,6 @@ def bbob(
             )
         except ValueError as err:
             _common.fail(err)
-        run_options = _common.options(locals(), quiet=quiet or progress is False)
         result = _common.execute(lambda: task, run_options)
     if result.record.get("stopped_at"):
         console.print(f"stopped at {result.record['stopped_at']}")

@@ -29,6 +29,7 @@ import typer
 from eggroll.commands import _common
 
 app = typer.Typer(
+    cls=_common.OneLineErrors,
     help="EvoLLM: a language model as the recombination operator of an ES.",
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -53,6 +54,7 @@ def optimise(
         1, "--checkpoint-every", help="Checkpoint every K generations (always on SIGTERM / Ctrl-C and at the end)."
     ),
     resume: bool = _common.RESUME,
+    resume_from: int | None = _common.RESUME_FROM,
     time_budget: float | None = _common.TIME_BUDGET,
     quiet: bool = _common.QUIET,
     base_url: str = typer.Option(None, help="OpenAI-compatible API root ending in /v1; default: the local model."),

@@ -9,7 +9,9 @@ import typer
 from eggroll.commands import _common as common
 from eggroll.run.progress import console
 
-app = typer.Typer(help="Backprop-free fine-tuning of a local LLM (GGUF or Hugging Face dir) with EGGROLL.")
+app = typer.Typer(
+    cls=common.OneLineErrors, help="Backprop-free fine-tuning of a local LLM (GGUF or Hugging Face dir) with EGGROLL."
+)
 
 
 @app.callback(invoke_without_command=True)
@@ -43,6 +45,7 @@ def finetune(
     out: str = common.out_option("runs/finetune"),
     checkpoint_every: int | None = common.CHECKPOINT_EVERY,
     resume: bool = common.RESUME,
+    resume_from: int | None = common.RESUME_FROM,
     devices: str = common.DEVICES,
     time_budget: float | None = common.TIME_BUDGET,
     quiet: bool = common.QUIET,
@@ -62,16 +65,20 @@ def finetune(
             "eggroll finetune runs on one host (all of its devices with --devices all); multi-host fine-tuning is "
             "not supported yet. Start it without --coordinator / EGGROLL_COORDINATOR."
         )
+    common.check_values(locals())
     try:
         renamed = {"lr": "learning_rate", "prompts": "prompts_per_generation", "out": "out_dir"}
         cfg = common.from_options(FinetuneConfig, locals(), renamed, checkpoint_every=checkpoint_every or 0)
         cfg.resolved_group_size()  # an odd population or a group size that does not fit: exit 2 before loading
-        options = dataclasses.replace(cfg.run_options(quiet=quiet), started=common.STARTED).validate()
+        options = dataclasses.replace(
+            cfg.run_options(quiet=quiet), started=common.STARTED, resume_from=resume_from
+        ).validate()
         mesh = parallel.mesh_from_option(devices)
         if mesh is not None:  # before the model is loaded
             parallel.check_population_size(population, mesh.size, antithetic=True)
     except ValueError as err:
         common.fail(err)
+    runner = common.execute_result(lambda: FinetuneTask(cfg, mesh=mesh))  # the model and the task: bad ones exit 2
     if not quiet:
         where = f" on {mesh.size} devices" if mesh is not None else ""
         console.print(f"[bold]EGGROLL fine-tuning[/] task={task} N={population} r={rank} sigma={sigma}{where} -> {out}")
@@ -86,7 +93,7 @@ def finetune(
                 f"{num(row['eval_accuracy']):.1%}  sample: {row['eval_sample'][:80]!r}"
             )
 
-    result = common.execute(lambda: FinetuneTask(cfg, mesh=mesh), options, callback=show)
+    result = common.execute(lambda: runner, options, callback=show)
     record = result.record  # the base model's evaluation (generation 0) and the last one
     console.print(
         f"[bold]held-out reward[/] {num(record['base_eval_reward']):.3f} -> {num(record['eval_reward']):.3f}, "

@@ -31,7 +31,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-app = typer.Typer(help="Integer-only byte-level language model trained with integer EGGROLL.", add_completion=False)
+app = typer.Typer(
+    cls=_common.OneLineErrors,
+    help="Integer-only byte-level language model trained with integer EGGROLL.",
+    add_completion=False,
+)
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -61,6 +65,7 @@ def train(
         100, "--checkpoint-every", help="Checkpoint every K generations (always on SIGTERM / Ctrl-C and at the end)."
     ),
     resume: bool = _common.RESUME,
+    resume_from: int | None = _common.RESUME_FROM,
     devices: str = _common.DEVICES,
     time_budget: float | None = _common.TIME_BUDGET,
     quiet: bool = _common.QUIET,
@@ -103,6 +108,9 @@ def train(
             "integer LM is not supported yet. Start it without --coordinator / EGGROLL_COORDINATOR."
         )
     # the options that set the run (the LMConfig fields), and those of them given on the command line
+    _common.check_values(locals())
+    if sample_length < 0:
+        _common.fail(f"--sample-length must be >= 0 (0: no sample), got {sample_length}")
     settings = {k: v for k, v in ctx.params.items() if k in {f.name for f in dataclasses.fields(lm.text.LMConfig)}}
     given = {k: v for k, v in settings.items() if _given(ctx, k)}
     task = _common.execute_result(lambda: lm.command_task(

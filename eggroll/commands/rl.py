@@ -21,6 +21,7 @@ from eggroll.commands import _common as common
 from eggroll.run.progress import console
 
 app = typer.Typer(
+    cls=common.OneLineErrors,
     help="Evolve an MLP policy on a gymnax (CartPole-v1, Pendulum-v1 ...) or Brax (hopper, ant ...) environment.",
     no_args_is_help=False,
 )
@@ -60,6 +61,7 @@ def rl(
     out: Path | None = common.out_option(None),
     checkpoint_every: int | None = common.CHECKPOINT_EVERY,
     resume: bool = common.RESUME,
+    resume_from: int | None = common.RESUME_FROM,
     devices: str = common.DEVICES,
     time_budget: float | None = common.TIME_BUDGET,
     quiet: bool = common.QUIET,

@@ -78,6 +78,10 @@ class LocalBackend:
     ):
         if length_bucket < 1:
             raise ValueError(f"length_bucket must be >= 1, got {length_bucket}")
+        if model is None:  # a missing or foreign file fails here, not at the first generation
+            from eggroll.models.io import check_model
+
+            check_model(model_path)
         self.model_path = model_path
         self.chat = chat
         self.system = system

@@ -153,14 +153,16 @@ class LMConfig:
     def validate(self) -> LMConfig:
         """Raise a ``ValueError`` naming the bad setting; return ``self`` otherwise."""
         egg.EggConfig(self.width, self.depth, self.mlp_ratio).validate()
+        for name in ("chunk", "group_pairs", "generations", "noise_reuse"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if not 0 <= self.sigma_shift <= 10:  # int8 products reach 2^14: a larger shift rounds every perturbation to 0
+            raise ValueError(f"sigma_shift must be in 0..10 (sigma = 2^-sigma_shift), got {self.sigma_shift}.")
         if self.population < 2 or self.population % (2 * self.group_pairs):
             raise ValueError(
                 f"population ({self.population}) must be a positive multiple of 2 * group_pairs "
                 f"({2 * self.group_pairs})."
             )
-        for name in ("chunk", "group_pairs", "generations", "noise_reuse"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         return self
 
     @property

@@ -9,7 +9,13 @@ configuration, anything you add). Steps are numbered by completed generations.
 Safety: orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it
 only when every file is written, so a process killed in the middle of a save
 leaves the previous steps untouched; the unfinished directory is never read
-and is cleaned up by the next run. The newest ``max_to_keep`` steps are kept.
+and is cleaned up by the next run. Once a step is on disk, a SHA-256 of every
+one of its files is written beside them (``<step>/eggroll-checksum.json``, the
+step is then *sealed*); a restore checks it, so a step damaged later (a bad
+disk, a half-copied folder, a stray write) is refused with its name and the
+newest step that still verifies. The newest ``max_to_keep`` sealed steps are
+kept: a step is deleted only when that many newer ones are sealed, so the
+newest verified step is never removed.
 
 Example:
     >>> ckpt = Checkpointer("/tmp/run1", every=50)             # doctest: +SKIP
@@ -19,7 +25,10 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Mapping
@@ -30,9 +39,58 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["CheckpointError", "Checkpointer", "GracefulInterrupt", "check_settings", "fingerprint"]
+__all__ = [
+    "CHECKSUM_FILE",
+    "CheckpointError",
+    "Checkpointer",
+    "GracefulInterrupt",
+    "check_settings",
+    "fingerprint",
+    "step_checksums",
+    "verify_step",
+]
 
 _TMP_MARK = ".orbax-checkpoint-tmp"
+CHECKSUM_FILE = "eggroll-checksum.json"
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def step_checksums(step_dir: str | os.PathLike) -> dict[str, str]:
+    """SHA-256 of every file in a step's folder (relative path -> hex digest), the checksum file left out."""
+    root = Path(step_dir)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != CHECKSUM_FILE)
+    return {str(p.relative_to(root)): _digest(p) for p in files}
+
+
+def verify_step(step_dir: str | os.PathLike) -> str | None:
+    """What is wrong with a sealed step's files (``None``: they match their checksums, or it has none).
+
+    Returns:
+        ``None`` when every file matches (or the step was never sealed: nothing to compare), else one
+        sentence naming the first file that is missing, changed or unexpected.
+    """
+    root = Path(step_dir)
+    try:
+        saved = json.loads((root / CHECKSUM_FILE).read_text())["sha256"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its checksum file {CHECKSUM_FILE} is unreadable"
+    now = step_checksums(root)
+    for name, digest in saved.items():
+        if name not in now:
+            return f"{name} is missing"
+        if now[name] != digest:
+            return f"{name} does not match its checksum"
+    extra = sorted(set(now) - set(saved))
+    return f"{extra[0]} was not part of it" if extra else None
 
 
 class CheckpointError(RuntimeError):
@@ -115,7 +173,7 @@ class Checkpointer:
     Args:
         directory: where the steps live (created if missing).
         every: save every ``every`` generations (``None``: only when asked).
-        max_to_keep: newest steps kept on disk (>= 2 keeps a fallback).
+        max_to_keep: newest sealed steps kept on disk (>= 2 keeps a fallback).
         async_save: write in a background thread (the arrays are copied to the
             host first, so training continues safely).
 
@@ -135,14 +193,14 @@ class Checkpointer:
             raise ValueError(f"every={every} must be a positive number of generations (or None).")
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep={max_to_keep} must be >= 1.")
-        self.every = every
+        self.every, self.max_to_keep = every, max_to_keep
         self._ocp = ocp
         self._closed = False
         self._created = not self.directory.exists()  # removed again if it stays empty (a mistyped --resume path)
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+            options=ocp.CheckpointManagerOptions(  # old steps are pruned here, after newer ones are sealed
+                max_to_keep=None, enable_async_checkpointing=async_save, create=True
             ),
             item_handlers={"items": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
         )
@@ -199,6 +257,7 @@ class Checkpointer:
         """
         if step in self._manager.all_steps():
             return False
+        self._seal()  # the previous save is on disk by now: checksum it, prune what it replaces
         meta = dict(meta or {})
         meta.setdefault("step", int(step))
         meta["fingerprint"] = fingerprint(items)
@@ -208,16 +267,54 @@ class Checkpointer:
         return bool(self._manager.save(step, args=args, force=True))
 
     def wait(self) -> None:
-        """Block until background saves are finalised on disk."""
-        self._manager.wait_until_finished()
+        """Block until background saves are finalised and sealed on disk."""
+        self._seal()
 
     def close(self) -> None:
-        """Finish pending saves and release the manager (a second call does nothing)."""
+        """Finish pending saves, seal them, and release the manager (a second call does nothing)."""
         if self._closed:
             return
         self._closed = True
+        try:
+            self._seal()
+        finally:
+            self._manager.close()
+
+    def sealed(self, step: int) -> bool:
+        """Whether ``step`` carries its checksum file."""
+        return (self.directory / str(step) / CHECKSUM_FILE).is_file()
+
+    def _seal(self) -> None:
+        """Wait for background saves; write the checksum of every finished step that has none (process 0;
+        written after the data, atomically); then delete steps older than the newest ``max_to_keep`` sealed."""
         self._manager.wait_until_finished()
-        self._manager.close()
+        if jax.process_index() != 0:
+            return
+        steps = self.steps()
+        for step in steps:
+            folder = self.directory / str(step)
+            if folder.is_dir() and not self.sealed(step):
+                tmp = folder / (CHECKSUM_FILE + ".tmp")
+                tmp.write_text(json.dumps({"step": step, "sha256": step_checksums(folder)}, indent=1))
+                tmp.replace(folder / CHECKSUM_FILE)
+        keep = [s for s in steps if self.sealed(s)][-self.max_to_keep :]
+        for step in steps:
+            if keep and step < keep[0]:
+                self._manager.delete(step)
+
+    def set_aside(self, after: int) -> list[int]:
+        """Move the steps newer than ``after`` to ``<directory>.set-aside/`` (kept for inspection, never read
+        again), so that a run resumed from ``after`` can save those generations anew."""
+        moved = [s for s in self.steps() if s > after]
+        for step in moved:
+            target = self.directory.with_name(self.directory.name + ".set-aside") / str(step)
+            if target.exists():
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(self.directory / str(step)), str(target))
+        if moved:
+            self._manager.reload()
+        return moved
 
     def read_meta(self, step: int | None = None) -> dict[str, Any]:
         """The JSON record of ``step`` (default: the newest)."""
@@ -246,6 +343,7 @@ class Checkpointer:
                 names the directory and what to do.
         """
         step = self._step_or_latest(step)
+        self._check_intact(step)
         meta = self.read_meta(step)
         self._check_match(step, meta.get("fingerprint"), fingerprint(template))
         args = self._ocp.args.Composite(items=self._ocp.args.StandardRestore(_abstract(_encode(template))))
@@ -280,16 +378,33 @@ class Checkpointer:
             raise CheckpointError(f"Step {step} is not in {self.directory}; available steps: {steps}.")
         return step
 
+    def _check_intact(self, step: int) -> None:
+        """Raise naming the damage if ``step`` fails its checksum, and the newest older step that verifies."""
+        damage = verify_step(self.directory / str(step))
+        if damage is None:
+            return
+        good = next(
+            (s for s in reversed(self.steps()) if s < step and verify_step(self.directory / str(s)) is None), None
+        )
+        then = (
+            f"The newest step that verifies is {good}: continue from it with --resume --resume-from {good} "
+            f"(resume_from={good} in Python; the newer steps are moved to {self.directory.name}.set-aside/)."
+            if good is not None
+            else "No older step verifies: start the run again in a new --out."
+        )
+        raise CheckpointError(f"Checkpoint step {step} in {self.directory} is damaged: {damage}. {then}")
+
     def _corrupt(self, step: int, error: Exception) -> CheckpointError:
         older = [s for s in self.steps() if s < step]
         fallback = (
-            f"delete {self.directory / str(step)} to resume from step {older[-1]}"
+            f"continue from the step before it with --resume --resume-from {older[-1]} (resume_from={older[-1]} "
+            "in Python)"
             if older
-            else f"delete {self.directory} to start over"
+            else "start the run again in a new --out"
         )
         return CheckpointError(
-            f"Checkpoint step {step} in {self.directory} could not be read; it is corrupt or incomplete "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). To continue, {fallback}."
+            f"Checkpoint step {step} in {self.directory} could not be read ({type(error).__name__}); it is corrupt "
+            f"or incomplete. To go on, {fallback}."
         )
 
     def _check_match(self, step: int, saved: dict[str, Any] | None, expected: dict[str, Any]) -> None:

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 __all__ = [
     "GenerationFailed",
@@ -100,6 +101,9 @@ class RunOptions:
             a short job rerun into the same folder; SIGTERM still stops it cleanly).
         resume: continue from the newest checkpoint in ``out`` (none there: an
             error naming the folder, unless ``resume_missing_ok``).
+        resume_from: with ``resume``, continue from this checkpoint step instead of the newest (e.g. the
+            newest one that verifies when a newer one is damaged); the newer steps are set aside
+            (``<checkpoints>.set-aside/``) so the run can save those generations anew.
         resume_missing_ok: with ``resume``, start fresh when there is no
             checkpoint yet (jobs that always pass ``--resume``, e.g. on preemptible machines).
         time_budget: seconds; the loop stops early enough that the run (its
@@ -123,6 +127,7 @@ class RunOptions:
     checkpoint_every: int | None = None
     checkpoints: bool = True
     resume: bool = False
+    resume_from: int | None = None
     resume_missing_ok: bool = False
     time_budget: float | None = None
     eval_every: int | None = None
@@ -138,7 +143,9 @@ class RunOptions:
         bad = isinstance(self.generations, bool) or not isinstance(self.generations, int) or self.generations < 1
         if self.generations is not None and bad:
             raise ValueError(f"--generations must be a whole number >= 1, got {self.generations!r}")
-        for name in ("checkpoint_every", "eval_every", "stop_after", "log_every"):
+        if self.resume_from is not None and not self.resume:
+            raise ValueError("--resume-from continues a run: give --resume too")
+        for name in ("checkpoint_every", "eval_every", "stop_after", "log_every", "resume_from"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
@@ -346,6 +353,17 @@ def _clean(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_REASONS = ("", "generations", "stop_after", "target", "time_budget", "SIGINT", "SIGTERM")
+
+
+def _agree(reason: str) -> str:
+    """The stop reason every process adopts: the strongest any of them has (a collective over processes)."""
+    from jax.experimental import multihost_utils
+
+    codes = multihost_utils.process_allgather(np.int32(_REASONS.index(reason)))
+    return _REASONS[int(np.max(codes))]
+
+
 def run(
     task: Task,
     options: RunOptions,
@@ -408,8 +426,11 @@ def run(
         history: list[dict[str, Any]] = []
         start, resumed_from = 0, None
         if options.resume and (ckpt.latest_step() is not None or not options.resume_missing_ok):
-            ckpt.check_settings(ckpt.read_meta().get("settings"), settings, may_change=task.may_change)
-            items, meta = ckpt.restore({"carry": carry})
+            step = options.resume_from
+            ckpt.check_settings(ckpt.read_meta(step).get("settings"), settings, may_change=task.may_change)
+            items, meta = ckpt.restore({"carry": carry}, step=step)
+            if step is not None:
+                ckpt.set_aside(step)
             carry, history = items["carry"], [dict(r) for r in meta.get("history", [])]
             task.load_extra(meta.get("extra", {}))
             start = resumed_from = int(meta["generation"])
@@ -477,6 +498,8 @@ def run(
                         record(row0)
                     if signals.requested is not None:  # stopped during the initial evaluation: resume skips it
                         stopped_by = signals.signal_name
+                    if jax.process_count() > 1:
+                        stopped_by = _agree(stopped_by)
                 while gen < generations and not stopped_by:
                     t0 = time.perf_counter()
                     try:
@@ -498,6 +521,8 @@ def run(
                         stopped_by = "stop_after"
                     elif over_budget():
                         stopped_by = "time_budget"
+                    if jax.process_count() > 1:  # every process stops at the same generation, for any one's reason
+                        stopped_by = _agree(stopped_by)
                     last = stopped_by in ("generations", "time_budget")
                     scheduled = options.eval_every is not None and gen % options.eval_every == 0
                     if scheduled or last:
@@ -510,8 +535,8 @@ def run(
                         record(row)
                     if not stopped_by and ckpt is not None and (ckpt.should_save(gen) or task.should_checkpoint(gen)):
                         save(gen)
-                    if signals.requested is not None and not stopped_by:
-                        stopped_by = signals.signal_name
+                    if signals.requested is not None and not stopped_by and jax.process_count() == 1:
+                        stopped_by = signals.signal_name  # (several processes: the next generation agrees on it)
             save(gen)
             result = RunResult(carry, gen, history, stopped_by or "generations", resumed_from, out)
             result.checkpoint_dir = None if ckpt is None else str(ckpt.directory)

@@ -58,11 +58,19 @@ def gymnax_names() -> list[str]:
     return list(gymnax.registered_envs)
 
 
+def _brax_envs() -> Any:
+    """``brax.envs``, imported without the lines MuJoCo prints when its optional ``warp`` backend is missing."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        from brax import envs
+    return envs
+
+
 def brax_names() -> list[str]:
     """Names of the registered Brax environments."""
-    from brax import envs
-
-    return sorted(envs._envs)  # the registry behind brax.envs.get_environment
+    return sorted(_brax_envs()._envs)  # the registry behind brax.envs.get_environment
 
 
 def _unpack_gymnax_step(out: tuple) -> tuple[Any, Any, jax.Array, jax.Array]:
@@ -158,8 +166,7 @@ def brax_env(name: str, episode_length: int = 1000, backend: str | None = None, 
     """
     import warnings
 
-    from brax import envs
-
+    envs = _brax_envs()
     if name not in envs._envs:
         raise ValueError(f"{name!r} is not a Brax environment; known: {', '.join(brax_names())}")
     if backend is not None:
