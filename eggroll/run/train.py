@@ -3,7 +3,7 @@
 :func:`train` runs ``num_generations`` of ask / evaluate / tell with
 :func:`eggroll.parallel.generation_step` (one device, or the population split
 over ``mesh``), shows a rich progress bar, writes metrics with
-:class:`eggroll.logging.MetricsLogger`, saves an orbax checkpoint every
+:class:`eggroll.run.logging.MetricsLogger`, saves an orbax checkpoint every
 ``checkpoint_every`` generations and when SIGTERM / Ctrl-C arrives, and with
 ``resume=True`` continues from the newest checkpoint exactly (bit for bit) as
 if it had never stopped.
@@ -160,7 +160,7 @@ def train(
         log_dir: write ``metrics.jsonl`` / ``metrics.csv`` / TensorBoard here
             (default: ``checkpoint_dir``; ``None`` and no checkpoint dir: no files).
         log_every: log (and sync with the device) every this many generations.
-        tensorboard: see :class:`eggroll.logging.MetricsLogger`.
+        tensorboard: see :class:`eggroll.run.logging.MetricsLogger`.
         progress: show a rich progress bar (process 0 only).
         callback: ``callback(generation, row)`` after each logged generation.
         stop_after: stop (with a checkpoint, as if interrupted) once this many
