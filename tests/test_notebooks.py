@@ -14,6 +14,7 @@ NOTEBOOKS = os.path.join(ROOT, "notebooks")
 # notebook -> text its small run must print
 SMALL_RUNS = {
     "ask_tell_evosax.ipynb": ["evosax Open_ES", "LowRankPopulation", "loss of each seed's mean"],
+    "bbob.ipynb": ["cocopp data sets", "agree between the runner and cocopp", "at the budget"],
     "scaling.ipynb": ["all-gather ((256,),)", "process 1 of 2: 8 devices", "this kernel, 8 devices"],
 }
 
