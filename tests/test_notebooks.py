@@ -16,6 +16,7 @@ SMALL_RUNS = {
     "ask_tell_evosax.ipynb": ["evosax Open_ES", "LowRankPopulation", "loss of each seed's mean"],
     "bbob.ipynb": ["cocopp data sets", "agree between the runner and cocopp", "at the budget"],
     "integer_lm.ipynb": ["dtypes after training: ['int8']", "validation bits/byte", "trained sample:"],
+    "neuroevolution.ipynb": ["cartpole.gif", "pendulum.html", "population mean return"],
     "scaling.ipynb": ["all-gather ((256,),)", "process 1 of 2: 8 devices", "this kernel, 8 devices"],
 }
 
