@@ -15,6 +15,7 @@ NOTEBOOKS = os.path.join(ROOT, "notebooks")
 SMALL_RUNS = {
     "ask_tell_evosax.ipynb": ["evosax Open_ES", "LowRankPopulation", "loss of each seed's mean"],
     "bbob.ipynb": ["cocopp data sets", "agree between the runner and cocopp", "at the budget"],
+    "finetune_smollm2.ipynb": ["135M parameters", "held-out reward: before", "after:"],
     "integer_lm.ipynb": ["dtypes after training: ['int8']", "validation bits/byte", "trained sample:"],
     "neuroevolution.ipynb": ["cartpole.gif", "pendulum.html", "population mean return"],
     "scaling.ipynb": ["all-gather ((256,),)", "process 1 of 2: 8 devices", "this kernel, 8 devices"],
