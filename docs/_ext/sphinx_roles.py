@@ -51,7 +51,16 @@ def _rewrite(pkg: griffe.Module, obj: griffe.Object) -> None:
                 target = _lookup(pkg, full)
                 if target is None and not full.startswith(f"{pkg.name}."):
                     return f"`{title}`"  # outside eggroll: plain code
-            elif hasattr(builtins, name) or name.split(".")[0] in {"jax", "jnp", "np", "numpy", "optax", "flax", "orbax", "evosax"}:
+            elif hasattr(builtins, name) or name.split(".")[0] in {
+                "jax",
+                "jnp",
+                "np",
+                "numpy",
+                "optax",
+                "flax",
+                "orbax",
+                "evosax",
+            }:
                 return f"`{title}`"
         if target is None:
             _logger.warning(f"{obj.relative_filepath}:{obj.lineno}: cannot resolve {m.group(0)}")
