@@ -64,8 +64,9 @@ def apply_flax(model: Any, variables: Any, *args: Any, method: Any = None, **kwa
         model: a ``flax.linen.Module``.
         variables: one member's variables, e.g. ``eggroll.member(population, i)``
             (either the full ``{"params": ...}`` dict or just the params).
-        *args, **kwargs: passed to ``model.apply``.
+        *args: passed to ``model.apply``.
         method: as in ``model.apply``.
+        **kwargs: passed to ``model.apply``.
 
     Returns:
         The model's output for this member.
@@ -149,8 +150,9 @@ def apply_nnx(graphdef: Any, state: Any, *args: Any, method: str = "__call__", *
         graphdef: from ``nnx.split(model)``.
         state: one member's state, e.g. ``eggroll.member(population, i)`` with a
             strategy built on ``solution=nnx.split(model)[1]``.
-        *args, **kwargs: passed to the model's method.
+        *args: passed to the model's method.
         method: name of the method to call.
+        **kwargs: passed to the model's method.
 
     Returns:
         The method's output for this member.

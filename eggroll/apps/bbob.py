@@ -365,7 +365,9 @@ class BBOBTask(Task):
     Args:
         strategies: names (see :func:`make_competitor`), :class:`Competitor` s,
             callables ``(dimension, budget) -> Competitor``, or a comma-separated string.
-        functions, dimensions, instances: ids or specs like ``"1-24"``, ``"2,10"``, ``"1-5"``.
+        functions: function ids or a spec like ``"1-24"``.
+        dimensions: dimensions or a spec like ``"2,10"``.
+        instances: instance ids or a spec like ``"1-5"``.
         budget_multiplier: evaluations per dimension (COCO's convention).
         population: members per generation for the named strategies (``None``: each one's default per dimension).
         seed: seeds the initial means and the strategies' keys.

@@ -355,7 +355,8 @@ def command_task(
         given: those of ``settings`` given on the command line.
         corpus: a text file (``None``: a resumed run's, else :func:`eggroll.problems.text.default_corpus`).
         mesh: split the population over this device mesh (``None``: one device).
-        sample_length, plot: see :class:`LMTrainTask`.
+        sample_length: see :class:`LMTrainTask`.
+        plot: see :class:`LMTrainTask`.
 
     Raises:
         eggroll.run.checkpoint.CheckpointError: no run to resume, or a folder that holds other files.

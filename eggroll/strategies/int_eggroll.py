@@ -4,7 +4,7 @@ The strategy evolves a pytree of ``int8`` leaves (e.g. :mod:`eggroll.models.egg`
 matrices ``(m, n)`` get rank-``r`` perturbations, vectors full-rank ones.
 
 Noise. A table of ``table_size`` ``int8`` values ``clip(round(16 N(0, 1)))`` is
-drawn once in :func:`init` (the only floating-point step, outside training).
+drawn once in ``init`` (the only floating-point step, outside training).
 Member ``i`` of generation ``g`` reads, for leaf ``l``, a contiguous slice of
 the table at offset ``hash(seed, l, g // noise_reuse, i // 2)`` (an integer
 hash of counters, lowbias32 mixing), so ``tell`` regenerates every perturbation
