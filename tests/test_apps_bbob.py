@@ -48,11 +48,61 @@ def test_runner_tables_plot_and_coco_data(tmp_path: Path) -> None:
         assert [p.name for p in infos] == ["bbobexp_f1.info", "bbobexp_f21.info"], infos
         text = infos[0].read_text()
         assert "DIM = 2" in text and "DIM = 3" in text and f"algId = '{name}'" in text
-    # the best f - fopt COCO logged equals what the runner recorded (cocoex recomputes f itself)
+    # the best f - fopt COCO logged equals what the runner recorded (cocoex recomputes f itself; .dat has 10 digits)
     dat = sorted((tmp_path / "coco" / "cma_es").glob("data_f1/*_DIM2.dat"))[0].read_text()
     last_best = [float(line.split()[2]) for line in dat.splitlines() if line and not line.startswith("%")]
     rec = [r for r in sphere if r["instance"] == 2][0]
-    assert min(last_best) == pytest.approx(rec["final_delta"], rel=1e-2, abs=1e-9)
+    assert min(last_best) == pytest.approx(rec["final_delta"], rel=1e-9)
+    _assert_runtimes_equal_cocopp(result, tmp_path)
+
+
+def _assert_runtimes_equal_cocopp(result: runner.BenchmarkResult, out: Path) -> None:
+    """Every problem's 51 runtimes, and every CSV row, equal what cocopp reads from the COCO data."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cocopp warns that its online archive is unreachable
+        import cocopp
+
+        with (out / "bbob_results.csv").open() as fh:
+            rows = {
+                (r["strategy"], int(r["function"]), int(r["instance"]), int(r["dimension"])): r
+                for r in csv.DictReader(fh)
+            }
+        compared = 0
+        for name in result.strategies:
+            for ds in cocopp.pproc.DataSetList(str(out / "coco" / name)):
+                evals = np.array(ds.detEvals(list(runner.TARGETS)))  # (51, instances), nan: not reached
+                for j, inst in enumerate(ds.instancenumbers):
+                    coco = np.where(np.isnan(evals[:, j]), -1, evals[:, j]).astype(int)
+                    k = result.problems[ds.dim].index((ds.funcId, inst))
+                    key = (name, ds.funcId, inst, ds.dim)
+                    np.testing.assert_array_equal(result.hits[(name, ds.dim)][k], coco, err_msg=str(key))
+                    row, reached = rows[key], np.flatnonzero(coco >= 0)
+                    assert int(row["evals_to_best_target"]) == (coco[reached[-1]] if reached.size else -1), key
+                    assert int(row["evals_to_1e-8"]) == coco[-1], key
+                    if reached.size:
+                        assert float(row["best_target"]) == runner.TARGETS[reached[-1]], key
+                    compared += 1
+    assert compared == len(rows) == len(result.records)
+
+
+def test_a_problem_gives_the_same_result_alone_and_in_a_larger_run() -> None:
+    """Issue 14: seeds come from (strategy, dimension, function, instance), not from the problem's place in a batch.
+
+    The issue's case: cma_es on f13, 2-D, instances 1-3, alone and inside a run of more strategies, functions and
+    dimensions. (A run of a single problem compiles XLA's batch of one differently: float32 rounding may then
+    differ in the last bit and a strategy drift apart; see docs/bbob.md.)
+    """
+    common = {"budget_multiplier": 200, "progress": False, "plot": False}
+    alone = runner.run_benchmark(["cma_es"], functions="13", dimensions=[2], instances="1-3", **common)
+    batch = runner.run_benchmark(
+        ["open_es", "cma_es"], functions="1,13,21", dimensions=[2, 3], instances="1-3", **common
+    )
+    twins = [r for r in batch.records if (r["strategy"], r["function"], r["dimension"]) == ("cma_es", 13, 2)]
+    assert twins == alone.records
+    rows = [batch.problems[2].index((13, i)) for i in (1, 2, 3)]
+    np.testing.assert_array_equal(batch.hits[("cma_es", 2)][rows], alone.hits[("cma_es", 2)])
 
 
 def test_ecdf_curve_counts_pairs() -> None:

@@ -14,6 +14,16 @@ Runtimes are recorded the way COCO defines them: for each of the 51 targets
 ``f - fopt <= 10^k`` (``k = 2, 1.8, ..., -8``), the number of the first function
 evaluation (counting members in population order) whose value reached it.
 
+Every reported ``f - fopt`` (runtimes, best values, CSV, tables, ECDF) comes from one
+float64 evaluation of the points the strategies proposed, after each chunk (inside
+``jax.enable_x64``, also when the strategies run in float32): float32 evaluation has a
+noise floor of 1e-7..3e-4 on f16-19, f23 and f24, below the targets. COCO's observer
+evaluates the same points in float64, so its data and the CSV agree.
+
+Every (strategy, dimension, function, instance) problem draws its random numbers (initial
+mean, the strategy's keys) from a key folded from the seed and that identity, so a problem
+gives the same result alone and in a larger run.
+
 Strategies are told ``f - fopt`` instead of ``f``: the two differ by a constant
 per problem, to which every strategy here is invariant (they rank or
 standardise fitness), and ``f - fopt`` keeps full precision in float32 where
@@ -57,8 +67,10 @@ __all__ = [
 COCO_DIMENSIONS: tuple[int, ...] = (2, 3, 5, 10, 20, 40)
 """Dimensions of COCO's ``bbob`` suite (the only ones its observer can log)."""
 
-TARGETS: np.ndarray = 10.0 ** np.linspace(2.0, -8.0, 51)
-"""COCO's 51 standard precision targets ``10^2 ... 10^-8`` (step ``10^0.2``)."""
+TARGETS: np.ndarray = 10.0 ** (np.arange(10, -41, -1) / 5.0)
+"""COCO's 51 standard precision targets ``10^2 ... 10^-8`` (step ``10^0.2``), bit for bit as COCO's logger and
+``cocopp`` compute them, ``10^(k/5)`` (``10 ** linspace(2, -8, 51)`` is one bit smaller for some ``k``, and
+``cocopp``'s ``detEvals`` answers a target one bit below its own level with the next, harder, level)."""
 
 BUILTIN_STRATEGIES: tuple[str, ...] = ("open_es", "eggroll", "cma_es", "evosax_open_es")
 
@@ -231,12 +243,33 @@ def _strong(a: jax.Array) -> jax.Array:
     return jax.lax.convert_element_type(a, a.dtype)
 
 
-def _initial_means(key: jax.Array, n_problems: int, d: int, x0: str) -> jax.Array:
+def _problem_keys(key: jax.Array, problems: Sequence[tuple[int, int]]) -> jax.Array:
+    """One key per (function, instance), folded from ``key``: a problem's randomness does not depend on its batch."""
+    fids = jnp.asarray([f for f, _ in problems], jnp.int32)
+    iids = jnp.asarray([i for _, i in problems], jnp.int32)
+    return jax.vmap(lambda f, i: jax.random.fold_in(jax.random.fold_in(key, f), i))(fids, iids)
+
+
+def _initial_means(key: jax.Array, problems: Sequence[tuple[int, int]], d: int, x0: str) -> jax.Array:
+    """Each problem's initial mean, drawn from its own key (``key`` already folded with the dimension)."""
     if x0 == "origin":
-        return jnp.zeros((n_problems, d))
+        return jnp.zeros((len(problems), d))
     if x0 == "uniform":
-        return jax.random.uniform(key, (n_problems, d), minval=-4.0, maxval=4.0)
+        keys = _problem_keys(key, problems)
+        return jax.vmap(lambda k: jax.random.uniform(k, (d,), minval=-4.0, maxval=4.0))(keys)
     raise ValueError(f"Unknown x0 {x0!r}: use 'uniform' (random in [-4, 4]^D) or 'origin'.")
+
+
+def _split_best(best: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A float64 array as two float32 arrays ``hi + lo`` (about 48 bits; the carry stays float32 without x64)."""
+    hi = best.astype(jnp.float32)
+    lo = jnp.where(jnp.isfinite(best), best - hi.astype(best.dtype), 0.0).astype(jnp.float32)
+    return hi, lo
+
+
+def joined_best(state: Mapping[str, Any]) -> np.ndarray:
+    """A run's best ``f - fopt`` per problem (float64) from its ``best_hi`` / ``best_lo`` carry entries."""
+    return np.asarray(state["best_hi"], np.float64) + np.asarray(state["best_lo"], np.float64)
 
 
 @dataclasses.dataclass
@@ -253,6 +286,7 @@ class _Run:
     chunks: int
     start: Callable  # () -> the run's initial carry
     chunk: Callable  # (carry, data, first_generation) -> (carry, points)
+    score: Callable  # (carry, float64 data, points, first_generation) -> carry with hits and best (under x64)
 
     @property
     def label(self) -> str:
@@ -268,7 +302,6 @@ def _make_run(
     key: jax.Array,
     budget: int,
     chunk_generations: int,
-    keep_points: bool,
 ) -> _Run:
     n, n_prob, d = comp.population_size, len(suite), suite.dimension
     gens = budget // n
@@ -279,60 +312,73 @@ def _make_run(
         )
     es, params, to_points, groups = comp.strategy, comp.params, comp.to_points, suite.groups
     size = min(chunk_generations, gens)
-    seed_key = jax.random.fold_in(key, zlib.crc32(comp.name.encode()) % (2**31))
+    # one key per problem from (seed, strategy, dimension, function, instance): alone or in a batch, a problem
+    # sees the same random numbers
+    strategy_key = jax.random.fold_in(jax.random.fold_in(key, zlib.crc32(comp.name.encode()) % (2**31)), d)
+    problem_keys = _problem_keys(strategy_key, suite.problems)
 
     @jax.jit
-    def start(seed_key, means, params, fopt):
+    def start(problem_keys, means, params):
         # everything before the first generation in one compiled call (eager ops each compile on CPU)
-        k_init, k_run = jax.random.split(seed_key)
+        keys = jax.vmap(jax.random.split)(problem_keys)
         init_means = means.reshape((n_prob, *comp.template.shape)).astype(comp.template.dtype)
-        states = jax.vmap(es.init, in_axes=(0, 0, None))(jax.random.split(k_init, n_prob), init_means, params)
+        states = jax.vmap(es.init, in_axes=(0, 0, None))(keys[:, 0], init_means, params)
         carry = {
             "states": states,
-            "best": jnp.full((n_prob,), jnp.inf, fopt.dtype),
+            "best_hi": jnp.full((n_prob,), jnp.inf, jnp.float32),
+            "best_lo": jnp.zeros((n_prob,), jnp.float32),
             "hits": jnp.full((n_prob, TARGETS.size), -1, jnp.int32),
             "evals": jnp.zeros((), jnp.int32),
-            "key": k_run,
+            "key": keys[:, 1],
         }
         # strong types, as the scan in `chunk` returns them (a weak-typed carry would compile chunk twice)
         return jax.tree.map(_strong, carry)
 
     def initial() -> dict[str, Any]:
         with jax.numpy_rank_promotion("allow"):  # third-party strategies (evosax) rely on implicit broadcasting
-            return start(seed_key, means, params, suite.device_data().fopt)
+            return start(problem_keys, means, params)
 
-    def generation(data, carry, key):
-        states, best, hits, evals = carry
-        k_ask, k_tell = jax.random.split(key)
-        pop, states = jax.vmap(es.ask, in_axes=(0, 0, None))(jax.random.split(k_ask, n_prob), states, params)
+    def generation(data, carry, run_keys, index):
+        states, evals = carry
+        keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, index)))(run_keys)  # (P, 2)
+        pop, states = jax.vmap(es.ask, in_axes=(0, 0, None))(keys[:, 0], states, params)
         x = jax.vmap(to_points)(pop)
         delta = suite_evaluate(data, x, groups, shared=False, subtract_fopt=True)
         delta = jnp.where(jnp.isnan(delta), jnp.inf, delta)
-        tell_keys = jax.random.split(k_tell, n_prob)
-        states, _ = jax.vmap(es.tell, in_axes=(0, 0, 0, 0, None))(tell_keys, pop, delta, states, params)
-        below = delta[:, None, :] <= jnp.asarray(TARGETS, delta.dtype)[None, :, None]  # (P, T, N)
-        first = jnp.argmax(below, axis=-1).astype(jnp.int32)
-        hits = jnp.where((hits < 0) & jnp.any(below, axis=-1), evals + first + 1, hits)
-        best = jnp.minimum(best, jnp.min(delta, axis=1))
-        return (states, best, hits, evals + n), x if keep_points else None
+        states, _ = jax.vmap(es.tell, in_axes=(0, 0, 0, 0, None))(keys[:, 1], pop, delta, states, params)
+        return (states, evals + n), x
 
     @jax.jit
     def chunk(carry, data, first_generation):
         index = first_generation + jnp.arange(size)
-        keys = jax.vmap(lambda i: jax.random.fold_in(carry["key"], i))(index)
 
         def body(c, xs):
-            key, active = xs
-            new, out = generation(data, c, key)
+            i, active = xs
+            new, out = generation(data, c, carry["key"], i)
             # padded generations (the last chunk is padded to a full one, to compile once) change nothing
             return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, c), out
 
-        scan_carry = (carry["states"], carry["best"], carry["hits"], carry["evals"])
-        (states, best, hits, evals), xs = jax.lax.scan(body, scan_carry, (keys, index < gens))
-        return {**carry, "states": states, "best": best, "hits": hits, "evals": evals}, xs
+        (states, evals), xs = jax.lax.scan(body, (carry["states"], carry["evals"]), (index, index < gens))
+        return {**carry, "states": states, "evals": evals}, xs
+
+    @jax.jit
+    def score(carry, data64, xs, first_generation):
+        # the chunk's points (G, P, N, D) scored in float64, in evaluation order (generation, then member)
+        count = jnp.minimum(gens - first_generation, size) * n  # evaluations of this chunk (no padding)
+        x = jnp.moveaxis(xs, 0, 1).reshape((n_prob, size * n, d)).astype(jnp.float64)
+        delta = suite_evaluate(data64, x, groups, shared=False, subtract_fopt=True)
+        delta = jnp.where(jnp.isnan(delta) | (jnp.arange(size * n) >= count)[None, :], jnp.inf, delta)
+        below = delta[:, None, :] <= jnp.asarray(TARGETS)[None, :, None]  # (P, T, evaluations)
+        first = jnp.argmax(below, axis=-1).astype(jnp.int32)
+        hits = carry["hits"]
+        evals0 = (first_generation * n).astype(jnp.int32)
+        hits = jnp.where((hits < 0) & jnp.any(below, axis=-1), evals0 + first + 1, hits)
+        best = carry["best_hi"].astype(jnp.float64) + carry["best_lo"].astype(jnp.float64)
+        best_hi, best_lo = _split_best(jnp.minimum(best, jnp.min(delta, axis=1)))
+        return {**carry, "hits": hits, "best_hi": best_hi, "best_lo": best_lo}
 
     chunks = -(-gens // size)
-    return _Run(index, strategy_index, comp, suite, budget, gens, size, chunks, initial, chunk)
+    return _Run(index, strategy_index, comp, suite, budget, gens, size, chunks, initial, chunk, score)
 
 
 def _resolve(strategy: StrategyArg | Competitor, d: int, budget: int, population: int | None) -> Competitor:
@@ -355,7 +401,7 @@ def _strategy_label(strategy: StrategyArg | Competitor) -> str:
 class BBOBTask(Task):
     """The benchmark as a :class:`eggroll.run.loop.Task`: generation ``g`` is the ``g``-th chunk over all runs.
 
-    The carry is ``{"run<i>": {"states", "best", "hits", "evals", "key"}}`` for
+    The carry is ``{"run<i>": {"states", "best_hi", "best_lo", "hits", "evals", "key"}}`` for
     every run (a finished run's entry holds its results; the problem data is
     rebuilt, not saved); :meth:`save_extra` keeps the runs' wall times. At the
     end (:meth:`finish`) the finished runs' tables, runtimes, ECDF plot and
@@ -459,15 +505,15 @@ class BBOBTask(Task):
         key = jax.random.key(seed)
         self.runs: list[_Run] = []
         for d in dims:
-            means = _initial_means(jax.random.fold_in(key, d), len(suites[d]), d, x0)
+            means = _initial_means(jax.random.fold_in(key, d), suites[d].problems, d, x0)
             budget = int(budget_multiplier * d)
             for si, strategy in enumerate(strategies):
                 comp = _resolve(strategy, d, budget, population)
                 index = len(self.runs)
-                self.runs.append(
-                    _make_run(index, si, comp, suites[d], means, key, budget, chunk_generations, coco_observer)
-                )
+                self.runs.append(_make_run(index, si, comp, suites[d], means, key, budget, chunk_generations))
         self.data = {d: suite.device_data() for d, suite in suites.items()}
+        with jax.enable_x64(True):  # the points are scored in float64, whatever the strategies compute in
+            self.data64 = {d: jax.tree.map(jnp.asarray, suite.data) for d, suite in suites.items()}
         self.ends = list(np.cumsum([r.chunks for r in self.runs]))  # the generation that finishes each run
         self.total = int(self.ends[-1])  # chunks over all runs: the loop's generations for the whole budget
         self.seconds = [0.0] * len(self.runs)
@@ -497,7 +543,9 @@ class BBOBTask(Task):
         t0 = time.perf_counter()
         with jax.numpy_rank_promotion("allow"):  # third-party strategies (evosax) broadcast implicitly
             new, xs = run_.chunk(carry[name], self.data[run_.suite.dimension], (c - 1) * run_.size)
-        best, hits = np.asarray(new["best"]), np.asarray(new["hits"])
+        with jax.enable_x64(True):
+            new = run_.score(new, self.data64[run_.suite.dimension], xs, (c - 1) * run_.size)
+        best, hits = joined_best(new), np.asarray(new["hits"])
         seconds = time.perf_counter() - t0
         self.seconds[run_.index] += seconds
         done = min(c * run_.size, gens)
@@ -559,7 +607,7 @@ class BBOBTask(Task):
             bench.budgets.setdefault(r.suite.dimension, r.budget)
             if end <= done.generation:
                 state = done.carry[f"run{r.index}"]
-                _add_run(bench, r, np.asarray(state["hits"]), np.asarray(state["best"]), self.seconds[r.index])
+                _add_run(bench, r, np.asarray(state["hits"]), joined_best(state), self.seconds[r.index])
         self._observers.clear()  # finalises COCO's files
         if out is not None and not bench.interrupted:
             from eggroll.problems.bbob import report

@@ -1,4 +1,4 @@
-"""The 24 noiseless COCO BBOB functions in JAX, identical to ``cocoex``, and a benchmark runner.
+"""COCO's BBOB functions in JAX, identical to ``cocoex``: the 24 noiseless ones, the 30 of ``bbob-noisy``, a runner.
 
 Quick start::
 
@@ -7,6 +7,8 @@ Quick start::
     f = bbob.bbob_function(8, instance=1, dimension=10)    # jitted x -> f(x)
     suite = bbob.BBOBSuite("1-24", "1-5", dimension=10)       # 120 problems
     values = suite.evaluate(points)                           # (120, N) in one call
+    noisy = bbob.BBOBSuite("101-130", "1-15", dimension=10, suite="bbob-noisy")
+    noisy.evaluate(points, noise_seeds=noisy.coco_noise_seeds(len(points)))  # cocoex's noisy values
 
 See ``docs/bbob.md`` for the design and the runner.
 """
@@ -17,6 +19,8 @@ from eggroll.problems.bbob.instances import (
     FUNCTION_IDS,
     FUNCTION_NAMES,
     MAX_DIMENSION,
+    NOISY_FUNCTION_IDS,
+    SUITES,
     BBOBInstance,
     make_instance,
     stack_instances,
@@ -30,6 +34,8 @@ __all__ = [
     "FUNCTION_IDS",
     "FUNCTION_NAMES",
     "MAX_DIMENSION",
+    "NOISY_FUNCTION_IDS",
+    "SUITES",
     "bbob_function",
     "check_points",
     "delta",

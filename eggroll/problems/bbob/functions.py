@@ -16,15 +16,17 @@ problems by function so each point is evaluated only by its own function.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from eggroll.problems.bbob.instances import BBOBInstance
+from eggroll.problems.bbob.instances import NOISY_BASE, BBOBInstance
 
-__all__ = ["BRANCHES", "delta", "delta_static", "tosz", "tasy", "penalty"]
+__all__ = ["BRANCHES", "NOISE_FREE", "NOISY_BASE", "delta", "delta_static", "tosz", "tasy", "penalty"]
 
 Array = jax.Array
 
@@ -139,14 +141,15 @@ def _round(v: Array) -> Array:
     return jnp.floor(v + 0.5)
 
 
-def _f7(p: BBOBInstance, x: Array) -> Array:
+def _f7(p: BBOBInstance, x: Array, penalty_scale: float = 1.0) -> Array:
     d = x.shape[-1]
     ramp = _ramp(d, x.dtype)
     zhat = 10.0 ** (0.5 * ramp) * (_mv(p.q, x - p.xopt))
     ztil = jnp.where(jnp.abs(zhat) > 0.5, _round(zhat), _round(10.0 * zhat) / 10.0)
     z = _mv(p.r, ztil)
     core = jnp.sum(100.0**ramp * z * z)
-    return 0.1 * jnp.maximum(jnp.abs(zhat[0]) * 1e-4, core) + penalty(x)
+    value = 0.1 * jnp.maximum(jnp.abs(zhat[0]) * 1e-4, core)
+    return value + penalty(x) if penalty_scale else value
 
 
 def _f8(p: BBOBInstance, x: Array) -> Array:
@@ -159,8 +162,8 @@ def _f9(p: BBOBInstance, x: Array) -> Array:
     return _rosenbrock(_mv(p.r, x) + 0.5)
 
 
-def _f10(p: BBOBInstance, x: Array) -> Array:
-    return _ellipsoid(tosz(_mv(p.r, x - p.xopt)), 1e6)
+def _f10(p: BBOBInstance, x: Array, cond: float = 1e6) -> Array:
+    return _ellipsoid(tosz(_mv(p.r, x - p.xopt)), cond)
 
 
 def _f11(p: BBOBInstance, x: Array) -> Array:
@@ -205,21 +208,22 @@ def _f16(p: BBOBInstance, x: Array) -> Array:
     return 10.0 * s**3 + 10.0 / d * penalty(x)
 
 
-def _schaffers(p: BBOBInstance, x: Array) -> Array:
+def _schaffers(p: BBOBInstance, x: Array, penalty_scale: float = 10.0) -> Array:
     d = x.shape[-1]
     z = _mv(p.m, tasy(_mv(p.r, x - p.xopt), 0.5))
     s = z[:-1] * z[:-1] + z[1:] * z[1:]
     total = jnp.sum(s**0.25 * (1.0 + jnp.sin(50.0 * s**0.1) ** 2))
-    return (total / (d - 1.0)) ** 2 + 10.0 * penalty(x)
+    value = (total / (d - 1.0)) ** 2
+    return value + penalty_scale * penalty(x) if penalty_scale else value
 
 
-def _f19(p: BBOBInstance, x: Array) -> Array:
+def _f19(p: BBOBInstance, x: Array, facftrue: float = 10.0) -> Array:
     d = x.shape[-1]
     z = _mv(p.r, x) + 0.5
     c1 = z[:-1] * z[:-1] - z[1:]
     c2 = 1.0 - z[:-1]
     t = 100.0 * c1 * c1 + c2 * c2
-    return 10.0 + 10.0 * jnp.sum(t / 4000.0 - jnp.cos(t)) / (d - 1.0)
+    return facftrue + facftrue * jnp.sum(t / 4000.0 - jnp.cos(t)) / (d - 1.0)
 
 
 def _f20(p: BBOBInstance, x: Array) -> Array:
@@ -235,7 +239,7 @@ def _f20(p: BBOBInstance, x: Array) -> Array:
     return 0.01 * (pen + 418.9828872724339 - s / d)
 
 
-def _f21(p: BBOBInstance, x: Array) -> Array:
+def _f21(p: BBOBInstance, x: Array, penalty_scale: float = 1.0) -> Array:
     d = x.shape[-1]
     y = _mv(p.r, x)
     # (D, peaks) layout: under vmap the sum runs over a middle axis, ~15x faster on CPU than (peaks, D)
@@ -244,7 +248,7 @@ def _f21(p: BBOBInstance, x: Array) -> Array:
     heights = p.peak_values * jnp.exp((-0.5 / d) * dist)
     f = 10.0 - jnp.maximum(jnp.max(heights), 0.0)
     t = tosz(f)
-    return t * t + penalty(x)
+    return t * t + penalty(x) if penalty_scale else t * t
 
 
 def _f23(p: BBOBInstance, x: Array) -> Array:
@@ -300,12 +304,35 @@ BRANCHES: tuple[Callable[[BBOBInstance, Array], Array], ...] = (
 """``BRANCHES[f - 1](instance, x) -> f(x) - fopt`` for one point ``x`` of shape ``(D,)``."""
 
 
+_NOISE_FREE_VARIANT: dict[int, Callable[[BBOBInstance, Array], Array]] = {
+    7: functools.partial(_f7, penalty_scale=0.0),
+    10: functools.partial(_f10, cond=1e4),
+    17: functools.partial(_schaffers, penalty_scale=0.0),
+    19: functools.partial(_f19, facftrue=1.0),
+    21: functools.partial(_f21, penalty_scale=0.0),
+}
+
+NOISE_FREE: dict[int, Callable[[BBOBInstance, Array], Array]] = {
+    f: _NOISE_FREE_VARIANT.get(base, BRANCHES[base - 1]) for f, base in NOISY_BASE.items()
+}
+"""``NOISE_FREE[f](instance, x)``: the noise-free ``f - fopt`` of ``bbob-noisy`` function ``f`` (COCO 2.8.2:
+no penalty on f113-115, f122-124 and f128-130, condition 1e4 on f116-118, ``facftrue = 1`` on f125-127)."""
+
+_ALL: tuple[Callable[[BBOBInstance, Array], Array], ...] = BRANCHES + tuple(NOISE_FREE[f] for f in range(101, 131))
+_INDEX = np.zeros(131, np.int32)
+_INDEX[1:25] = np.arange(24)
+_INDEX[101:131] = 24 + np.arange(30)
+
+
 def _float_dtype(x: Array) -> jnp.dtype:
     return jnp.result_type(x, jnp.float32)
 
 
 def delta(p: BBOBInstance, x: Array) -> Array:
     """``f(x) - fopt`` for one instance and one point, dispatching on the (possibly traced) ``p.fid``.
+
+    Function ids 1..24 are the ``bbob`` functions, 101..130 the noise-free part of the ``bbob-noisy`` ones
+    (:data:`NOISE_FREE`; the noise is :func:`eggroll.problems.bbob.noise.apply_noise`).
 
     Args:
         p: one instance (unbatched leaves).
@@ -315,11 +342,12 @@ def delta(p: BBOBInstance, x: Array) -> Array:
         A scalar in ``x``'s floating dtype.
     """
     p = jax.tree.map(lambda a: jnp.asarray(a, _float_dtype(x)) if jnp.issubdtype(a.dtype, jnp.floating) else a, p)
-    index = jnp.clip(jnp.asarray(p.fid, jnp.int32) - 1, 0, len(BRANCHES) - 1)
-    return jax.lax.switch(index, BRANCHES, p, x)
+    index = jnp.asarray(_INDEX)[jnp.clip(jnp.asarray(p.fid, jnp.int32), 0, 130)]
+    return jax.lax.switch(index, _ALL, p, x)
 
 
 def delta_static(fid: int, p: BBOBInstance, x: Array) -> Array:
     """Like :func:`delta` for a function id known at trace time (no switch, one branch traced)."""
     p = jax.tree.map(lambda a: jnp.asarray(a, _float_dtype(x)) if jnp.issubdtype(a.dtype, jnp.floating) else a, p)
-    return BRANCHES[int(fid) - 1](p, x)
+    fid = int(fid)
+    return NOISE_FREE[fid](p, x) if fid > 100 else BRANCHES[fid - 1](p, x)

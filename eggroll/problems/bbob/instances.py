@@ -54,6 +54,9 @@ __all__ = [
     "FUNCTION_NAMES",
     "MAX_DIMENSION",
     "MAX_PEAKS",
+    "NOISY_BASE",
+    "NOISY_FUNCTION_IDS",
+    "SUITES",
     "make_instance",
     "stack_instances",
     "validate_ids",
@@ -66,6 +69,12 @@ MAX_PEAKS = 101
 """Gallagher f21 has 101 peaks; f22's 21 are padded to this with zero-height peaks."""
 
 FUNCTION_IDS: tuple[int, ...] = tuple(range(1, 25))
+
+NOISY_FUNCTION_IDS: tuple[int, ...] = tuple(range(101, 131))
+"""The ``bbob-noisy`` suite's functions 101..130 (see :mod:`eggroll.problems.bbob.noise`)."""
+
+SUITES: tuple[str, ...] = ("bbob", "bbob-noisy")
+"""COCO suites whose instances :func:`make_instance` builds."""
 
 FUNCTION_NAMES: dict[int, str] = {
     1: "Sphere",
@@ -93,6 +102,28 @@ FUNCTION_NAMES: dict[int, str] = {
     23: "Katsuura",
     24: "Lunacek bi-Rastrigin",
 }
+
+NOISY_BASE: dict[int, int] = {
+    **dict.fromkeys((101, 102, 103, 107, 108, 109), 1),
+    **dict.fromkeys((104, 105, 106, 110, 111, 112), 8),
+    **dict.fromkeys((113, 114, 115), 7),
+    **dict.fromkeys((116, 117, 118), 10),
+    **dict.fromkeys((119, 120, 121), 14),
+    **dict.fromkeys((122, 123, 124), 17),
+    **dict.fromkeys((125, 126, 127), 19),
+    **dict.fromkeys((128, 129, 130), 21),
+}
+"""The noiseless function whose instance data (seeds, ``xopt``, rotations, ``fopt``) each ``bbob-noisy``
+function 101..130 uses; COCO 2.8.2 draws them with the noiseless function's seed."""
+
+
+def _noisy_name(f: int) -> str:
+    kind = ("Gaussian", "uniform", "Cauchy")[(f - 101) % 3]
+    strength = "moderate " if f <= 106 else ""
+    return f"{FUNCTION_NAMES[NOISY_BASE[f]].replace(' 101 peaks', '')} with {strength}{kind} noise"
+
+
+FUNCTION_NAMES.update({f: _noisy_name(f) for f in NOISY_FUNCTION_IDS})
 
 
 class BBOBInstance(NamedTuple):
@@ -130,20 +161,27 @@ class BBOBInstance(NamedTuple):
         return int(np.shape(self.xopt)[-1])
 
 
-def validate_ids(function: object, instance: object, dimension: object) -> tuple[int, int, int]:
-    """Checks a (function, instance, dimension) triple and returns it as ints.
+def validate_ids(function: object, instance: object, dimension: object, suite: str = "bbob") -> tuple[int, int, int]:
+    """Checks a (function, instance, dimension) triple of COCO suite ``suite`` and returns it as ints.
 
     Raises:
         ValueError: with what was wrong and which values are accepted.
     """
+    if suite not in SUITES:
+        raise ValueError(f"Unknown COCO suite {suite!r}: use one of {', '.join(SUITES)}.")
     for name, value in (("function", function), ("instance", instance), ("dimension", dimension)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer):
             raise ValueError(f"BBOB {name} id must be an integer, got {value!r} ({type(value).__name__}).")
     function, instance, dimension = int(function), int(instance), int(dimension)
-    if function not in FUNCTION_IDS:
+    if suite == "bbob" and function not in FUNCTION_IDS:
         raise ValueError(
             f"Unknown BBOB function id {function}: the noiseless suite has functions 1..24 "
-            "(pass e.g. functions=range(1, 25))."
+            "(pass e.g. functions=range(1, 25); 101..130 are suite='bbob-noisy')."
+        )
+    if suite == "bbob-noisy" and function not in NOISY_FUNCTION_IDS:
+        raise ValueError(
+            f"Unknown bbob-noisy function id {function}: the noisy suite has functions 101..130 "
+            "(pass e.g. functions=range(101, 131))."
         )
     if not 1 <= instance <= 99999:
         raise ValueError(
@@ -153,7 +191,7 @@ def validate_ids(function: object, instance: object, dimension: object) -> tuple
     if not 2 <= dimension <= MAX_DIMENSION:
         raise ValueError(
             f"Unsupported BBOB dimension {dimension}: use 2..{MAX_DIMENSION} "
-            "(COCO's bbob suite uses 2, 3, 5, 10, 20, 40)."
+            f"(COCO's {suite} suite uses 2, 3, 5, 10, 20, 40)."
         )
     return function, instance, dimension
 
@@ -199,13 +237,15 @@ def _gallagher(rseed: int, dim: int, n_peaks: int) -> dict[str, np.ndarray]:
     }
 
 
-def make_instance(function: int, instance: int, dimension: int) -> BBOBInstance:
+def make_instance(function: int, instance: int, dimension: int, suite: str = "bbob") -> BBOBInstance:
     """Builds the data of BBOB function ``function``, instance ``instance``, in ``dimension``-D.
 
     Args:
-        function: 1..24.
+        function: 1..24 (``suite="bbob"``) or 101..130 (``suite="bbob-noisy"``: the data of the
+            noiseless function :data:`NOISY_BASE` names, with ``fid`` set to ``function``).
         instance: COCO instance id (1, 2, ...; the value, not an index into a suite).
         dimension: 2..40.
+        suite: ``"bbob"`` or ``"bbob-noisy"``.
 
     Returns:
         A :class:`BBOBInstance` of float64 NumPy arrays (int32 for the ids).
@@ -213,7 +253,9 @@ def make_instance(function: int, instance: int, dimension: int) -> BBOBInstance:
     Raises:
         ValueError: for an unknown function, instance or dimension.
     """
-    f, inst, d = validate_ids(function, instance, dimension)
+    f, inst, d = validate_ids(function, instance, dimension, suite)
+    if suite == "bbob-noisy":
+        return make_instance(NOISY_BASE[f], inst, d)._replace(fid=np.asarray(f, dtype=np.int32))
     seed_f = {4: 3, 18: 17}.get(f, f)
     rseed = seed_f + 10000 * inst
     eye = np.eye(d)

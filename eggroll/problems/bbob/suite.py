@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from eggroll.problems.bbob import functions as _fn
+from eggroll.problems.bbob import noise as _noise
 from eggroll.problems.bbob.instances import (
     FUNCTION_NAMES,
     BBOBInstance,
@@ -90,7 +92,7 @@ def evaluate(instance: BBOBInstance, x: jax.Array, *, subtract_fopt: bool = Fals
 
 
 def bbob_function(
-    function: int, instance: int, dimension: int, *, subtract_fopt: bool = False
+    function: int, instance: int, dimension: int, *, subtract_fopt: bool = False, suite: str = "bbob"
 ) -> Callable[[jax.Array], jax.Array]:
     """A jitted ``x -> f(x)`` for one COCO BBOB problem.
 
@@ -110,7 +112,7 @@ def bbob_function(
         ValueError: for an unknown function, instance or dimension; the returned
             function raises for points of the wrong size or dtype.
     """
-    data = make_instance(function, instance, dimension)
+    data = make_instance(function, instance, dimension, suite)
     fid = int(data.fid)
     device_data = jax.tree.map(jnp.asarray, data)
 
@@ -179,9 +181,12 @@ class BBOBSuite:
         g = suite.evaluate_each(jnp.zeros((24, 64, 10)))     # (24, 64): own points per problem
 
     Args:
-        functions: function ids (1..24) or a spec string like ``"1-24"``.
+        functions: function ids or a spec string like ``"1-24"`` (default: all of the suite's,
+            1..24 for ``bbob``, 101..130 for ``bbob-noisy``).
         instances: COCO instance ids or a spec string like ``"1-15"``.
         dimension: 2..40.
+        suite: ``"bbob"`` or ``"bbob-noisy"``. A ``bbob-noisy`` suite evaluates the noise-free
+            functions unless ``noise_seeds`` are given (see :mod:`eggroll.problems.bbob.noise`).
 
     Raises:
         ValueError: for unknown ids or dimensions.
@@ -189,18 +194,23 @@ class BBOBSuite:
 
     def __init__(
         self,
-        functions: str | Iterable[int] = range(1, 25),
+        functions: str | Iterable[int] | None = None,
         instances: str | Iterable[int] = (1,),
         dimension: int = 10,
+        *,
+        suite: str = "bbob",
     ) -> None:
+        if functions is None:
+            functions = range(101, 131) if suite == "bbob-noisy" else range(1, 25)
         fids = parse_ids(functions)
         iids = parse_ids(instances)
         for f in fids:
             for i in iids:
-                validate_ids(f, i, dimension)
+                validate_ids(f, i, dimension, suite)
+        self.suite = suite
         self.dimension = int(dimension)
         self.problems: list[tuple[int, int]] = [(f, i) for f in fids for i in iids]
-        self.data: BBOBInstance = stack_instances([make_instance(f, i, dimension) for f, i in self.problems])
+        self.data: BBOBInstance = stack_instances([make_instance(f, i, dimension, suite) for f, i in self.problems])
         groups: dict[int, list[int]] = {}
         for k, (f, _) in enumerate(self.problems):
             groups.setdefault(f, []).append(k)
@@ -211,7 +221,7 @@ class BBOBSuite:
         return len(self.problems)
 
     def __repr__(self) -> str:
-        return f"BBOBSuite({len(self)} problems, dimension={self.dimension})"
+        return f"BBOBSuite({len(self)} problems, dimension={self.dimension}, suite={self.suite!r})"
 
     @property
     def fopt(self) -> np.ndarray:
@@ -229,25 +239,36 @@ class BBOBSuite:
             self._device_data = jax.tree.map(jnp.asarray, self.data)
         return self._device_data
 
-    def evaluate(self, x: jax.Array, *, subtract_fopt: bool = False) -> jax.Array:
+    def evaluate(
+        self, x: jax.Array, *, subtract_fopt: bool = False, noise_seeds: tuple[Any, Any] | None = None
+    ) -> jax.Array:
         """Evaluates every problem of the suite at the same points.
 
         Args:
             x: ``(N, D)`` (or ``(D,)``) floating points.
             subtract_fopt: return ``f - fopt`` instead of ``f``.
+            noise_seeds: ``bbob-noisy`` only: COCO's ``(uniform, normal)`` noise counters before each
+                evaluation, two int arrays of shape ``(P, N)`` (or ``(P,)``), e.g. from :meth:`coco_noise_seeds`;
+                ``None``: the noise-free values.
 
         Returns:
             ``(P, N)`` (or ``(P,)``) values.
         """
         x = check_points(x, self.dimension)
-        return suite_evaluate(self.device_data(), x, self.groups, shared=True, subtract_fopt=subtract_fopt)
+        noise = self._check_noise(noise_seeds, (len(self), *x.shape[:-1]))
+        return suite_evaluate(
+            self.device_data(), x, self.groups, shared=True, subtract_fopt=subtract_fopt, noise_seeds=noise
+        )
 
-    def evaluate_each(self, x: jax.Array, *, subtract_fopt: bool = False) -> jax.Array:
+    def evaluate_each(
+        self, x: jax.Array, *, subtract_fopt: bool = False, noise_seeds: tuple[Any, Any] | None = None
+    ) -> jax.Array:
         """Evaluates each problem at its own points.
 
         Args:
             x: ``(P, N, D)``: ``x[k]`` are the points for problem ``k``.
             subtract_fopt: return ``f - fopt`` instead of ``f``.
+            noise_seeds: as in :meth:`evaluate`, shape ``(P, N)``.
 
         Returns:
             ``(P, N)`` values.
@@ -258,7 +279,36 @@ class BBOBSuite:
                 f"evaluate_each() needs one batch of points per problem, shape ({len(self)}, N, "
                 f"{self.dimension}); got {tuple(x.shape)}. Use evaluate() to share points."
             )
-        return suite_evaluate(self.device_data(), x, self.groups, shared=False, subtract_fopt=subtract_fopt)
+        noise = self._check_noise(noise_seeds, tuple(x.shape[:-1]))
+        return suite_evaluate(
+            self.device_data(), x, self.groups, shared=False, subtract_fopt=subtract_fopt, noise_seeds=noise
+        )
+
+    def coco_noise_seeds(self, evaluations: int, start: tuple[int, int] = (30, 30)) -> tuple[np.ndarray, np.ndarray]:
+        """The noise counters cocoex uses when each problem, in suite order, evaluates ``evaluations`` points.
+
+        Equal to what a fresh ``cocoex.Suite("bbob-noisy", ...)`` holding exactly these problems, looped
+        over in order, uses (see :func:`eggroll.problems.bbob.noise.coco_noise_seeds`).
+        """
+        return _noise.coco_noise_seeds([f for f, _ in self.problems], evaluations, start)
+
+    def _check_noise(self, noise_seeds: tuple[Any, Any] | None, shape: tuple[int, ...]) -> tuple | None:
+        if noise_seeds is None:
+            return None
+        if self.suite != "bbob-noisy":
+            raise ValueError(f"noise_seeds is for suite='bbob-noisy'; this suite is {self.suite!r}.")
+        try:
+            useed, nseed = noise_seeds
+        except (TypeError, ValueError):
+            raise ValueError("noise_seeds must be a pair (uniform counters, normal counters) of int arrays.") from None
+        useed, nseed = jnp.asarray(useed), jnp.asarray(nseed)
+        for name, a in (("uniform", useed), ("normal", nseed)):
+            if tuple(a.shape) != shape or not jnp.issubdtype(a.dtype, jnp.integer):
+                raise ValueError(
+                    f"noise_seeds' {name} counters must be integers of shape {shape} (one per evaluation), "
+                    f"got {a.dtype} {tuple(a.shape)}."
+                )
+        return useed.astype(jnp.int32), nseed.astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("groups", "shared", "subtract_fopt"))
@@ -269,6 +319,7 @@ def suite_evaluate(
     *,
     shared: bool,
     subtract_fopt: bool = False,
+    noise_seeds: tuple[jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
     """Evaluates stacked problems grouped by function (the engine of :class:`BBOBSuite`).
 
@@ -278,6 +329,8 @@ def suite_evaluate(
         groups: ``((fid, (problem indices...)), ...)`` covering ``0..P-1``; static.
         shared: whether all problems see the same points.
         subtract_fopt: return ``f - fopt`` instead of ``f``.
+        noise_seeds: ``bbob-noisy``: COCO's ``(uniform, normal)`` counters before each evaluation,
+            each ``(P, ...)``; ``None``: noise-free values.
 
     Returns:
         ``(P, ...)`` values.
@@ -298,6 +351,18 @@ def suite_evaluate(
                 vals = jax.vmap(lambda p, fid=fid: _delta_points(p, x, fid))(sub)
             else:
                 vals = jax.vmap(lambda p, xs, fid=fid: _delta_points(p, xs, fid))(sub, x[idx])
+        if noise_seeds is not None and fid > 100:
+            xs = jnp.broadcast_to(x if shared else x[idx], (idx.size, *batch, x.shape[-1]))
+            noisy = jax.vmap(functools.partial(_noise.apply_noise, fid))
+            fo = jnp.broadcast_to(data.fopt[idx].astype(vals.dtype).reshape((-1,) + (1,) * len(batch)), vals.shape)
+            flat = noisy(
+                vals.reshape(-1),
+                xs.reshape(-1, x.shape[-1]),
+                noise_seeds[0][idx].reshape(-1),
+                noise_seeds[1][idx].reshape(-1),
+                fo.reshape(-1),
+            )
+            vals = flat.reshape(vals.shape)
         if not subtract_fopt:
             fo = data.fopt[idx].astype(vals.dtype).reshape((-1,) + (1,) * (vals.ndim - 1))
             vals = vals + jnp.broadcast_to(fo, vals.shape)
