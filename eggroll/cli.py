@@ -68,6 +68,7 @@ def demo(
     checkpoint_every: int = typer.Option(
         None,
         "--checkpoint-every",
+        min=1,
         help="Checkpoint into OUT/checkpoints every K chunks of 20 generations (and on SIGTERM / Ctrl-C); "
         "without it the demo keeps no checkpoints.",
     ),

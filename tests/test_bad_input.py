@@ -34,7 +34,7 @@ TABLE: dict[str, dict[str, list[str]]] = {
     "demo": {**COMMON, "--population": [*BAD_INT, "1"], "--rank": BAD_COUNT},
     "rl": {
         **COMMON,
-        "--population": [*BAD_INT, "7", HUGE],
+        "--population": [*BAD_INT, "7", HUGE, "100000000"],  # 1e8: refused from XLA's memory analysis
         "--sigma": ["0", "-0.1", *BAD_FLOAT],
         "--lr": ["0", *BAD_FLOAT],
         "--rank": BAD_COUNT,
@@ -63,9 +63,9 @@ TABLE: dict[str, dict[str, list[str]]] = {
     },
     "lm": {
         **COMMON,
-        "--population": [*BAD_INT, "3"],
-        "--width": BAD_COUNT,
-        "--depth": BAD_COUNT,
+        "--population": [*BAD_INT, "3", "200000000"],  # 2e8: more streams than the corpus holds
+        "--width": [*BAD_COUNT, "32768"],  # a fan-in the int32 perturbation cannot hold
+        "--depth": [*BAD_COUNT, "1000000"],  # more memory than this machine has
         "--mlp-ratio": BAD_COUNT,
         "--rank": BAD_COUNT,
         "--sigma-shift": ["-1", "abc", "99"],

@@ -15,6 +15,7 @@ import inspect
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -156,8 +157,10 @@ def check_values(values: Mapping[str, Any]) -> None:
         parent = parent.parent
     if not parent.is_dir():
         fail(f"--out {out}: {parent} is a file, not a folder; choose another --out")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        fail(f"--out {out}: {parent} is not writable; choose a folder you can write to")
+    try:  # a probe, removed at once: os.access alone misses read-only file systems when run as root
+        os.rmdir(tempfile.mkdtemp(prefix=".eggroll-probe-", dir=parent))
+    except OSError as err:
+        fail(f"--out {out}: cannot create a folder in {parent} ({err.strerror}); choose a folder you can write to")
 
 
 def options(values: Mapping[str, Any] = {}, /, **kwargs: Any):

@@ -51,7 +51,7 @@ def optimise(
     population: int = _common.population_option(10),
     seed: int = typer.Option(0, "--seed", help="Random seed of the whole run (also the start point)."),
     checkpoint_every: int = typer.Option(
-        1, "--checkpoint-every", help="Checkpoint every K generations (always on SIGTERM / Ctrl-C and at the end)."
+        1, "--checkpoint-every", min=1, help="Checkpoint every K generations (also on SIGTERM / Ctrl-C, at the end)."
     ),
     resume: bool = _common.RESUME,
     resume_from: int | None = _common.RESUME_FROM,

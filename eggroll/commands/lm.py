@@ -62,7 +62,7 @@ def train(
     population: int = _common.population_option(512, " (even; a multiple of 2 x devices)"),
     seed: int = _common.SEED,
     checkpoint_every: int = typer.Option(
-        100, "--checkpoint-every", help="Checkpoint every K generations (always on SIGTERM / Ctrl-C and at the end)."
+        100, "--checkpoint-every", min=1, help="Checkpoint every K generations (also on SIGTERM / Ctrl-C, at the end)."
     ),
     resume: bool = _common.RESUME,
     resume_from: int | None = _common.RESUME_FROM,

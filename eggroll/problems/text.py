@@ -156,6 +156,28 @@ class LMConfig:
         for name in ("chunk", "group_pairs", "generations", "noise_reuse"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        from eggroll.parallel import device_memory
+        from eggroll.strategies.int_eggroll import MAX_FAN_IN
+
+        def shapes(depth: int) -> list:  # abstract: nothing is allocated
+            model = egg.EggConfig(self.width, depth, self.mlp_ratio)
+            return jax.tree.leaves(jax.eval_shape(lambda: egg.init(jax.random.key(0), model)))
+
+        one, two = shapes(1), shapes(2)
+        fan_in = max(s.shape[1] for s in one if s.ndim == 2)
+        if fan_in > MAX_FAN_IN:
+            raise ValueError(
+                f"the model's widest matrix has a fan-in of {fan_in}, above the {MAX_FAN_IN} an int32 perturbation "
+                "holds; use a smaller --width or --mlp-ratio."
+            )
+        block = sum(s.size for s in two) - sum(s.size for s in one)
+        size = sum(s.size for s in one) + block * (self.depth - 1) + self.population * self.depth * self.width
+        if 4 * size > device_memory(jax.local_devices()[0]):  # int8 weights x (mean, template, update), states
+            raise ValueError(
+                f"{self.depth} blocks of width {self.width} and population {self.population} need at least "
+                f"{4 * size / 2**30:,.1f} GiB, more than this machine has; use a smaller --depth, --width or "
+                "--population."
+            )
         if not 0 <= self.sigma_shift <= 10:  # int8 products reach 2^14: a larger shift rounds every perturbation to 0
             raise ValueError(f"sigma_shift must be in 0..10 (sigma = 2^-sigma_shift), got {self.sigma_shift}.")
         if self.population < 2 or self.population % (2 * self.group_pairs):
