@@ -439,6 +439,12 @@ def sharded(es: Strategy, mesh: Mesh, axis_name: str | None = None) -> Strategy:
     on every device. Score the population with :func:`evaluate` (same
     fitness function as for :func:`eggroll.evaluate`).
 
+    Unlike the unsharded ``tell``, the sharded one does not read a stacked
+    population (OpenAI-ES, or EGGROLL with ``dense_population=True``): reading
+    it would sum parameter-sized arrays across devices. Members changed after
+    ``ask`` (clipped to bounds, say) are therefore not honoured here; clip
+    inside the fitness function instead.
+
     Args:
         es: any strategy built by :func:`eggroll.eggroll` or :func:`eggroll.open_es`.
         mesh: the device mesh (see :func:`make_mesh`).
@@ -461,6 +467,8 @@ def sharded(es: Strategy, mesh: Mesh, axis_name: str | None = None) -> Strategy:
 
     def tell(key, population, fitness, state, params):
         fitness = jax.lax.with_sharding_constraint(jnp.asarray(fitness), rep)  # the all-gather: N floats
+        if es.regenerates and not isinstance(population, pop_lib.LowRankPopulation):
+            population = None  # regenerate the noise on every device: reading stacked members would gather them
         state, metrics = es.tell(key, population, fitness, state, params)
         return _replicated(state, mesh), _replicated(metrics, mesh)
 
