@@ -421,6 +421,8 @@ def replicated_tell(es: Strategy, mesh: Mesh, key, population, fitness, state, p
     def local(key, population, fitness, state, params):
         return es.tell(key, population, fitness, state, params)
 
+    if getattr(es, "regenerates", False) and not isinstance(population, pop_lib.LowRankPopulation):
+        population = None  # regenerate rather than gather stacked members onto every device (see `sharded`)
     args = (key, population, fitness, state, params)
     specs = jax.tree.map(lambda _: P(), args)
     out = jax.eval_shape(local, *args)
@@ -467,7 +469,7 @@ def sharded(es: Strategy, mesh: Mesh, axis_name: str | None = None) -> Strategy:
 
     def tell(key, population, fitness, state, params):
         fitness = jax.lax.with_sharding_constraint(jnp.asarray(fitness), rep)  # the all-gather: N floats
-        if es.regenerates and not isinstance(population, pop_lib.LowRankPopulation):
+        if getattr(es, "regenerates", False) and not isinstance(population, pop_lib.LowRankPopulation):
             population = None  # regenerate the noise on every device: reading stacked members would gather them
         state, metrics = es.tell(key, population, fitness, state, params)
         return _replicated(state, mesh), _replicated(metrics, mesh)
@@ -486,6 +488,7 @@ def sharded(es: Strategy, mesh: Mesh, axis_name: str | None = None) -> Strategy:
         get_mean=es.get_mean,
         materialize=jax.jit(materialize),
         antithetic=es.antithetic,
+        regenerates=getattr(es, "regenerates", False),
     )
 
 
