@@ -52,7 +52,7 @@ def eggroll(
     ``dense_population=True``, ``ask`` returns the stacked dense population
     itself (what ``es.materialize`` gives), so a loop written for evosax (a
     fitness function ``vmap``-ped over the population, e.g. evosax's own
-    problems) runs unchanged; the update is the same, bit for bit.
+    problems) runs unchanged; the update is the same to float32 rounding.
 
     Args:
         population_size: members per generation (even with ``antithetic``).
@@ -79,10 +79,10 @@ def eggroll(
         dense_population: ``ask`` returns stacked dense members ``(N, ...)`` per
             leaf instead of the light low-rank population: for small problems and
             third-party fitness functions. It costs ``N`` copies of the parameters,
-            so keep the default for models. ``tell`` accepts either form: it
-            regenerates the noise from the state's counters and, given a stacked
-            population, also reads it (an entry changed after ``ask`` counts as
-            ``(x - mean) / sigma``; an unchanged one changes nothing, bit for bit).
+            so keep the default for models. ``tell`` accepts either form: a
+            stacked population is read as evosax reads it, ``(x - mean) / sigma``
+            per member (clipped members are honoured), which equals the
+            regenerated noise of the low-rank form to float32 rounding.
 
     Returns:
         A :class:`~eggroll.types.Strategy`.

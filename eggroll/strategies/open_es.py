@@ -39,10 +39,11 @@ def open_es(
     population as a stacked pytree (leading axis = member), as evosax does, so
     ``jax.vmap(fitness_fn)(population)`` scores it. The key given to ``ask``
     selects the noise (see :func:`eggroll.eggroll` and docs/concepts.md).
-    ``tell`` regenerates the noise from counters and reads the population it is
-    given: an entry changed after ``ask`` (clipped to bounds, say) counts as the
-    perturbation ``(x - mean) / sigma``, as in evosax; an unchanged population
-    gives bit for bit the update of the counters alone.
+    ``tell`` reads the population it is given as evosax does: member ``i``'s
+    perturbation is ``(x_i - mean) / sigma``, so members changed after ``ask``
+    (clipped to bounds, say) are honoured; an unchanged population gives the
+    update of the regenerated noise to float32 rounding. ``tell(key, None, ...)``
+    regenerates the noise from the state instead (what the sharded ``tell`` does).
 
     Args:
         population_size: members per generation (even with ``antithetic``).
