@@ -70,7 +70,7 @@ def measure(width: int, depth: int, population: int, chunk: int, rank: int, repe
     params = egg.init(jax.random.key(0), cfg)
     es = ie.int_eggroll(population, params, rank=rank, sigma_shift=3)
     state = es.init(jax.random.key(1), params, es.default_params)
-    pop, _ = es.ask(None, state, es.default_params)
+    pop, _ = es.ask(jax.random.key(3), state, es.default_params)
     table_f = jax.random.normal(jax.random.key(2), state.table.shape, jnp.float32)
     data = text.split_bytes(text.load_corpus())[0]
     tokens = jnp.asarray(data[: population * (chunk + 1)].reshape(population, chunk + 1).astype("int32"))

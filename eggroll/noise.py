@@ -1,7 +1,8 @@
 """Counter-based noise: every perturbation is a pure function of counters.
 
 The noise of one member is a pure function of
-``(key, generation // noise_reuse, member // 2)`` (``member`` without
+``(key, generation // noise_reuse, member // 2)`` (``key`` is the state's noise
+key, which each ``ask`` derives from the key it is given) (``member`` without
 antithetic sampling): one stream per noise index, of which each leaf takes
 its own consecutive segment, in pytree order.
 Nothing is stored or sent: ``tell`` rebuilds exactly what ``ask`` drew, and
@@ -173,12 +174,17 @@ def member_key(key, generation, noise_reuse: int, pair) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(key, generation // noise_reuse), pair)
 
 
+def leaf_rank(spec: LeafSpec, rank: int) -> int:
+    """The rank a low-rank leaf uses: ``rank``, or the smaller side of its matrix ``(prod(rows), cols)`` if less."""
+    return min(rank, math.prod(spec.shape[:-1]), spec.shape[-1])
+
+
 def leaf_sizes(specs: list[LeafSpec], rank: int) -> list[int]:
     """Numbers of unit Gaussians each leaf draws per noise index."""
     sizes = []
     for spec in specs:
         if spec.kind == "lowrank":
-            sizes.append((math.prod(spec.shape[:-1]) + spec.shape[-1]) * rank)
+            sizes.append((math.prod(spec.shape[:-1]) + spec.shape[-1]) * leaf_rank(spec, rank))
         elif spec.kind == "full":
             sizes.append(math.prod(spec.shape))
         else:
@@ -192,7 +198,8 @@ def member_noise(key, specs, generation, noise_reuse: int, pair, rank: int, meth
     All leaves draw consecutive segments of one stream per
     ``(key, generation // noise_reuse, pair)``, in pytree order: one fused
     generator instead of one per leaf (XLA compiles many separate generators
-    slowly). Low-rank leaves get ``(A (*rows, r), B (cols, r))``, full-rank
+    slowly). Low-rank leaves get ``(A (*rows, r), B (cols, r))`` (``r`` from
+    :func:`leaf_rank`), full-rank
     leaves an array of their shape, frozen leaves ``None``.
     """
     sizes = leaf_sizes(specs, rank)
@@ -208,8 +215,9 @@ def member_noise(key, specs, generation, noise_reuse: int, pair, rank: int, meth
         seg = z[offset : offset + size]
         offset += size
         if spec.kind == "lowrank":
-            n_a = math.prod(spec.shape[:-1]) * rank
-            out.append((seg[:n_a].reshape(*spec.shape[:-1], rank), seg[n_a:].reshape(spec.shape[-1], rank)))
+            r = leaf_rank(spec, rank)
+            n_a = math.prod(spec.shape[:-1]) * r
+            out.append((seg[:n_a].reshape(*spec.shape[:-1], r), seg[n_a:].reshape(spec.shape[-1], r)))
         elif spec.kind == "full":
             out.append(seg.reshape(spec.shape))
         else:

@@ -537,6 +537,8 @@ def replicated_tell(es: Strategy, mesh: Mesh, key, population, fitness, state, p
     def local(key, population, fitness, state, params):
         return es.tell(key, population, fitness, state, params)
 
+    if getattr(es, "regenerates", False) and not isinstance(population, pop_lib.LowRankPopulation):
+        population = None  # regenerate rather than gather stacked members onto every device (see `sharded`)
     args = (key, population, fitness, state, params)
     specs = jax.tree.map(lambda _: P(), args)
     out = jax.eval_shape(local, *args)
@@ -554,6 +556,12 @@ def sharded(es: Strategy, mesh: Mesh, axis_name: str | None = None) -> Strategy:
     ``tell`` all-gathers the fitness (``N`` floats) and regenerates the noise
     on every device. Score the population with :func:`evaluate` (same
     fitness function as for :func:`eggroll.evaluate`).
+
+    Unlike the unsharded ``tell``, the sharded one does not read a stacked
+    population (OpenAI-ES, or EGGROLL with ``dense_population=True``): reading
+    it would sum parameter-sized arrays across devices. Members changed after
+    ``ask`` (clipped to bounds, say) are therefore not honoured here; clip
+    inside the fitness function instead.
 
     Args:
         es: any strategy built by :func:`eggroll.eggroll` or :func:`eggroll.open_es`.
@@ -577,6 +585,8 @@ def sharded(es: Strategy, mesh: Mesh, axis_name: str | None = None) -> Strategy:
 
     def tell(key, population, fitness, state, params):
         fitness = jax.lax.with_sharding_constraint(jnp.asarray(fitness), rep)  # the all-gather: N floats
+        if getattr(es, "regenerates", False) and not isinstance(population, pop_lib.LowRankPopulation):
+            population = None  # regenerate the noise on every device: reading stacked members would gather them
         state, metrics = es.tell(key, population, fitness, state, params)
         return _replicated(state, mesh), _replicated(metrics, mesh)
 
@@ -594,6 +604,7 @@ def sharded(es: Strategy, mesh: Mesh, axis_name: str | None = None) -> Strategy:
         get_mean=es.get_mean,
         materialize=jax.jit(materialize),
         antithetic=es.antithetic,
+        regenerates=getattr(es, "regenerates", False),
     )
 
 

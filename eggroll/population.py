@@ -35,14 +35,18 @@ class LowRankPopulation:
         sigma: the perturbation scale of this generation.
         index: ``int32[N]`` member ids (``jnp.arange(N)``); shard this axis to
             spread members over devices.
+        key: the noise key the factors were drawn from (``tell`` regenerates
+            them from it and the state's counters; ``None`` uses the state's key).
         antithetic: members ``2k`` and ``2k + 1`` share noise with opposite signs.
-        rank: the rank ``r`` of the matrix perturbations.
+        rank: the rank ``r`` of the matrix perturbations (a matrix with a
+            smaller side uses that side: the width of its factors).
     """
 
     mean: Any
     noise: Any
     sigma: jax.Array
     index: jax.Array
+    key: Any = None
     antithetic: bool = struct.field(pytree_node=False, default=True)
     rank: int = struct.field(pytree_node=False, default=1)
 
@@ -59,6 +63,7 @@ class LowRankPopulation:
             noise=jax.tree.map(lambda _: P(axis), self.noise),
             sigma=P(),
             index=P(axis),
+            key=None if self.key is None else P(),
         )
 
 
@@ -85,14 +90,18 @@ def member_ids(population: Any) -> jax.Array:
 
 
 def _view(mean: Any, noise: Any, scale: jax.Array, rank: int) -> Any:
-    """One member's parameters from its own noise (no population axis)."""
+    """One member's parameters from its own noise (no population axis).
+
+    ``rank`` is the strategy's; each low-rank leaf divides by the width of its own factors.
+    """
+    del rank
 
     def one(m, nz):
         if nz is None:
             return m
         if isinstance(nz, tuple):
             a, b = nz
-            return lowrank.LowRank(m, a * (scale / math.sqrt(rank)), b)
+            return lowrank.LowRank(m, a * (scale / math.sqrt(a.shape[-1])), b)
         return (m.astype(jnp.float32) + scale * nz).astype(m.dtype)
 
     return jax.tree.map(one, mean, noise, is_leaf=lambda x: x is None)

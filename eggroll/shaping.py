@@ -5,7 +5,10 @@ strategies flip rewards first when built with ``maximize=True``) and returns
 weights in the same sign: the ES gradient estimate is
 ``g = 1 / (N sigma) * sum_i w_i eps_i`` and the optimizer descends along it.
 Non-finite values (NaN, +-inf) are ranked worst by :func:`sanitize` before
-shaping, so they can never push the parameters.
+shaping, so they can never push the parameters. Finite values near the float32
+limit can still overflow the update under ``"identity"`` shaping; a strategy
+then skips that step (mean and optimizer state unchanged, ``grad_norm`` not
+finite) rather than write inf or NaN into the mean.
 """
 
 from __future__ import annotations
@@ -28,14 +31,19 @@ def centered_rank(fitness: jax.Array) -> jax.Array:
     """Ranks scaled to [-0.5, 0.5] (OpenAI-ES); tied values share their average rank.
 
     Sharing ranks matters: a flat fitness landscape (or a group of members that
-    all failed) must give zero weights, not an arbitrary order.
+    all failed) must give zero weights, not an arbitrary order. A lone member
+    has the middle rank: weight 0.
     """
     n = fitness.shape[0]
+    if n == 1:
+        return jnp.zeros(fitness.shape, jnp.float32)
     ordered = jnp.sort(fitness)
     lo = jnp.searchsorted(ordered, fitness, side="left")
     hi = jnp.searchsorted(ordered, fitness, side="right") - 1
-    ranks = (lo + hi).astype(jnp.float32) / 2
-    return ranks / jnp.maximum(n - 1, 1) - 0.5
+    # rank r in [0, n - 1] maps to r / (n - 1) - 0.5 = (2r - (n - 1)) / (2 (n - 1)); the numerator is an exact
+    # integer, so the middle rank (ties of a flat landscape) is exactly 0 even where XLA turns the division
+    # into a multiplication by a rounded reciprocal.
+    return (lo + hi - (n - 1)).astype(jnp.float32) / (2 * (n - 1))
 
 
 def z_score(fitness: jax.Array, eps: float = 1e-8) -> jax.Array:

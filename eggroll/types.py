@@ -44,6 +44,9 @@ class Strategy(NamedTuple):
             population axis (what an evosax-style fitness function expects).
         antithetic: members ``2k`` and ``2k + 1`` are mirrored pairs (sharding
             keeps a pair on one device).
+        regenerates: ``tell`` can rebuild every perturbation from the state
+            ``ask`` returned, so it accepts ``population=None`` (the sharded
+            wrapper passes ``None`` so that no population crosses devices).
     """
 
     init: Callable[..., State]
@@ -55,3 +58,4 @@ class Strategy(NamedTuple):
     get_mean: Callable[[State], Solution]
     materialize: Callable[[Population], Solution]
     antithetic: bool = False
+    regenerates: bool = False

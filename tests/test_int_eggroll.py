@@ -38,8 +38,11 @@ def test_members_are_antithetic_and_noise_is_regenerated_from_counters():
     np.testing.assert_array_equal(np.asarray(m0["w"].b), np.asarray(m1["w"].b))
     assert not np.array_equal(np.asarray(m0["w"].b), np.asarray(m2["w"].b))  # another pair, other noise
     assert int(m0["w"].shift) == 4 + int(es.default_params.sigma_shift)
-    # asking again with another key gives the same population (noise depends on counters only)
+    # the key given to ask selects the noise: another key, other members; the same key, the same members;
+    # no key (None), the state's own seed and the counters only
     pop2, _ = es.ask(jax.random.key(99), state, es.default_params)
+    assert not np.array_equal(np.asarray(_member(pop2, jnp.int32(2), RANK)["w"].a), np.asarray(m2["w"].a))
+    pop2, _ = es.ask(None, state, es.default_params)
     np.testing.assert_array_equal(np.asarray(_member(pop2, jnp.int32(2), RANK)["w"].a), np.asarray(m2["w"].a))
     # the next generation draws new noise; noise_reuse=2 keeps it for two generations
     later = state._replace(generation=jnp.int32(1))

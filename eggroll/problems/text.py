@@ -309,7 +309,8 @@ def _compiled(config: LMConfig, mesh=None):
 
     def step(carry: Carry, inputs, targets, reset):
         params = es.default_params
-        pop, state = es.ask(jax.random.key(0), carry.es_state, params)
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 2), carry.generation)
+        pop, state = es.ask(key, carry.es_state, params)
         hidden = jnp.where(reset, jnp.zeros_like(carry.hidden), carry.hidden)
         x = jnp.repeat(inputs, group, axis=0)
         y = jnp.repeat(targets, group, axis=0)
@@ -321,9 +322,9 @@ def _compiled(config: LMConfig, mesh=None):
         view = lambda p, i: member(p, i, rank)  # noqa: E731
         fitness, hidden = map_members(one, pop, hidden, x, y, member=view, mesh=mesh)
         if mesh is None:
-            state, metrics = es.tell(jax.random.key(0), pop, fitness, state, params)
+            state, metrics = es.tell(key, pop, fitness, state, params)
         else:  # the all-gather of the N fitness values; the update is replicated
-            state, metrics = replicated_tell(es, mesh, jax.random.key(0), pop, fitness, state, params)
+            state, metrics = replicated_tell(es, mesh, key, pop, fitness, state, params)
         return Carry(state, hidden, carry.generation + 1), metrics
 
     def validate(mean, xs, ys) -> jax.Array:

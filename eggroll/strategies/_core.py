@@ -6,11 +6,23 @@ fitness ``w`` and unit noise ``eps_i`` regenerated from counters (see
 optimizer. They differ only in the noise of matrix leaves (full Gaussian vs
 ``A B^T / sqrt(r)``) and in what ``ask`` returns; those parts are passed in as
 functions by the two factories.
+
+Keys (see docs/concepts.md). ``ask(key, state, params)`` selects the noise of
+the generation: at the start of each noise period (every generation unless
+``noise_reuse > 1``) it folds a key derived from ``key`` into ``state.key`` and
+returns that state; every perturbation of the period is a pure function of
+``(state.key, generation // noise_reuse, noise index)``. ``tell`` reads a
+stacked (dense) population as evosax does: member ``i``'s perturbation is
+``(x_i - mean) / sigma``, so members clipped after ``ask`` are honoured. A
+low-rank population is a receipt: ``tell`` takes its noise key and regenerates
+the factors from counters (changed factors are not read); ``None`` regenerates
+from ``state.key``, which is what the sharded ``tell`` does.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +33,8 @@ from flax import struct
 
 from eggroll import noise as nz
 from eggroll import shaping
+from eggroll.population import LowRankPopulation
+from eggroll.strategies import _checks
 from eggroll.types import Strategy
 
 
@@ -51,7 +65,9 @@ class State:
         mean: current mean, same pytree and dtypes as the solution.
         opt_state: the optax state over the trainable leaves.
         sigma: current perturbation scale.
-        key: base key of all noise of this run (set by ``init``).
+        key: noise key of the current generation: ``init``'s key at first; each
+            ``ask`` that starts a noise period folds a key derived from its own
+            ``key`` into it (so the noise depends on every ask key so far).
         best_solution: best member seen so far (dense), in the solution's pytree
             (``None`` when the strategy was built with ``track_best=False``).
         best_fitness: its fitness, in the user's sign.
@@ -91,6 +107,9 @@ class Config(struct.PyTreeNode):
         return [i for i, s in enumerate(self.specs) if s.kind != "frozen"]
 
 
+NOISE_TAG = 0x6E6F6973  # fold_in tag separating the noise key from other uses of ask's key
+
+
 def make_config(
     *,
     population_size: int,
@@ -108,21 +127,26 @@ def make_config(
     track_best: bool = True,
 ) -> Config:
     """Validate the factory arguments and freeze them into a :class:`Config`."""
-    if not isinstance(population_size, int) or population_size < 1:
-        raise ValueError(f"population_size must be a positive int, got {population_size!r}.")
+    population_size = _checks.as_int("population_size", population_size, 1)
     if antithetic and population_size % 2:
         raise ValueError(
             f"population_size={population_size} is odd but antithetic=True pairs members (2k, 2k+1). "
             f"Use an even size such as {population_size + 1}, or antithetic=False."
         )
-    if not isinstance(noise_reuse, int) or noise_reuse < 1:
+    if population_size == 1 and fitness_shaping in ("centered_rank", "z_score") and group_size is None:
+        raise ValueError(
+            f"population_size=1 with fitness_shaping={fitness_shaping!r} gives the lone member weight 0, so the "
+            "mean would never move; use population_size >= 2 or fitness_shaping='identity'."
+        )
+    if not isinstance(noise_reuse, numbers.Integral) or isinstance(noise_reuse, bool) or noise_reuse < 1:
         raise ValueError(
             f"noise_reuse must be an int >= 1 (generations that share one draw of noise), got {noise_reuse!r}."
         )
-    if not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank must be a positive int, got {rank!r}.")
+    noise_reuse = int(noise_reuse)
+    rank = _checks.as_int("rank", rank, 1)
     if group_size is not None:
-        if group_size < 1 or population_size % group_size:
+        group_size = _checks.as_int("group_size", group_size, 1)
+        if population_size % group_size:
             raise ValueError(f"group_size={group_size} must divide population_size={population_size}.")
         if antithetic and group_size % 2:
             raise ValueError(f"group_size={group_size} must be even so antithetic pairs share a group.")
@@ -131,6 +155,7 @@ def make_config(
     if noise not in ("hash", "threefry"):
         raise ValueError(f"noise must be 'hash' or 'threefry', got {noise!r}.")
     specs = tuple(nz.leaf_specs(solution, lowrank=lowrank, trainable=trainable))
+    _checks.warn_rank_clipped(specs, rank)
     return Config(
         population_size=population_size,
         specs=specs,
@@ -146,42 +171,38 @@ def make_config(
     )
 
 
-def check_mean(cfg: Config, mean: Any) -> list[jax.Array]:
-    """Leaves of ``mean`` cast to the template's dtypes; clear error on mismatch."""
-    leaves, treedef = jax.tree.flatten(mean)
-    if treedef != cfg.treedef:
-        raise ValueError(
-            "The mean passed to init does not have the structure of the `solution` template given to the "
-            f"factory.\n  template: {cfg.treedef}\n  mean:     {treedef}"
-        )
-    out = []
-    for spec, leaf in zip(cfg.specs, leaves, strict=True):
-        leaf = jnp.asarray(leaf)
-        if leaf.shape != spec.shape:
-            raise ValueError(
-                f"Leaf {jax.tree_util.keystr(spec.path)} has shape {leaf.shape} in the mean but "
-                f"{spec.shape} in the solution template."
-            )
-        out.append(leaf.astype(spec.dtype))
-    return out
-
-
 def pair_noise(cfg: Config, key, generation, pairs) -> list:
     """Unit noise of every leaf for the given noise indices (leading axis = pair)."""
     fn = lambda p: nz.member_noise(key, list(cfg.specs), generation, cfg.noise_reuse, p, cfg.rank, cfg.noise)
     return jax.vmap(fn)(pairs)
 
 
-def leaf_direction(spec, noise, rank: int) -> jax.Array:
-    """The unit perturbation of one leaf for one noise index (dense)."""
+def leaf_direction(spec, noise) -> jax.Array:
+    """The unit perturbation of one leaf for one noise index (dense); a low-rank leaf's rank is its factors' width."""
     if spec.kind == "lowrank":
         a, b = noise
-        return (a @ b.T) / math.sqrt(rank)
+        return (a @ b.T) / math.sqrt(a.shape[-1])
     return noise
 
 
+def ask_state(cfg: Config, key: jax.Array, state: State) -> State:
+    """The state ``ask`` returns: at the start of a noise period its noise key folds in one derived from ``key``.
+
+    The new key keeps the impl (and type) of ``state.key``, so the state's structure never changes.
+    ``key=None`` folds nothing in: the noise then depends on ``init``'s key and the counters only.
+    """
+    if key is None:
+        return state
+    fresh = state.key
+    for word in jax.random.key_data(jax.random.fold_in(key, NOISE_TAG)).reshape(-1):
+        fresh = jax.random.fold_in(fresh, word)
+    if cfg.noise_reuse > 1:
+        fresh = jax.lax.select(state.generation_counter % cfg.noise_reuse == 0, fresh, state.key)
+    return state.replace(key=fresh)
+
+
 def init(cfg: Config, key: jax.Array, mean: Any, params: Params) -> State:
-    leaves = check_mean(cfg, mean)
+    leaves = _checks.check_mean(cfg, mean)
     train = [leaves[i].astype(jnp.float32) for i in cfg.trainable]
     mean = jax.tree.unflatten(cfg.treedef, leaves)
     return State(
@@ -195,28 +216,18 @@ def init(cfg: Config, key: jax.Array, mean: Any, params: Params) -> State:
     )
 
 
-def check_fitness(cfg: Config, fitness: jax.Array) -> jax.Array:
-    fitness = jnp.asarray(fitness)
-    if fitness.shape != (cfg.population_size,):
-        hint = " (did you return one value per rollout or per token instead of per member?)"
-        raise ValueError(
-            f"fitness must have shape ({cfg.population_size},), one scalar per member, "
-            f"got {fitness.shape}{hint if fitness.ndim > 1 else ''}."
-        )
-    if not jnp.issubdtype(fitness.dtype, jnp.number):
-        raise ValueError(f"fitness must be numeric, got dtype {fitness.dtype}.")
-    return fitness.astype(jnp.float32)
-
-
-def noise_weights(cfg: Config, fitness: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Shaped weights per noise index and the sanitised minimisation-sign fitness."""
+def member_weights(cfg: Config, fitness: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Shaped weight of every member and the sanitised minimisation-sign fitness."""
     f = -fitness if cfg.maximize else fitness
     any_finite = jnp.any(jnp.isfinite(f))
     f_clean = shaping.sanitize(f)
-    w = jnp.where(any_finite, cfg.shaper(f_clean), 0.0).astype(jnp.float32)
-    if cfg.antithetic:
-        w = w[0::2] - w[1::2]
-    return w, f_clean
+    return jnp.where(any_finite, cfg.shaper(f_clean), 0.0).astype(jnp.float32), f_clean
+
+
+def noise_weights(cfg: Config, fitness: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Shaped weights per noise index (antithetic pairs: ``w_2k - w_2k+1``) and the sanitised fitness."""
+    w, f_clean = member_weights(cfg, fitness)
+    return (w[0::2] - w[1::2] if cfg.antithetic else w), f_clean
 
 
 def member_dense(cfg: Config, state: State, i: jax.Array) -> Any:
@@ -229,7 +240,7 @@ def member_dense(cfg: Config, state: State, i: jax.Array) -> Any:
         if spec.kind == "frozen":
             out.append(m)
             continue
-        d = leaf_direction(spec, n, cfg.rank)
+        d = leaf_direction(spec, n)
         out.append((m.astype(jnp.float32) + state.sigma * sign * d).astype(m.dtype))
     return jax.tree.unflatten(cfg.treedef, out)
 
@@ -249,26 +260,53 @@ def gradient(cfg: Config, state: State, w: jax.Array) -> list[jax.Array]:
         if spec.kind == "lowrank":
             a, b = noise
             g = jnp.einsum("p...r,pcr->...c", a * w.reshape((-1,) + (1,) * (a.ndim - 1)), b)
-            g = g / math.sqrt(cfg.rank)
+            g = g / math.sqrt(a.shape[-1])
         else:
             g = jnp.tensordot(w, noise, axes=1)
         grads.append(g / denom)
     return grads
 
 
-def tell(cfg: Config, key, population, fitness, state: State, params: Params):
-    del key, population  # everything is regenerated from counters in `state`
-    fitness = check_fitness(cfg, fitness)
-    w, f_clean = noise_weights(cfg, fitness)
+def stacked_gradient(cfg: Config, state: State, leaves: list, w: jax.Array) -> list[jax.Array]:
+    """evosax's estimate from a stacked population: ``1/(N sigma) sum_i w_i (x_i - mean) / sigma`` per trainable leaf.
 
-    grads = gradient(cfg, state, w)
+    ``w`` holds one weight per member. The directions are the members as they
+    were evaluated (clipped ones included), recovered to float32 rounding.
+    """
+    mean = jax.tree.leaves(state.mean)
+    denom = cfg.population_size * state.sigma
+    out = []
+    for i in cfg.trainable:
+        d = (leaves[i].astype(jnp.float32) - mean[i].astype(jnp.float32)[None]) / state.sigma
+        out.append(jnp.tensordot(w, d, axes=1) / denom)
+    return out
+
+
+def tell(cfg: Config, key, population, fitness, state: State, params: Params):
+    del key  # the noise key is in `state` (set by ask) or in a low-rank population
+    if isinstance(population, LowRankPopulation) and population.key is not None:
+        state = state.replace(key=population.key)  # the noise this population was drawn from
+    stacked = _checks.read_population(cfg, population)
+    fitness = _checks.check_fitness(cfg, fitness)
+    w_members, f_clean = member_weights(cfg, fitness)
+    if stacked is None:
+        grads = gradient(cfg, state, w_members[0::2] - w_members[1::2] if cfg.antithetic else w_members)
+    else:
+        grads = stacked_gradient(cfg, state, stacked, w_members)
     leaves = jax.tree.leaves(state.mean)
     train = [leaves[i].astype(jnp.float32) for i in cfg.trainable]
     grads = [g + params.weight_decay * x for g, x in zip(grads, train, strict=True)]
     updates, opt_state = cfg.optimizer.update(grads, state.opt_state, train)
+    stepped = [
+        (x + params.lr_scale * u).astype(leaves[i].dtype) for i, x, u in zip(cfg.trainable, train, updates, strict=True)
+    ]
+    # A step that is not finite (fitness near the float32 limit with identity shaping, sigma 0 given through
+    # traced params ...) is skipped: the mean and the optimizer state stay, grad_norm reports the overflow.
+    ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in stepped]))
+    opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), opt_state, state.opt_state)
     new_leaves = list(leaves)
     for j, i in enumerate(cfg.trainable):
-        new_leaves[i] = (train[j] + params.lr_scale * updates[j]).astype(leaves[i].dtype)
+        new_leaves[i] = jnp.where(ok, stepped[j], leaves[i])
     new_mean = jax.tree.unflatten(cfg.treedef, new_leaves)
 
     # Best member of this generation, kept if it beats the best so far.
@@ -278,14 +316,19 @@ def tell(cfg: Config, key, population, fitness, state: State, params: Params):
     improved = jnp.isfinite(gen_best) & (sign * gen_best < sign * state.best_fitness)
     best_solution = None
     if cfg.track_best:
-        candidate = member_dense(cfg, state, best_i)
+        if stacked is None:
+            candidate = member_dense(cfg, state, best_i)
+        else:  # the member that was evaluated, as evosax keeps it
+            candidate = jax.tree.unflatten(
+                cfg.treedef, [x[best_i].astype(s.dtype) for x, s in zip(stacked, cfg.specs, strict=True)]
+            )
         best_solution = jax.tree.map(lambda c, b: jnp.where(improved, c, b), candidate, state.best_solution)
     best_fitness = jnp.where(improved, gen_best, state.best_fitness)
 
     finite = jnp.isfinite(fitness)
     n_finite = jnp.where(finite.any(), finite.sum(), jnp.nan)  # no finite value: NaN statistics, not 0.0
     mean_fitness = jnp.where(finite, fitness, 0.0).sum() / n_finite
-    update_norm = optax.tree.norm([u * params.lr_scale for u in updates])
+    update_norm = jnp.where(ok, optax.tree.norm([u * params.lr_scale for u in updates]), 0.0)
     new_state = state.replace(
         mean=new_mean,
         opt_state=opt_state,
@@ -310,11 +353,38 @@ def tell(cfg: Config, key, population, fitness, state: State, params: Params):
 
 
 def build_strategy(
-    cfg: Config, ask: Callable, *, name: str, materialize: Callable, sigma_init: float, weight_decay: float
+    cfg: Config,
+    make_population: Callable,
+    *,
+    name: str,
+    materialize: Callable,
+    sigma_init: float,
+    weight_decay: float,
 ) -> Strategy:
-    """Wrap a strategy-specific ``ask`` with the shared, jitted ``init`` and ``tell``."""
+    """Wrap the strategy-specific parts with the shared ``init``, ``ask`` and ``tell``.
+
+    Args:
+        cfg: the validated settings.
+        make_population: ``state -> population`` that ``ask`` returns.
+        name: the strategy's name.
+        materialize: ``population -> stacked dense population``.
+        sigma_init: default ``params.sigma_init`` (checked: finite, > 0).
+        weight_decay: default ``params.weight_decay``.
+    """
+    _checks.check_sigma(sigma_init)
+    jit_init = jax.jit(lambda key, mean, params: init(cfg, key, mean, params))
+
+    def init_fn(key, mean, params):
+        _checks.check_sigma(params.sigma_init, "params.sigma_init")
+        return jit_init(key, mean, params)
+
+    def ask(key, state, params):
+        del params
+        state = ask_state(cfg, key, state)
+        return make_population(state), state
+
     return Strategy(
-        init=jax.jit(lambda key, mean, params: init(cfg, key, mean, params)),
+        init=init_fn,
         ask=jax.jit(ask),
         tell=jax.jit(lambda key, pop, fit, state, params: tell(cfg, key, pop, fit, state, params)),
         default_params=Params(sigma_init=sigma_init, weight_decay=weight_decay),
@@ -323,4 +393,5 @@ def build_strategy(
         get_mean=lambda state: state.mean,
         materialize=materialize,
         antithetic=cfg.antithetic,
+        regenerates=True,
     )

@@ -52,12 +52,13 @@ def eggroll(
     ``dense_population=True``, ``ask`` returns the stacked dense population
     itself (what ``es.materialize`` gives), so a loop written for evosax (a
     fitness function ``vmap``-ped over the population, e.g. evosax's own
-    problems) runs unchanged; the update is the same, bit for bit.
+    problems) runs unchanged; the update is the same to float32 rounding.
 
     Args:
         population_size: members per generation (even with ``antithetic``).
         solution: a template pytree (dict, Flax variables, NNX state ...).
-        rank: rank ``r`` of each matrix perturbation.
+        rank: rank ``r`` of each matrix perturbation; a matrix whose smaller
+            side is below ``r`` uses that side instead (with a warning).
         optimizer: any optax transformation; default ``optax.adam(0.01)``.
         sigma_init: default initial perturbation scale (``params.sigma_init``).
         antithetic: members ``2k`` and ``2k + 1`` share factors, sign flipped.
@@ -78,8 +79,10 @@ def eggroll(
         dense_population: ``ask`` returns stacked dense members ``(N, ...)`` per
             leaf instead of the light low-rank population: for small problems and
             third-party fitness functions. It costs ``N`` copies of the parameters,
-            so keep the default for models. ``tell`` accepts either form (it
-            regenerates the noise from the state's counters).
+            so keep the default for models. ``tell`` accepts either form: a
+            stacked population is read as evosax reads it, ``(x - mean) / sigma``
+            per member (clipped members are honoured), which equals the
+            regenerated noise of the low-rank form to float32 rounding.
 
     Returns:
         A :class:`~eggroll.types.Strategy`.
@@ -102,23 +105,24 @@ def eggroll(
         track_best=track_best,
     )
 
-    def ask(key, state, params):
-        del key, params
+    def lowrank_population(state):
         pairs = jnp.arange(cfg.num_noise, dtype=jnp.int32)
         noise = _core.pair_noise(cfg, state.key, state.generation_counter, pairs)
-        population = pop_lib.LowRankPopulation(
+        return pop_lib.LowRankPopulation(
             mean=state.mean,
             noise=jax.tree.unflatten(cfg.treedef, noise),
             sigma=state.sigma,
-            index=jnp.arange(population_size, dtype=jnp.int32),
+            index=jnp.arange(cfg.population_size, dtype=jnp.int32),
+            key=state.key,
             antithetic=antithetic,
-            rank=rank,
+            rank=cfg.rank,
         )
-        return (pop_lib.materialize(population) if dense_population else population), state
+
+    members = lambda state: pop_lib.materialize(lowrank_population(state))  # noqa: E731
 
     return _core.build_strategy(
         cfg,
-        ask,
+        members if dense_population else lowrank_population,
         name="eggroll",
         materialize=jax.jit(pop_lib.materialize),
         sigma_init=sigma_init,

@@ -8,7 +8,10 @@ drawn once in ``init`` (the only floating-point step, outside training).
 Member ``i`` of generation ``g`` reads, for leaf ``l``, a contiguous slice of
 the table at offset ``hash(seed, l, g // noise_reuse, i // 2)`` (an integer
 hash of counters, lowbias32 mixing), so ``tell`` regenerates every perturbation
-from the counters; nothing is stored. A matrix takes ``(m + n) r`` entries as
+from the counters; nothing is stored. ``seed`` starts from ``init``'s key; each
+``ask`` that starts a noise period mixes 32 bits drawn from its own ``key``
+into it, so the key given to ``ask`` selects the noise (as in evosax), and the
+population carries the seed and counter that ``tell`` reads. A matrix takes ``(m + n) r`` entries as
 ``A (m, r)`` and ``B (n, r)``; a vector ``v`` takes ``2n`` entries ``s, t`` and
 uses ``e = s * t`` (``int32``, standard deviation 256 like an entry of
 ``A B^T``). Antithetic pairs: member ``2k + 1`` uses ``-A`` (and ``-e``).
@@ -47,9 +50,11 @@ import jax
 import jax.numpy as jnp
 
 from eggroll.intops import QMAX, IntLowRank, saturate
+from eggroll.strategies._checks import as_int
 from eggroll.types import Strategy
 
 PyTree = Any
+NOISE_TAG = 0x6E6F6973  # fold_in tag separating the noise seed from other uses of ask's key
 FIXED = 16  # z thresholds are stored in units of 1/16
 MAX_FAN_IN = (2**31 - 1) // (QMAX**3)  # largest n for which (x . b) * a fits int32: 1040
 
@@ -73,7 +78,7 @@ class IntEggrollState(NamedTuple):
     Attributes:
         mean: the ``int8`` solution pytree.
         generation: ``int32`` counter, advanced by ``tell``.
-        seed: ``uint32`` seed of the offset hash.
+        seed: ``uint32`` seed of the offset hash (updated by ``ask`` from its key).
         table: ``int8`` noise table.
         best_fitness: best member fitness seen so far (user's sign).
     """
@@ -238,6 +243,10 @@ def int_eggroll(
         A :class:`eggroll.types.Strategy` whose population is an :class:`IntPopulation`;
         evaluate member ``i`` with :func:`member`.
     """
+    population_size = as_int("population_size", population_size, 1)
+    rank = as_int("rank", rank, 1)
+    noise_reuse = as_int("noise_reuse", noise_reuse, 1)
+    table_size = as_int("table_size", table_size, 1)
     if population_size < 2 or population_size % 2:
         raise ValueError(f"population_size must be an even number >= 2 (antithetic pairs), got {population_size}.")
     if not 1 <= rank <= 8:
@@ -268,8 +277,16 @@ def int_eggroll(
         return IntEggrollState(mean, jnp.int32(0), seed, table.astype(jnp.int8), best)
 
     def ask(key, state, params):
-        """Build the population from counters (``key`` is unused: noise depends on the counters only)."""
-        del key
+        """Build the population from counters; at the start of a noise period ``key`` is mixed into the seed.
+
+        ``key=None`` mixes nothing in: the noise then depends on ``init``'s key and the counters only.
+        """
+        if key is not None:
+            drawn = jax.random.bits(jax.random.fold_in(key, NOISE_TAG), (), jnp.uint32)
+            seed = _mix(state.seed ^ _mix(drawn))
+            if noise_reuse > 1:
+                seed = jnp.where(state.generation % noise_reuse == 0, seed, state.seed)
+            state = state._replace(seed=seed)
         pop = IntPopulation(
             mean=state.mean,
             index=jnp.arange(population_size, dtype=jnp.int32),

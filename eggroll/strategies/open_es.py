@@ -37,8 +37,13 @@ def open_es(
 
     Every floating leaf gets Gaussian noise of its own shape; ``ask`` returns the
     population as a stacked pytree (leading axis = member), as evosax does, so
-    ``jax.vmap(fitness_fn)(population)`` scores it. ``tell`` regenerates the
-    noise from counters, so the population passed back is not read.
+    ``jax.vmap(fitness_fn)(population)`` scores it. The key given to ``ask``
+    selects the noise (see :func:`eggroll.eggroll` and docs/concepts.md).
+    ``tell`` reads the population it is given as evosax does: member ``i``'s
+    perturbation is ``(x_i - mean) / sigma``, so members changed after ``ask``
+    (clipped to bounds, say) are honoured; an unchanged population gives the
+    update of the regenerated noise to float32 rounding. ``tell(key, None, ...)``
+    regenerates the noise from the state instead (what the sharded ``tell`` does).
 
     Args:
         population_size: members per generation (even with ``antithetic``).
@@ -84,25 +89,24 @@ def open_es(
         track_best=track_best,
     )
 
-    def ask(key, state, params):
-        del key, params
+    def members(state):
         pairs = jnp.arange(cfg.num_noise, dtype=jnp.int32)
         leaves = jax.tree.leaves(state.mean)
         noise = _core.pair_noise(cfg, state.key, state.generation_counter, pairs)
         out = []
         for spec, m, eps in zip(cfg.specs, leaves, noise, strict=True):
             if spec.kind == "frozen":
-                out.append(jnp.broadcast_to(m, (population_size, *m.shape)))
+                out.append(jnp.broadcast_to(m, (cfg.population_size, *m.shape)))
                 continue
             eps = eps * state.sigma
             if antithetic:  # members 2k, 2k+1 = mean + eps_k, mean - eps_k
-                eps = jnp.stack([eps, -eps], axis=1).reshape(population_size, *m.shape)
+                eps = jnp.stack([eps, -eps], axis=1).reshape(cfg.population_size, *m.shape)
             out.append((m.astype(jnp.float32)[None] + eps).astype(m.dtype))
-        return jax.tree.unflatten(cfg.treedef, out), state
+        return jax.tree.unflatten(cfg.treedef, out)
 
     return _core.build_strategy(
         cfg,
-        ask,
+        members,
         name="open_es",
         materialize=lambda population: population,
         sigma_init=sigma_init,
