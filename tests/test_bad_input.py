@@ -79,7 +79,7 @@ TABLE: dict[str, dict[str, list[str]]] = {
     },
     "finetune": {
         **COMMON,
-        "--population": [*BAD_INT, "7", "8"],  # 8 with the default 8 prompts: groups of one member
+        "--population": [*BAD_INT, "7", "8", "100000"],  # 8: groups of one member; 1e5: beyond the memory
         "--sigma": ["-1", *BAD_FLOAT],
         "--lr": ["0", "-1", *BAD_FLOAT],
         "--rank": BAD_COUNT,

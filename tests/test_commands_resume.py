@@ -140,23 +140,27 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(tmp_path
     from eggroll.run.lock import LOCK_NAME
 
     out = tmp_path / "same"
-    first = subprocess.Popen(_cli("rl", out), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    long = _cli("rl", out, "--generations", "1000000")  # still running when the second one starts
+    first = subprocess.Popen(long, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while first.poll() is None and not (out / LOCK_NAME).exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     second = subprocess.run(_cli("rl", out), env=_env(), capture_output=True, text=True, timeout=300)
+    assert first.poll() is None, "the first run ended before the second one was checked"
+    first.send_signal(signal.SIGTERM)
     output = first.communicate(timeout=600)[0]
-    assert first.returncode == 0, output[-3000:]
+    assert first.returncode == 143, output[-3000:]
     assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
     lines = [line for line in second.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "is in use by another run (`eggroll rl`, pid" in lines[0], second.stderr
     rows = [json.loads(line) for line in (out / "metrics" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["generation"] for r in rows] == list(range(15))  # one run's rows, in order: nothing interleaved
+    generations = [r["generation"] for r in rows]
+    assert generations == list(range(len(generations))) and len(generations) > 2  # one run's rows, in order
     assert not (out / LOCK_NAME).exists()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["rl", "lm"])
+@pytest.mark.parametrize("command", ["rl"])  # lm: tests/test_apps_lm.py::test_train_resume_and_sample
 def test_a_damaged_checkpoint_is_named_and_the_run_continues_from_the_newest_good_one(tmp_path, command):
     """Issue 13, item 1: bytes overwritten inside the newest step's data (as `dd conv=notrunc` does).
 

@@ -363,6 +363,22 @@ class FinetuneTask(Task):
         self.last_eval: Sequence[float] | None = None  # held-out reward and accuracy of the last evaluation
         self.generation = 0
         self._told = -1  # the generation done() last showed the callback
+        if mesh is None:  # compile generation 1 now (it reuses it): a population the memory cannot hold is refused
+            self._check_fits()
+
+    def _check_fits(self) -> None:
+        """Lower and compile the first generation's decoding; refuse it if XLA's buffers exceed the memory."""
+        cfg = self.cfg
+        key = jax.random.PRNGKey(cfg.seed * 1_000_003 + 1)
+        population = jax.eval_shape(self.es.ask, key, jax.eval_shape(self.init)["state"], self.es_params)[0]
+        examples = self.reward_task.examples(cfg.prompts_per_generation, seed=cfg.seed * 7919 + 1)
+        width = _width([len(ids) for ids in _encode(self.tok, self.reward_task, examples)])
+        shape = (cfg.population, len(examples) // (cfg.population // self.group_size), width)
+        ids, mask = jax.ShapeDtypeStruct(shape, np.int32), jax.ShapeDtypeStruct(shape, np.bool_)
+        lowered = self._gen_fn.lower(self.config, population, ids, mask, key, cfg.temperature, **self.decoding)
+        what = f"a generation of {cfg.population} members x {shape[1]} prompts"
+        hint = "use a smaller --population or --prompts, fewer --max-new-tokens, or more devices (--devices all)"
+        parallel.check_fits(lowered.compile(), what, hint)
 
     # ------------------------------------------------------------------ the loop's hooks
     def settings(self) -> dict[str, Any]:

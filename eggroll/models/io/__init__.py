@@ -41,7 +41,7 @@ def check_model(path: str | os.PathLike | None = None) -> str:
     except OSError as err:
         raise ValueError(f"model file {path!r} cannot be read ({err.strerror})") from None
     if magic != b"GGUF":
-        raise ValueError(f"{path!r} is not a GGUF model file (it does not start with GGUF's magic bytes)")
+        raise ValueError(f"{path!r} is not a readable GGUF model file (it does not start with GGUF's magic bytes)")
     return path
 
 
