@@ -26,7 +26,6 @@ before anything else touches JAX; the mesh then spans every process's devices.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import math
 import os
 import re
@@ -272,16 +271,31 @@ class _PeerWatch(threading.Thread):
 
         self.client, self.me, self.n, self.timeout = distributed.global_state.client, process_id, num_processes, timeout
         self.stop = threading.Event()
+        self.seen = {p: ("", time.monotonic()) for p in range(num_processes) if p != process_id}  # last beat, when
         atexit.register(self.finish)  # runs before JAX's own shutdown (registered earlier)
 
     def finish(self) -> None:
-        """Mark this process done (its silence is then no failure) and stop watching."""
+        """Mark this process done (its silence is then no failure) and stop watching. If a peer is dead, end
+        the process here: JAX's shutdown barrier would wait for the peer and then abort with a C++ stack."""
         self.stop.set()
-        with contextlib.suppress(Exception):
+        dead = {p: value for p, (value, _) in self.seen.items()}  # until a new beat or its done mark shows otherwise
+        try:
             self.client.key_value_set(f"eggroll/done/{self.me}", "1", allow_overwrite=True)
+            deadline = time.monotonic() + 3.0  # live peers beat every second
+            while dead and time.monotonic() < deadline:
+                beats = dict(self.client.key_value_dir_get("eggroll/beat/"))
+                done = {k.rsplit("/", 1)[-1] for k, _ in self.client.key_value_dir_get("eggroll/done/")}
+                dead = {p: v for p, v in dead.items() if str(p) not in done and beats.get(f"eggroll/beat/{p}", "") == v}
+                time.sleep(0.2 if dead else 0)
+        except Exception:  # noqa: BLE001 - the store is gone: process 0 died
+            dead = dead or {0: ""}
+        if dead:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
 
     def run(self) -> None:
-        beat, seen = 0, {p: ("", time.monotonic()) for p in range(self.n) if p != self.me}
+        beat, seen = 0, self.seen
         while not self.stop.wait(1.0):
             try:
                 beat += 1

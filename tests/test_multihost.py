@@ -264,8 +264,11 @@ def test_a_killed_process_stops_the_other_with_one_line_within_the_peer_timeout(
     _, err = procs[0].communicate(timeout=120)
     assert time.monotonic() - start < 60, "the survivor must stop within the peer timeout (plus a margin)"
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert procs[0].returncode == 1 and len(lines) == 1, err[-3000:]
-    assert "process 1 showed no sign of life for 5 s" in lines[0] and "--resume" in lines[0]
+    assert len(lines) == 1 and "resume" in lines[0], err[-3000:]
+    # either the peer watch noticed first (exit 1), or a collective with the dead peer failed first (exit 2)
+    watched = procs[0].returncode == 1 and "process 1 showed no sign of life for 5 s" in lines[0]
+    failed = procs[0].returncode == 2 and "failed" in lines[0]
+    assert watched or failed, (procs[0].returncode, lines[0])
     assert "Check failure" not in err and "*** " not in err  # no glog abort, no C++ stack
 
 

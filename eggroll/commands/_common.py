@@ -73,7 +73,7 @@ class OneLineErrors(TyperGroup):
             where = f" ({err.ctx.command_path} --help lists the options)" if getattr(err, "ctx", None) else ""
             typer.secho(f"error: {' '.join(err.format_message().split())}{where}", fg=typer.colors.RED, err=True)
             sys.exit(err.exit_code)
-        except _click.exceptions.Abort:
+        except typer.Abort:
             typer.echo("Aborted!", err=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
@@ -132,6 +132,11 @@ def fail(message: Any) -> NoReturn:
     """Print ``error: <message>`` as one line on stderr and exit 2 (bad input)."""
     text = " ".join(str(message).split()) or type(message).__name__
     typer.secho(f"error: {text}", fg=typer.colors.RED, err=True)
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.distributed.is_initialized():  # several processes: a peer may be dead, and JAX's
+        sys.stdout.flush()  # shutdown barrier would then wait for it and abort with a C++ stack
+        sys.stderr.flush()
+        os._exit(2)
     raise typer.Exit(2)
 
 
@@ -197,6 +202,16 @@ def execute_result(run_it: Callable[[], Any]):
         fail(
             f"{err.strerror or err}: {err.filename} (check the path, or choose another --out)" if err.filename else err
         )
+    except Exception as err:
+        if type(err).__name__ not in ("JaxRuntimeError", "XlaRuntimeError"):
+            raise
+        jax = sys.modules["jax"]
+        if jax.distributed.is_initialized():  # a collective lost its peer
+            fail(
+                f"a collective between processes failed ({err}); another process is gone: restart every process "
+                "with the same command plus --resume (the newest checkpoint is kept)"
+            )
+        fail(f"the computation failed on the device: {err}")
 
 
 def finish(result: Any, files: dict[str, Any] | None = None) -> None:

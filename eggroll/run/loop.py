@@ -500,6 +500,13 @@ def run(
             next_eval = max(eval_times) if eval_times else 0.0
             return time.perf_counter() - t_start + typical + next_eval > options.time_budget
 
+        def agree(reason: str, generation: int) -> str:
+            try:
+                return _agree(reason)
+            except Exception as err:  # the collective failed: another process is gone
+                saved = None if ckpt is None else ckpt.latest_step()
+                raise GenerationFailed(generation, saved, "" if ckpt is None else str(ckpt.directory), err) from err
+
         label = task.label or task.name
         try:
             progress = ProgressBar(label, generations, start, enabled=main and not options.quiet)
@@ -512,7 +519,7 @@ def run(
                     if signals.requested is not None:  # stopped during the initial evaluation: resume skips it
                         stopped_by = signals.signal_name
                     if jax.process_count() > 1:
-                        stopped_by = _agree(stopped_by)
+                        stopped_by = agree(stopped_by, 0)
                 while gen < generations and not stopped_by:
                     t0 = time.perf_counter()
                     try:
@@ -535,7 +542,7 @@ def run(
                     elif over_budget():
                         stopped_by = "time_budget"
                     if jax.process_count() > 1:  # every process stops at the same generation, for any one's reason
-                        stopped_by = _agree(stopped_by)
+                        stopped_by = agree(stopped_by, gen)
                     last = stopped_by in ("generations", "time_budget")
                     scheduled = options.eval_every is not None and gen % options.eval_every == 0
                     if scheduled or last:
