@@ -283,9 +283,8 @@ class _PeerWatch(threading.Thread):
             self.client.key_value_set(f"eggroll/done/{self.me}", "1", allow_overwrite=True)
             deadline = time.monotonic() + 3.0  # live peers beat every second
             while dead and time.monotonic() < deadline:
-                beats = dict(self.client.key_value_dir_get("eggroll/beat/"))
-                done = {k.rsplit("/", 1)[-1] for k, _ in self.client.key_value_dir_get("eggroll/done/")}
-                dead = {p: v for p, v in dead.items() if str(p) not in done and beats.get(f"eggroll/beat/{p}", "") == v}
+                beats, done = self._read()
+                dead = {p: v for p, v in dead.items() if p not in done and beats.get(p, "") == v}
                 time.sleep(0.2 if dead else 0)
         except Exception:  # noqa: BLE001 - the store is gone: process 0 died
             dead = dead or {0: ""}
@@ -300,18 +299,23 @@ class _PeerWatch(threading.Thread):
             try:
                 beat += 1
                 self.client.key_value_set(f"eggroll/beat/{self.me}", str(beat), allow_overwrite=True)
-                beats = dict(self.client.key_value_dir_get("eggroll/beat/"))
-                done = {k.rsplit("/", 1)[-1] for k, _ in self.client.key_value_dir_get("eggroll/done/")}
+                beats, done = self._read()
             except Exception:  # noqa: BLE001 - the store itself is gone: process 0 died
                 self._fail(0, "the coordinator (process 0) stopped answering")
                 return
             now = time.monotonic()
             for peer, (value, since) in seen.items():
-                current = beats.get(f"eggroll/beat/{peer}", "")
+                current = beats.get(peer, "")
                 if current != value:
                     seen[peer] = (current, now)
-                elif str(peer) not in done and now - since > self.timeout:
+                elif peer not in done and now - since > self.timeout:
                     self._fail(peer, f"process {peer} showed no sign of life for {self.timeout:g} s")
+
+    def _read(self) -> tuple[dict[int, str], set[int]]:
+        """The peers' last heartbeats and the processes marked done, from the store."""
+        get = self.client.key_value_dir_get
+        beats = {int(k.rsplit("/", 1)[-1]): v for k, v in get("eggroll/beat/")}
+        return beats, {int(k.rsplit("/", 1)[-1]) for k, _ in get("eggroll/done/")}
 
     def _fail(self, peer: int, why: str) -> None:
         if self.stop.is_set():

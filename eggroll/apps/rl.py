@@ -259,7 +259,8 @@ class RLTask(Task):
             return jnp.mean(eval_fitness.rollout(key, mean, fit_state).returns)
 
         self._generation, self._evaluate_mean = generation, evaluate_mean
-        first = self.init()  # compile now (the first step reuses it) and refuse a generation the memory cannot hold
+        self._built = first = self.init()  # the loop's first init() takes it: built once
+        # compile now (the first step reuses it) and refuse a generation the memory cannot hold
         compiled = generation.lower(first["key"], first["es_state"], first["fit_state"]).compile()
         what = f"a generation of {config.population_size} members x {config.num_rollouts} episodes"
         parallel.check_fits(compiled, what, "use a smaller --population or --rollouts, or more devices (--devices)")
@@ -267,7 +268,12 @@ class RLTask(Task):
     def settings(self) -> dict[str, Any]:
         return _resume_fields(self.config)
 
+    _built: dict[str, Any] | None = None
+
     def init(self) -> dict[str, Any]:
+        if self._built is not None:
+            built, self._built = self._built, None
+            return built
         run_es, k_init, params, es_params, k_fit, key = self._first
         es_state = run_es.init(k_init, params, es_params)
         fit_state = self.fitness.init(k_fit)
