@@ -188,8 +188,9 @@ def markdown(r: dict) -> list[str]:
     lines = [
         f"# GPU suite: {r['device']} ({r['platform']}, jax {r['jax']}{', --quick' if r['quick'] else ''})",
         "",
-        "Ratios are plain batched inference time / EGGROLL time, measured in the same run (1.0 = as fast as",
-        "inference); shares are each part's time over ask + forward + tell timed separately.",
+        "Ratios are inference time / EGGROLL time, measured in the same run (1.0 = as fast as inference; inference",
+        "is the faster of a batched apply and the per-member fitness vmapped on the mean); shares are each part's",
+        "time over ask + forward + tell timed separately.",
         "Reproduce: `python benchmarks/gpu_suite.py`.",
         "",
     ]
