@@ -35,6 +35,52 @@ from eggroll.models.io import load_model
 from eggroll.models.llama import generate_ids, generate_population
 
 
+def measure(config, params, n: int, m: int, p: int, t: int, *, rank: int = 1, repeats: int = 3) -> dict:
+    """Best times of plain batched generation and EGGROLL population generation, same batch, same run.
+
+    ``n`` members with ``m`` prompts each of ``p`` random tokens, ``t`` new tokens (no stop token).
+    """
+    rng = np.random.default_rng(0)
+    ids = rng.integers(100, config.vocab_size - 1, size=(n, m, p)).astype(np.int32)
+    mask = np.ones((n, m, p), bool)
+    key = jax.random.PRNGKey(0)
+
+    es = eggroll.eggroll(population_size=n, solution=params, rank=rank, optimizer=optax.sgd(1e-3))
+    es_params = es.default_params.replace(sigma_init=1e-3)
+    state = es.init(key, params, es_params)
+    population, state = es.ask(key, state, es_params)
+
+    plain = lambda: generate_ids(config, params, ids.reshape(n * m, p), mask.reshape(n * m, p), key, max_new_tokens=t)
+    pop_fn = jax.jit(generate_population, static_argnames=("config", "max_new_tokens", "stop_ids", "pad_id"))
+    perturbed = lambda: pop_fn(config, population, ids, mask, key, max_new_tokens=t)
+
+    def best_time(fn):
+        jax.block_until_ready(fn())  # compile
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    t_plain = best_time(plain)
+    t_pop = best_time(perturbed)
+    tokens = n * m * t
+    return {
+        "members": n,
+        "prompts_per_member": m,
+        "batch": n * m,
+        "prompt_len": p,
+        "new_tokens": t,
+        "rank": rank,
+        "inference_tokens_per_s": tokens / t_plain,
+        "eggroll_tokens_per_s": tokens / t_pop,
+        "ratio_eggroll_over_inference": t_plain / t_pop,
+        "seconds_inference": t_plain,
+        "seconds_eggroll": t_pop,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
@@ -49,48 +95,13 @@ def main() -> None:
 
     config, params, tok = load_model(args.model)
     n, m, p, t = args.members, args.prompts_per_member, args.prompt_len, args.new_tokens
-    rng = np.random.default_rng(0)
-    ids = rng.integers(100, config.vocab_size - 1, size=(n, m, p)).astype(np.int32)
-    mask = np.ones((n, m, p), bool)
-    key = jax.random.PRNGKey(0)
-
-    es = eggroll.eggroll(population_size=n, solution=params, rank=args.rank, optimizer=optax.sgd(1e-3))
-    es_params = es.default_params.replace(sigma_init=1e-3)
-    state = es.init(key, params, es_params)
-    population, state = es.ask(key, state, es_params)
-
-    plain = lambda: generate_ids(config, params, ids.reshape(n * m, p), mask.reshape(n * m, p), key, max_new_tokens=t)
-    pop_fn = jax.jit(generate_population, static_argnames=("config", "max_new_tokens", "stop_ids", "pad_id"))
-    perturbed = lambda: pop_fn(config, population, ids, mask, key, max_new_tokens=t)
-
-    def best_time(fn):
-        jax.block_until_ready(fn())  # compile
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn())
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    t_plain = best_time(plain)
-    t_pop = best_time(perturbed)
-    tokens = n * m * t
     res = {
         "model": args.model or "SmolLM2-135M-Instruct (Q4_1 GGUF, float32)",
         "device": str(jax.devices()[0].device_kind),
         "platform": platform.processor() or platform.machine(),
-        "members": n,
-        "prompts_per_member": m,
-        "batch": n * m,
-        "prompt_len": p,
-        "new_tokens": t,
-        "rank": args.rank,
-        "inference_tokens_per_s": tokens / t_plain,
-        "eggroll_tokens_per_s": tokens / t_pop,
-        "ratio_eggroll_over_inference": t_plain / t_pop,
-        "seconds_inference": t_plain,
-        "seconds_eggroll": t_pop,
+        **measure(config, params, n, m, p, t, rank=args.rank, repeats=args.repeats),
     }
+    t_plain, t_pop = res["seconds_inference"], res["seconds_eggroll"]
     print(json.dumps(res, indent=1))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "llm_throughput.json"), "w") as f:

@@ -154,19 +154,44 @@ def _sincos_quarter(f: jax.Array) -> tuple[jax.Array, jax.Array]:
     return s, c
 
 
-def hash_normal(seeds: tuple[jax.Array, jax.Array], n: int) -> jax.Array:
-    """``n`` standard normals (float32) from counters ``0..n`` and two seeds."""
-    half = (n + 1) // 2
-    c = jnp.arange(half, dtype=jnp.uint32)
+def _box_muller(seeds: tuple[jax.Array, jax.Array], c: jax.Array, second: bool) -> jax.Array:
+    """The normals of counters ``c``: the cosine half of the pair (``second=False``) or the sine half."""
     h1 = _fmix(_fmix(c ^ seeds[0]) + seeds[1])
     h2 = _fmix(h1 ^ jnp.uint32(0x68E31DA4))
     u1 = ((h1 >> 8).astype(jnp.float32) + 0.5) * (1.0 / 16777216.0)
     radius = jnp.sqrt(-2.0 * jnp.log(u1))
     quadrant = h2 >> 30
     sn, cs = _sincos_quarter(((h2 >> 6) & 0xFFFFFF).astype(jnp.float32) * (1.0 / 16777216.0))
-    cos_t = jnp.where(quadrant == 0, cs, jnp.where(quadrant == 1, -sn, jnp.where(quadrant == 2, -cs, sn)))
-    sin_t = jnp.where(quadrant == 0, sn, jnp.where(quadrant == 1, cs, jnp.where(quadrant == 2, -sn, -cs)))
-    return jnp.concatenate([radius * cos_t, radius * sin_t])[:n]
+    if second:
+        t = jnp.where(quadrant == 0, sn, jnp.where(quadrant == 1, cs, jnp.where(quadrant == 2, -sn, -cs)))
+    else:
+        t = jnp.where(quadrant == 0, cs, jnp.where(quadrant == 1, -sn, jnp.where(quadrant == 2, -cs, sn)))
+    return radius * t
+
+
+def hash_segment(seeds: tuple[jax.Array, jax.Array], start: int, size: int, total: int) -> jax.Array:
+    """Entries ``start .. start + size`` of ``hash_normal(seeds, total)``, computed without the rest.
+
+    The stream of length ``total`` is the cosine outputs of counters ``0 .. half`` followed by the
+    sine outputs of the same counters (``half = ceil(total / 2)``); a segment computes only the
+    counters it covers. Generating each leaf's segment on its own keeps XLA from materialising the
+    whole stream and slicing it (with matrix and vector leaves mixed, a segment straddling the two
+    halves made it build a concatenation of the whole stream: issue 15).
+    """
+    half = (total + 1) // 2
+    stop = start + size
+    parts = []
+    if start < half:
+        parts.append(_box_muller(seeds, jnp.arange(start, min(stop, half), dtype=jnp.uint32), False))
+    if stop > half:
+        lo = max(start, half) - half
+        parts.append(_box_muller(seeds, jnp.arange(lo, stop - half, dtype=jnp.uint32), True))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+
+def hash_normal(seeds: tuple[jax.Array, jax.Array], n: int) -> jax.Array:
+    """``n`` standard normals (float32) from counters ``0..n`` and two seeds."""
+    return hash_segment(seeds, 0, n, n)
 
 
 def member_key(key, generation, noise_reuse: int, pair) -> jax.Array:
@@ -205,23 +230,26 @@ def member_noise(key, specs, generation, noise_reuse: int, pair, rank: int, meth
     sizes = leaf_sizes(specs, rank)
     total = max(sum(sizes), 1)
     if method == "hash":
-        z = hash_normal(hash_seeds(key, 0, generation // noise_reuse, pair), total)
+        seeds = hash_seeds(key, 0, generation // noise_reuse, pair)
+        draw = lambda start, size: hash_segment(seeds, start, size, total)
     elif method == "threefry":
         z = jax.random.normal(member_key(key, generation, noise_reuse, pair), (total,), jnp.float32)
+        draw = lambda start, size: z[start : start + size]
     else:
         raise ValueError(f"Unknown noise method {method!r}; use 'hash' or 'threefry'.")
     out, offset = [], 0
     for spec, size in zip(specs, sizes, strict=True):
-        seg = z[offset : offset + size]
-        offset += size
         if spec.kind == "lowrank":
             r = leaf_rank(spec, rank)
             n_a = math.prod(spec.shape[:-1]) * r
-            out.append((seg[:n_a].reshape(*spec.shape[:-1], r), seg[n_a:].reshape(spec.shape[-1], r)))
+            a = draw(offset, n_a).reshape(*spec.shape[:-1], r)
+            b = draw(offset + n_a, size - n_a).reshape(spec.shape[-1], r)
+            out.append((a, b))
         elif spec.kind == "full":
-            out.append(seg.reshape(spec.shape))
+            out.append(draw(offset, size).reshape(spec.shape))
         else:
             out.append(None)
+        offset += size
     return out
 
 
