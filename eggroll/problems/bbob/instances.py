@@ -210,8 +210,9 @@ def validate_ids(function: object, instance: object, dimension: object, suite: s
 def _scaled_pair(r: np.ndarray, q: np.ndarray, base: float) -> np.ndarray:
     """``R diag(base^(k/(D-1))) Q``, the ``M`` that COCO builds in a triple loop."""
     d = r.shape[0]
-    lam = base ** (np.arange(d, dtype=np.float64) / (d - 1.0))
-    return (r * lam[None, :]) @ q
+    lam = coco_rng.cpow(base, np.arange(d, dtype=np.float64) / (d - 1.0))
+    # COCO adds r[i, k] lam[k] q[k, j] over k = 0, 1, ... in turn: a cumulative sum keeps that order
+    return np.cumsum((r * lam[None, :])[:, :, None] * q[None, :, :], axis=1)[:, -1, :]
 
 
 def _gallagher(rseed: int, dim: int, n_peaks: int) -> dict[str, np.ndarray]:
@@ -225,14 +226,14 @@ def _gallagher(rseed: int, dim: int, n_peaks: int) -> dict[str, np.ndarray]:
     order = np.argsort(u, kind="stable")  # qsort of (value, index) pairs; the values are distinct
     cond = np.empty(n_peaks)
     cond[0] = max_cond1
-    cond[1:] = 1000.0 ** (order / (n_peaks - 2.0))
+    cond[1:] = coco_rng.cpow(1000.0, order / (n_peaks - 2.0))
     heights = np.empty(n_peaks)
     heights[0] = 10.0
     heights[1:] = np.arange(n_peaks - 1) / (n_peaks - 2.0) * (9.1 - 1.1) + 1.1
     scales = np.empty((n_peaks, dim))
     for i in range(n_peaks):
         perm = np.argsort(coco_rng.unif(dim, rseed + 1000 * i), kind="stable")
-        scales[i] = cond[i] ** (perm / (dim - 1.0) - 0.5)
+        scales[i] = coco_rng.cpow(cond[i], perm / (dim - 1.0) - 0.5)
     u = coco_rng.unif(dim * n_peaks, rseed).reshape(n_peaks, dim)
     local = b * u - c  # (peaks, D), unrotated
     peaks = local @ rot.T  # peak j in rotated coordinates: R @ local[j]
@@ -329,7 +330,7 @@ def make_instance(function: int, instance: int, dimension: int, suite: str = "bb
         fields["m"] = _scaled_pair(fields["r"], rot_q(), 1.0 / math.sqrt(100.0))
     elif f in (17, 18):
         cond = 10.0 if f == 17 else 1000.0
-        lam = math.sqrt(cond) ** (np.arange(d) / (d - 1.0))
+        lam = coco_rng.cpow(math.sqrt(cond), np.arange(d) / (d - 1.0))
         fields["r"] = rot_r()
         fields["m"] = lam[:, None] * rot_q()
     elif f == 20:
