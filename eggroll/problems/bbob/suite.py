@@ -378,17 +378,16 @@ def suite_evaluate(
     out = jnp.zeros((n_problems, *batch), dtype=jnp.result_type(x, jnp.float32))
     for fid, idx_tuple in groups:
         idx = np.asarray(idx_tuple)
-        if idx.size == 1:
-            # no vmap over a size-1 instance axis: XLA's CPU backend handles that degenerate batch
-            # dimension badly (Gallagher: ~20x slower than the unbatched computation)
-            one = jax.tree.map(lambda a, k=int(idx[0]): a[k], data)
-            vals = _delta_points(one, x if shared else x[int(idx[0])], fid, kind)[None]
+        # a group of one problem is evaluated as two copies of it (the second dropped): XLA's CPU backend
+        # handles a size-1 batch axis badly (Gallagher: ~20x slower), and an unbatched computation may round
+        # differently from the same problem inside a larger group
+        run_idx = np.repeat(idx, 2) if idx.size == 1 else idx
+        sub = jax.tree.map(lambda a, run_idx=run_idx: a[run_idx], data)
+        if shared:
+            vals = jax.vmap(lambda p, fid=fid: _delta_points(p, x, fid, kind))(sub)
         else:
-            sub = jax.tree.map(lambda a, idx=idx: a[idx], data)
-            if shared:
-                vals = jax.vmap(lambda p, fid=fid: _delta_points(p, x, fid, kind))(sub)
-            else:
-                vals = jax.vmap(lambda p, xs, fid=fid: _delta_points(p, xs, fid, kind))(sub, x[idx])
+            vals = jax.vmap(lambda p, xs, fid=fid: _delta_points(p, xs, fid, kind))(sub, x[run_idx])
+        vals = vals[: idx.size]
         if noise_seeds is not None and fid > 100:
             xs = jnp.broadcast_to(x if shared else x[idx], (idx.size, *batch, x.shape[-1]))
             noisy = jax.vmap(functools.partial(_noise.apply_noise, fid))
