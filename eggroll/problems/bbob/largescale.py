@@ -148,27 +148,26 @@ def _apply_blocks_np(blocks: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.einsum("kij,...kj->...ki", blocks, vp).reshape(v.shape[:-1] + (nb * s,))[..., :d]
 
 
-# (r_blocks seed offset, r_in, r_out, q_in, q_out): permutation seed offsets in units of 1e6 (0: identity);
-# r's blocks use rseed + 1e6 unless listed in _R_SEED_RSEED, q's blocks use rseed
+# (r_in, r_out, q_in, q_out): the permutations' seeds, rseed + k * 1000000, as each COCO function numbers them
+# (0: no second rotation). r is the rotation applied first for single-rotation functions and the one
+# drawn with rseed + 1000000 otherwise (f9, f19: rseed); q is drawn with rseed.
 _PERM_SEEDS: dict[int, tuple[int, int, int, int]] = {
-    6: (4, 5, 2, 3),
-    7: (4, 5, 2, 3),
+    6: (4, 5, 2, 3),  # x -> P11(2) B2 P12(3) -> cond -> P21(4) B1 P22(5)
+    7: (4, 5, 2, 3),  # the same, with the rounding between
     9: (2, 3, 0, 0),
     10: (2, 3, 0, 0),
     11: (2, 3, 0, 0),
     12: (2, 3, 0, 0),
-    13: (1, 4, 5, 6),  # placeholder, replaced below (sharp ridge numbers its permutations differently)
+    13: (3, 4, 5, 6),  # x -> P12(5) B2 P22(6) -> cond -> P11(3) B1 P21(4)
     14: (2, 3, 0, 0),
-    15: (3, 4, 5, 6),
-    16: (5, 6, 3, 4),
-    17: (5, 6, 3, 4),
+    15: (3, 4, 5, 6),  # x -> P11(3) B1 P12(4) -> osz, asy -> P21(5) B2 P22(6) -> cond -> P11 B1 P12
+    16: (5, 6, 3, 4),  # x -> P12(5) B1 P22(6) -> osz -> P11(3) B2 P21(4) -> cond -> P12 B1 P22
+    17: (5, 6, 3, 4),  # x -> P12(5) B1 P22(6) -> asy -> P11(3) B2 P21(4) -> cond
     18: (5, 6, 3, 4),
     19: (2, 3, 0, 0),
-    23: (5, 6, 3, 4),
-    24: (5, 6, 3, 4),
+    23: (5, 6, 3, 4),  # x -> P11(3) B2 P12(4) -> cond -> P21(5) B1 P22(6)
+    24: (5, 6, 3, 4),  # the same, on 2 sign(x) x - mu0
 }
-# sharp ridge: x -> P12(5e6) B2 P22(6e6) -> cond -> P11(3e6) B1 P21(4e6)
-_PERM_SEEDS[13] = (3, 4, 5, 6)
 _ROTATED_R = frozenset(_PERM_SEEDS)
 _ROTATED_Q = frozenset(f for f, s in _PERM_SEEDS.items() if s[2])
 _R_SEED_RSEED = frozenset((9, 19))  # r's blocks drawn with rseed (no + 1e6)
@@ -247,8 +246,8 @@ def make_largescale_instance(function: int, instance: int, dimension: int) -> La
         fields["xopt"] = 0.75 * coco_rng.xopt(rseed, d)
     elif f == 19:
         # COCO: xopt = A^T 1 / 2 with A = P_out B P_in (scale max(1, sqrt(40) / 8) = 1)
-        ones = np.ones(d)[fields["r_out"].argsort()]  # P_out^T 1 = 1
-        bt1 = _apply_blocks_np(np.swapaxes(fields["r_blocks"], -1, -2), ones)
+        # B^T 1 (P_out^T 1 = 1): column sums, added row by row as COCO adds them
+        bt1 = np.cumsum(fields["r_blocks"], axis=1)[:, -1, :].reshape(-1)[:d]
         x = np.empty(d)
         x[fields["r_in"]] = bt1 / 2.0
         fields["xopt"] = x
@@ -294,18 +293,11 @@ def make_largescale_instance(function: int, instance: int, dimension: int) -> La
 
 
 def _blocks(blocks: jax.Array, v: jax.Array) -> jax.Array:
-    """``B v`` for block-diagonal ``B``, summed term by term in COCO's order (``j = 0, 1, ...``).
-
-    The order matters for Katsuura (f23), whose value reads ``2^32 z``: a matrix product that sums in
-    another order moves ``z`` by an ulp, and f23 by ~1e-9 relative at 160-D.
-    """
+    """``B v`` for block-diagonal ``B`` stored as ``(blocks, s, s)``: one batched matrix-vector product."""
     d = v.shape[-1]
     nb, s, _ = blocks.shape
     vp = jnp.pad(v, (0, nb * s - d)).reshape(nb, s)
-    acc = jnp.zeros((nb, s), v.dtype)
-    for j in range(s):
-        acc = acc + blocks[:, :, j] * vp[:, j : j + 1]
-    return acc.reshape(nb * s)[:d]
+    return jnp.einsum("kij,kj->ki", blocks, vp).reshape(nb * s)[:d]
 
 
 def apply_rotation(p_in: jax.Array, blocks: jax.Array, p_out: jax.Array, v: jax.Array) -> jax.Array:

@@ -93,7 +93,8 @@ def evaluate(instance: BBOBInstance, x: jax.Array, *, subtract_fopt: bool = Fals
 
     Pure and jittable; ``instance`` may be traced (its function id is then
     dispatched with :func:`jax.lax.switch`), so ``jax.vmap(evaluate)`` over a
-    stacked batch of instances of different functions works too.
+    stacked batch of instances of different functions works too. A
+    ``bbob-largescale`` or ``bbob-mixint`` instance needs a concrete function id.
 
     Args:
         instance: a :class:`BBOBInstance` (e.g. from :func:`make_instance`).
@@ -126,10 +127,11 @@ def bbob_function(
         f(jnp.zeros((4096, 10)))    # (4096,)
 
     Args:
-        function: 1..24.
+        function: 1..24 (101..130 for ``bbob-noisy``, noise-free values).
         instance: COCO instance id.
-        dimension: 2..40.
+        dimension: 2..40 (``bbob-largescale``: 2..640; ``bbob-mixint``: multiples of 5 in 5..40, 50..640).
         subtract_fopt: return ``f(x) - fopt`` instead of ``f(x)``.
+        suite: ``"bbob"``, ``"bbob-noisy"``, ``"bbob-largescale"`` or ``"bbob-mixint"``.
 
     Raises:
         ValueError: for an unknown function, instance or dimension; the returned
@@ -140,7 +142,7 @@ def bbob_function(
     device_data = jax.tree.map(jnp.asarray, data)
 
     @jax.jit
-    def _run(p: BBOBInstance, x: jax.Array) -> jax.Array:
+    def _run(p: Any, x: jax.Array) -> jax.Array:
         vals = _delta_points(p, x, fid, suite)
         return vals if subtract_fopt else vals + p.fopt.astype(vals.dtype)
 
