@@ -1,5 +1,8 @@
 """``eggroll bbob`` as a task of the one loop: any eggroll or evosax strategy on chosen BBOB problems.
 
+The problems come from one of COCO's suites (``suite=``): ``bbob``, ``bbob-noisy``, ``bbob-largescale``
+or ``bbob-mixint`` (see :class:`~eggroll.problems.bbob.suite.BBOBSuite`).
+
 The benchmark is a sequence of (strategy, dimension) *runs* (dimensions outer,
 strategies inner). A run evaluates every (function, instance) problem of its
 dimension *at once*: the strategy state is ``vmap``-ed over the problems, each
