@@ -1,5 +1,8 @@
 """``eggroll bbob`` as a task of the one loop: any eggroll or evosax strategy on chosen BBOB problems.
 
+The problems come from one of COCO's suites (``suite=``): ``bbob``, ``bbob-noisy``, ``bbob-largescale``
+or ``bbob-mixint`` (see :class:`~eggroll.problems.bbob.suite.BBOBSuite`).
+
 The benchmark is a sequence of (strategy, dimension) *runs* (dimensions outer,
 strategies inner). A run evaluates every (function, instance) problem of its
 dimension *at once*: the strategy state is ``vmap``-ed over the problems, each
@@ -59,6 +62,8 @@ __all__ = [
     "BenchmarkResult",
     "COCO_DIMENSIONS",
     "Competitor",
+    "SUITE_DIMENSIONS",
+    "SUITE_FUNCTIONS",
     "TARGETS",
     "make_competitor",
     "run_benchmark",
@@ -66,6 +71,22 @@ __all__ = [
 
 COCO_DIMENSIONS: tuple[int, ...] = (2, 3, 5, 10, 20, 40)
 """Dimensions of COCO's ``bbob`` suite (the only ones its observer can log)."""
+
+SUITE_DIMENSIONS: dict[str, tuple[int, ...]] = {
+    "bbob": COCO_DIMENSIONS,
+    "bbob-noisy": COCO_DIMENSIONS,
+    "bbob-largescale": (20, 40, 80, 160, 320, 640),
+    "bbob-mixint": (5, 10, 20, 40, 80, 160),
+}
+"""Each COCO suite's dimensions (the only ones cocoex's observer logs for it)."""
+
+SUITE_FUNCTIONS: dict[str, str] = {
+    "bbob": "1-24",
+    "bbob-noisy": "101-130",
+    "bbob-largescale": "1-24",
+    "bbob-mixint": "1-24",
+}
+"""Each COCO suite's function ids."""
 
 TARGETS: np.ndarray = 10.0 ** (np.arange(10, -41, -1) / 5.0)
 """COCO's 51 standard precision targets ``10^2 ... 10^-8`` (step ``10^0.2``), bit for bit as COCO's logger and
@@ -289,6 +310,11 @@ class _Run:
     score: Callable  # (carry, float64 data, points, first_generation) -> carry with hits and best (under x64)
 
     @property
+    def problems(self) -> int:
+        """The run's real problems (a run of one problem carries a second, padding copy: see :func:`_make_run`)."""
+        return len(self.suite)
+
+    @property
     def label(self) -> str:
         return f"{self.comp.name} {self.suite.dimension}-D"
 
@@ -303,19 +329,31 @@ def _make_run(
     budget: int,
     chunk_generations: int,
 ) -> _Run:
-    n, n_prob, d = comp.population_size, len(suite), suite.dimension
+    n, d = comp.population_size, suite.dimension
     gens = budget // n
     if gens < 1:
         raise ValueError(
             f"Budget {budget} evaluations ({budget / d:g} x {d}) is smaller than one "
             f"generation of {comp.name} ({n} members): raise the budget."
         )
-    es, params, to_points, groups = comp.strategy, comp.params, comp.to_points, suite.groups
+    es, params, to_points, groups, kind = comp.strategy, comp.params, comp.to_points, suite.groups, suite.suite
     size = min(chunk_generations, gens)
     # one key per problem from (seed, strategy, dimension, function, instance): alone or in a batch, a problem
     # sees the same random numbers
     strategy_key = jax.random.fold_in(jax.random.fold_in(key, zlib.crc32(comp.name.encode()) % (2**31)), d)
     problem_keys = _problem_keys(strategy_key, suite.problems)
+    # a run of one problem is run as two copies of it (the second discarded): XLA compiles a batch of one
+    # differently (the batch axis is dropped), float32 rounding then differs in the last bit and a strategy
+    # drifts away from the same problem's run inside a larger batch
+    pad = len(suite) == 1
+    n_prob = 2 if pad else len(suite)
+    if pad:
+        problem_keys = jnp.concatenate([problem_keys, problem_keys])
+        means = jnp.concatenate([means, means])
+        groups = ((groups[0][0], (0, 1)),)
+
+    def padded(data):
+        return jax.tree.map(lambda a: jnp.concatenate([a, a]), data) if pad else data
 
     @jax.jit
     def start(problem_keys, means, params):
@@ -343,7 +381,13 @@ def _make_run(
         keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, index)))(run_keys)  # (P, 2)
         pop, states = jax.vmap(es.ask, in_axes=(0, 0, None))(keys[:, 0], states, params)
         x = jax.vmap(to_points)(pop)
-        delta = suite_evaluate(data, x, groups, shared=False, subtract_fopt=True)
+        noise = None
+        if kind == "bbob-noisy":
+            # COCO's noise model with counters drawn from the problem's key (COCO logs noise-free values,
+            # and so does `score`: only the strategies see the noise)
+            counters = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 7), (2, n), 1, 10**9))(keys[:, 1])
+            noise = (counters[:, 0], counters[:, 1])
+        delta = suite_evaluate(data, x, groups, shared=False, subtract_fopt=True, noise_seeds=noise, kind=kind)
         delta = jnp.where(jnp.isnan(delta), jnp.inf, delta)
         states, _ = jax.vmap(es.tell, in_axes=(0, 0, 0, 0, None))(keys[:, 1], pop, delta, states, params)
         return (states, evals + n), x
@@ -351,6 +395,7 @@ def _make_run(
     @jax.jit
     def chunk(carry, data, first_generation):
         index = first_generation + jnp.arange(size)
+        data = padded(data)
 
         def body(c, xs):
             i, active = xs
@@ -366,7 +411,7 @@ def _make_run(
         # the chunk's points (G, P, N, D) scored in float64, in evaluation order (generation, then member)
         count = jnp.minimum(gens - first_generation, size) * n  # evaluations of this chunk (no padding)
         x = jnp.moveaxis(xs, 0, 1).reshape((n_prob, size * n, d)).astype(jnp.float64)
-        delta = suite_evaluate(data64, x, groups, shared=False, subtract_fopt=True)
+        delta = suite_evaluate(padded(data64), x, groups, shared=False, subtract_fopt=True, kind=kind)
         delta = jnp.where(jnp.isnan(delta) | (jnp.arange(size * n) >= count)[None, :], jnp.inf, delta)
         below = delta[:, None, :] <= jnp.asarray(TARGETS)[None, :, None]  # (P, T, evaluations)
         first = jnp.argmax(below, axis=-1).astype(jnp.int32)
@@ -411,16 +456,18 @@ class BBOBTask(Task):
     Args:
         strategies: names (see :func:`make_competitor`), :class:`Competitor` s,
             callables ``(dimension, budget) -> Competitor``, or a comma-separated string.
-        functions: function ids or a spec like ``"1-24"``.
+        functions: function ids or a spec like ``"1-24"`` (``None``: all of the suite's).
         dimensions: dimensions or a spec like ``"2,10"``.
         instances: instance ids or a spec like ``"1-5"``.
         budget_multiplier: evaluations per dimension (COCO's convention).
+        suite: the COCO suite: ``"bbob"``, ``"bbob-noisy"`` (the strategies see COCO's noise, the runtimes
+            count the noise-free values, as COCO's logger does), ``"bbob-largescale"`` or ``"bbob-mixint"``.
         population: members per generation for the named strategies (``None``: each one's default per dimension).
         seed: seeds the initial means and the strategies' keys.
         x0: ``"uniform"`` in ``[-4, 4]^D`` (one draw per problem, shared by all strategies) or ``"origin"``.
         chunk_generations: generations per compiled call (the loop's generation).
-        coco_observer: also log every evaluated point through ``cocoex.Observer("bbob")``
-            into ``out_dir/coco`` (replayed through cocoex after each run).
+        coco_observer: also log every evaluated point through ``cocoex.Observer("bbob")`` on the suite's
+            problems into ``out_dir/coco`` (replayed through cocoex after each run).
         out_dir: where the COCO data goes (the loop's ``out`` for the other files).
         plot: draw ``bbob_ecdf.png``.
         x64: compute in float64; build and run the task inside ``jax.enable_x64(True)``.
@@ -451,11 +498,12 @@ class BBOBTask(Task):
     def __init__(
         self,
         strategies: Sequence[StrategyArg | Competitor] | str = "open_es,eggroll,cma_es",
-        functions: str | Iterable[int] = "1-24",
+        functions: str | Iterable[int] | None = None,
         dimensions: str | Iterable[int] = (2, 10),
         instances: str | Iterable[int] = "1-5",
         budget_multiplier: float = 1000.0,
         *,
+        suite: str = "bbob",
         population: int | None = None,
         seed: int = 0,
         x0: str = "uniform",
@@ -477,18 +525,26 @@ class BBOBTask(Task):
             raise ValueError(f"--population must be >= 1 (or left out for each strategy's default), got {population}")
         if coco_observer and out_dir is None:
             raise ValueError("coco_observer=True needs an out_dir to write COCO's data into.")
-        if coco_observer and not set(dims) <= set(COCO_DIMENSIONS):
+        if suite not in SUITE_DIMENSIONS:
+            raise ValueError(f"Unknown COCO suite {suite!r}: use one of {', '.join(SUITE_DIMENSIONS)}.")
+        if coco_observer and not set(dims) <= set(SUITE_DIMENSIONS[suite]):
             raise ValueError(
-                f"COCO's observer only logs the bbob suite's dimensions {COCO_DIMENSIONS}, got {dims}: "
+                f"COCO's observer only logs the {suite} suite's dimensions "
+                f"{','.join(map(str, SUITE_DIMENSIONS[suite]))}, got {','.join(map(str, dims))}: "
                 "drop the others or run without coco_observer."
             )
         if chunk_generations < 1:
             raise ValueError(f"chunk_generations must be >= 1, got {chunk_generations}.")
         if x64 and not jax.config.jax_enable_x64:
             raise ValueError("x64=True: build and run the task inside `with jax.enable_x64(True):`.")
-        suites = {d: BBOBSuite(functions, instances, d) for d in dims}  # validates ids and dims up front
+        if functions is None:
+            functions = SUITE_FUNCTIONS[suite]
+        # validates ids and dims up front
+        suites = {d: BBOBSuite(functions, instances, d, suite=suite) for d in dims}
         problems = suites[dims[0]].problems
+        self.suite = suite
         self._settings = {
+            **({} if suite == "bbob" else {"suite": suite}),  # bbob checkpoints of earlier versions still resume
             "strategies": [_strategy_label(s) for s in strategies],
             "functions": sorted({f for f, _ in problems}),
             "instances": sorted({i for _, i in problems}),
@@ -545,7 +601,7 @@ class BBOBTask(Task):
             new, xs = run_.chunk(carry[name], self.data[run_.suite.dimension], (c - 1) * run_.size)
         with jax.enable_x64(True):
             new = run_.score(new, self.data64[run_.suite.dimension], xs, (c - 1) * run_.size)
-        best, hits = joined_best(new), np.asarray(new["hits"])
+        best, hits = joined_best(new)[: run_.problems], np.asarray(new["hits"])[: run_.problems]
         seconds = time.perf_counter() - t0
         self.seconds[run_.index] += seconds
         done = min(c * run_.size, gens)
@@ -607,7 +663,8 @@ class BBOBTask(Task):
             bench.budgets.setdefault(r.suite.dimension, r.budget)
             if end <= done.generation:
                 state = done.carry[f"run{r.index}"]
-                _add_run(bench, r, np.asarray(state["hits"]), joined_best(state), self.seconds[r.index])
+                hits, best = np.asarray(state["hits"])[: r.problems], joined_best(state)[: r.problems]
+                _add_run(bench, r, hits, best, self.seconds[r.index])
         self._observers.clear()  # finalises COCO's files
         if out is not None and not bench.interrupted:
             from eggroll.problems.bbob import report
@@ -647,12 +704,12 @@ class BBOBTask(Task):
                     f"COCO's observer options cannot hold spaces: {outer!r}, {name!r}; choose another out."
                 )
             options = f"outer_folder: {outer} result_folder: {name} algorithm_name: {name}"
-            self._observers[name] = cocoex.Observer("bbob", options)
+            self._observers[name] = cocoex.Observer("bbob", options)  # COCO's observer of every bbob suite
         allx = np.concatenate(self._points, axis=0)
         self._points = []
         fids = ",".join(str(f) for f in sorted({f for f, _ in suite.problems}))
         iids = ",".join(str(i) for i in sorted({i for _, i in suite.problems}))
-        coco_suite = cocoex.Suite("bbob", f"instances: {iids}", f"function_indices: {fids} dimensions: {d}")
+        coco_suite = cocoex.Suite(self.suite, f"instances: {iids}", f"function_indices: {fids} dimensions: {d}")
         for k, (f, i) in enumerate(suite.problems):
             prob = coco_suite.get_problem_by_function_dimension_instance(f, d, i, self._observers[name])
             for x in allx[:, k].reshape(-1, d).astype(np.float64):
@@ -686,11 +743,12 @@ def _add_run(result: BenchmarkResult, run_: _Run, hits: np.ndarray, best: np.nda
 
 def run_benchmark(
     strategies: Sequence[StrategyArg | Competitor] | str,
-    functions: str | Iterable[int] = "1-24",
+    functions: str | Iterable[int] | None = None,
     dimensions: str | Iterable[int] = (2, 10),
     instances: str | Iterable[int] = "1-5",
     budget_multiplier: float = 1000.0,
     *,
+    suite: str = "bbob",
     out_dir: str | Path | None = None,
     seed: int = 0,
     x0: str = "uniform",
@@ -726,10 +784,11 @@ def run_benchmark(
     Args:
         strategies: names (see :func:`make_competitor`), :class:`Competitor` s,
             callables ``(dimension, budget) -> Competitor``, or a comma-separated string.
-        functions: function ids or a spec like ``"1-24"``.
+        functions: function ids or a spec like ``"1-24"`` (``None``: all of the suite's).
         dimensions: dimensions or a spec like ``"2,10"``.
         instances: COCO instance ids or a spec like ``"1-5"``.
         budget_multiplier: evaluations per dimension (COCO's convention).
+        suite: ``"bbob"``, ``"bbob-noisy"``, ``"bbob-largescale"`` or ``"bbob-mixint"`` (see :class:`BBOBTask`).
         out_dir: where to write ``bbob_results.csv``, ``bbob_results.md``,
             ``bbob_runtimes.npz``, ``bbob_ecdf.png`` (and ``coco/`` with the
             observer); nothing is written if ``None`` or if the run was interrupted.
@@ -780,6 +839,7 @@ def run_benchmark(
             dimensions,
             instances,
             budget_multiplier,
+            suite=suite,
             population=population,
             seed=seed,
             x0=x0,

@@ -5,6 +5,9 @@ Examples::
     eggroll bbob --strategies open_es,eggroll,cma_es --functions 1-24 --dims 2,10 --out runs/bbob
     eggroll bbob --dims 2,3,5,10,20,40 --instances 1-15 --budget 10000 --checkpoint-every 20 --out runs/big
     eggroll bbob --dims 2,3,5,10,20,40 --instances 1-15 --budget 10000 --checkpoint-every 20 --out runs/big --resume
+    eggroll bbob --suite bbob-noisy --functions 101-130 --dims 2,10 --coco --out runs/noisy
+    eggroll bbob --suite bbob-largescale --dims 80,160 --strategies eggroll,cma_es --out runs/large
+    eggroll bbob --suite bbob-mixint --dims 5,10 --out runs/mixint
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from eggroll.commands import _common
 
 app = typer.Typer(
     cls=_common.OneLineErrors,
-    help="Benchmark evolution strategies on the 24 noiseless COCO BBOB functions (identical to cocoex).",
+    help="Benchmark evolution strategies on COCO's BBOB suites: bbob, bbob-noisy, bbob-largescale, bbob-mixint "
+    "(identical to cocoex).",
     no_args_is_help=False,
 )
 
@@ -31,8 +35,19 @@ def bbob(
         "-s",
         help="Comma-separated: open_es, eggroll, cma_es, evosax_open_es, or evosax:<Class> (e.g. evosax:SNES).",
     ),
-    functions: str = typer.Option("1-24", "--functions", "-f", help="Function ids, e.g. '1-24' or '1,8,21'."),
-    dims: str = typer.Option("2,10", "--dims", "-d", help="Dimensions (2..40), e.g. '2,5,10'."),
+    suite: str = typer.Option(
+        "bbob", "--suite", help="COCO suite: bbob, bbob-noisy (f101-f130), bbob-largescale or bbob-mixint."
+    ),
+    functions: str | None = typer.Option(
+        None, "--functions", "-f", help="Function ids, e.g. '1-24' or '1,8,21' (default: all of the suite's)."
+    ),
+    dims: str | None = typer.Option(
+        None,
+        "--dims",
+        "-d",
+        help="Dimensions, e.g. '2,5,10' (bbob, bbob-noisy: 2..40, default 2,10; bbob-largescale: 20,40,80,160,320,"
+        "640, default 20; bbob-mixint: 5,10,20,40,80,160, default 5,10).",
+    ),
     instances: str = typer.Option("1-5", "--instances", "-i", help="COCO instance ids, e.g. '1-15'."),
     budget: float = typer.Option(1000.0, "--budget", "-b", help="Evaluations per dimension (budget = budget x D)."),
     out: str = _common.out_option("runs/bbob"),
@@ -60,10 +75,14 @@ def bbob(
     """
     import jax
 
-    from eggroll.apps.bbob import BBOBTask, refuse_coco_resume
+    from eggroll.apps.bbob import SUITE_DIMENSIONS, BBOBTask, refuse_coco_resume
     from eggroll.run.progress import console
 
     out = out_short or out
+    if suite not in SUITE_DIMENSIONS:
+        _common.fail(ValueError(f"unknown --suite {suite!r}: use one of {', '.join(SUITE_DIMENSIONS)}"))
+    if dims is None:
+        dims = {"bbob-largescale": "20", "bbob-mixint": "5,10"}.get(suite, "2,10")
     run_options = _common.options(locals(), quiet=quiet or progress is False)
     with jax.enable_x64(True) if x64 else contextlib.nullcontext():
         try:
@@ -74,6 +93,7 @@ def bbob(
                 dims,
                 instances,
                 budget,
+                suite=suite,
                 population=population,
                 seed=seed,
                 x0=x0,
@@ -88,5 +108,6 @@ def bbob(
     if result.record.get("stopped_at"):
         console.print(f"stopped at {result.record['stopped_at']}")
     if coco and not result.exit_code:
-        console.print(f"compare with the COCO archive: python -m cocopp {out}/coco/* bbob/2009/BFGS_ros_noiseless")
+        reference = " bbob/2009/BFGS_ros_noiseless" if suite == "bbob" else ""
+        console.print(f"compare with the COCO archive: python -m cocopp {out}/coco/*{reference}")
     _common.finish(result, {k: Path(out) / v for k, v in result.record.get("files", {}).items()})

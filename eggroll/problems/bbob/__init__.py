@@ -1,4 +1,4 @@
-"""COCO's BBOB functions in JAX, identical to ``cocoex``: the 24 noiseless ones, the 30 of ``bbob-noisy``, a runner.
+"""COCO's BBOB suites in JAX, identical to ``cocoex``: ``bbob``, ``bbob-noisy``, ``bbob-largescale``, ``bbob-mixint``.
 
 Quick start::
 
@@ -9,6 +9,8 @@ Quick start::
     values = suite.evaluate(points)                           # (120, N) in one call
     noisy = bbob.BBOBSuite("101-130", "1-15", dimension=10, suite="bbob-noisy")
     noisy.evaluate(points, noise_seeds=noisy.coco_noise_seeds(len(points)))  # cocoex's noisy values
+    large = bbob.BBOBSuite("1-24", "1-15", dimension=640, suite="bbob-largescale")  # block rotations
+    mixed = bbob.BBOBSuite("1-24", "1-15", dimension=80, suite="bbob-mixint")  # 4/5 integer variables
 
 See ``docs/bbob.md`` for the design and the runner.
 """
@@ -26,6 +28,8 @@ from eggroll.problems.bbob.instances import (
     stack_instances,
     validate_ids,
 )
+from eggroll.problems.bbob.largescale import LARGESCALE_DIMENSIONS, LargeScaleInstance
+from eggroll.problems.bbob.mixint import MIXINT_DIMENSIONS, MixintInstance
 from eggroll.problems.bbob.suite import BBOBSuite, bbob_function, check_points, evaluate, parse_ids
 
 __all__ = [
@@ -33,7 +37,11 @@ __all__ = [
     "BBOBSuite",
     "FUNCTION_IDS",
     "FUNCTION_NAMES",
+    "LARGESCALE_DIMENSIONS",
+    "LargeScaleInstance",
     "MAX_DIMENSION",
+    "MIXINT_DIMENSIONS",
+    "MixintInstance",
     "NOISY_FUNCTION_IDS",
     "SUITES",
     "bbob_function",

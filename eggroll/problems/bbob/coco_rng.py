@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-__all__ = ["unif", "gauss", "rotation", "xopt", "fopt", "fopt_seed"]
+__all__ = ["unif", "gauss", "rotation", "xopt", "fopt", "fopt_seed", "cpow"]
 
 _M = 2147483647  # 2^31 - 1
 _A = 16807
@@ -82,8 +82,27 @@ def unif(n: int, seed: int) -> np.ndarray:
 def gauss(n: int, seed: int) -> np.ndarray:
     """``n`` standard normals exactly as COCO's ``bbob2009_gauss(g, n, seed)``."""
     u = unif(2 * n, seed)
-    g = np.sqrt(-2.0 * np.log(u[:n])) * np.cos(2.0 * math.pi * u[n:])
+    # math's log and cos are the C library's, as in COCO; NumPy's vectorised log can differ by an ulp
+    g = np.array([math.sqrt(-2.0 * math.log(u[i])) * math.cos(2.0 * math.pi * u[n + i]) for i in range(n)])
     return np.where(g == 0.0, 1e-99, g)
+
+
+def cpow(base: float | np.ndarray, exponent: float | np.ndarray) -> np.ndarray:
+    """``base ** exponent`` element by element with the C library's ``pow``, as COCO computes it.
+
+    NumPy's vectorised ``power`` differs from C's in the last bit for ~5% of arguments; instance
+    constants built from it then differ from COCO's, which matters where a function amplifies ulps.
+    """
+    b, e = np.broadcast_arrays(np.asarray(base, np.float64), np.asarray(exponent, np.float64))
+    return np.array([math.pow(x, y) for x, y in zip(b.ravel().tolist(), e.ravel().tolist(), strict=True)]).reshape(
+        b.shape
+    )
+
+
+def _sequential_dot(a: np.ndarray, b: np.ndarray) -> float:
+    """``sum(a * b)`` added left to right as COCO's C loop adds it (``np.dot`` sums in another order,
+    which moves the rotation by an ulp; Katsuura's ``2^32 z`` turns that into 1e-9 relative in 160-D)."""
+    return float(np.cumsum(a * b)[-1])
 
 
 @functools.lru_cache(maxsize=1024)
@@ -92,9 +111,9 @@ def _rotation_cached(seed: int, dim: int) -> np.ndarray:
     b = gauss(dim * dim, seed).reshape(dim, dim).T.copy()
     for i in range(dim):
         for j in range(i):
-            prod = float(np.dot(b[:, i], b[:, j]))
+            prod = _sequential_dot(b[:, i], b[:, j])
             b[:, i] -= prod * b[:, j]
-        b[:, i] /= math.sqrt(float(np.dot(b[:, i], b[:, i])))
+        b[:, i] /= math.sqrt(_sequential_dot(b[:, i], b[:, i]))
     b.setflags(write=False)
     return b
 

@@ -42,8 +42,10 @@ f      fields used
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 from eggroll.problems.bbob import coco_rng
@@ -73,8 +75,9 @@ FUNCTION_IDS: tuple[int, ...] = tuple(range(1, 25))
 NOISY_FUNCTION_IDS: tuple[int, ...] = tuple(range(101, 131))
 """The ``bbob-noisy`` suite's functions 101..130 (see :mod:`eggroll.problems.bbob.noise`)."""
 
-SUITES: tuple[str, ...] = ("bbob", "bbob-noisy")
-"""COCO suites whose instances :func:`make_instance` builds."""
+SUITES: tuple[str, ...] = ("bbob", "bbob-noisy", "bbob-largescale", "bbob-mixint")
+"""COCO suites whose instances :func:`make_instance` builds (``bbob-largescale``: :mod:`.largescale`,
+``bbob-mixint``: :mod:`.mixint`)."""
 
 FUNCTION_NAMES: dict[int, str] = {
     1: "Sphere",
@@ -169,6 +172,14 @@ def validate_ids(function: object, instance: object, dimension: object, suite: s
     """
     if suite not in SUITES:
         raise ValueError(f"Unknown COCO suite {suite!r}: use one of {', '.join(SUITES)}.")
+    if suite == "bbob-largescale":
+        from eggroll.problems.bbob.largescale import validate_largescale
+
+        return validate_largescale(function, instance, dimension)
+    if suite == "bbob-mixint":
+        from eggroll.problems.bbob.mixint import validate_mixint
+
+        return validate_mixint(function, instance, dimension)
     for name, value in (("function", function), ("instance", instance), ("dimension", dimension)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer):
             raise ValueError(f"BBOB {name} id must be an integer, got {value!r} ({type(value).__name__}).")
@@ -199,8 +210,9 @@ def validate_ids(function: object, instance: object, dimension: object, suite: s
 def _scaled_pair(r: np.ndarray, q: np.ndarray, base: float) -> np.ndarray:
     """``R diag(base^(k/(D-1))) Q``, the ``M`` that COCO builds in a triple loop."""
     d = r.shape[0]
-    lam = base ** (np.arange(d, dtype=np.float64) / (d - 1.0))
-    return (r * lam[None, :]) @ q
+    lam = coco_rng.cpow(base, np.arange(d, dtype=np.float64) / (d - 1.0))
+    # COCO adds r[i, k] lam[k] q[k, j] over k = 0, 1, ... in turn: a cumulative sum keeps that order
+    return np.cumsum((r * lam[None, :])[:, :, None] * q[None, :, :], axis=1)[:, -1, :]
 
 
 def _gallagher(rseed: int, dim: int, n_peaks: int) -> dict[str, np.ndarray]:
@@ -214,14 +226,14 @@ def _gallagher(rseed: int, dim: int, n_peaks: int) -> dict[str, np.ndarray]:
     order = np.argsort(u, kind="stable")  # qsort of (value, index) pairs; the values are distinct
     cond = np.empty(n_peaks)
     cond[0] = max_cond1
-    cond[1:] = 1000.0 ** (order / (n_peaks - 2.0))
+    cond[1:] = coco_rng.cpow(1000.0, order / (n_peaks - 2.0))
     heights = np.empty(n_peaks)
     heights[0] = 10.0
     heights[1:] = np.arange(n_peaks - 1) / (n_peaks - 2.0) * (9.1 - 1.1) + 1.1
     scales = np.empty((n_peaks, dim))
     for i in range(n_peaks):
         perm = np.argsort(coco_rng.unif(dim, rseed + 1000 * i), kind="stable")
-        scales[i] = cond[i] ** (perm / (dim - 1.0) - 0.5)
+        scales[i] = coco_rng.cpow(cond[i], perm / (dim - 1.0) - 0.5)
     u = coco_rng.unif(dim * n_peaks, rseed).reshape(n_peaks, dim)
     local = b * u - c  # (peaks, D), unrotated
     peaks = local @ rot.T  # peak j in rotated coordinates: R @ local[j]
@@ -237,23 +249,33 @@ def _gallagher(rseed: int, dim: int, n_peaks: int) -> dict[str, np.ndarray]:
     }
 
 
-def make_instance(function: int, instance: int, dimension: int, suite: str = "bbob") -> BBOBInstance:
+def make_instance(function: int, instance: int, dimension: int, suite: str = "bbob") -> Any:
     """Builds the data of BBOB function ``function``, instance ``instance``, in ``dimension``-D.
 
     Args:
         function: 1..24 (``suite="bbob"``) or 101..130 (``suite="bbob-noisy"``: the data of the
             noiseless function :data:`NOISY_BASE` names, with ``fid`` set to ``function``).
         instance: COCO instance id (1, 2, ...; the value, not an index into a suite).
-        dimension: 2..40.
-        suite: ``"bbob"`` or ``"bbob-noisy"``.
+        dimension: 2..40 (``bbob-largescale``: 2..640; ``bbob-mixint``: multiples of 5 in 5..40 and 50..640).
+        suite: ``"bbob"``, ``"bbob-noisy"``, ``"bbob-largescale"`` or ``"bbob-mixint"``.
 
     Returns:
-        A :class:`BBOBInstance` of float64 NumPy arrays (int32 for the ids).
+        A :class:`BBOBInstance` of float64 NumPy arrays (int32 for the ids); for ``bbob-largescale`` a
+        :class:`~eggroll.problems.bbob.largescale.LargeScaleInstance`, for ``bbob-mixint`` a
+        :class:`~eggroll.problems.bbob.mixint.MixintInstance`.
 
     Raises:
         ValueError: for an unknown function, instance or dimension.
     """
     f, inst, d = validate_ids(function, instance, dimension, suite)
+    if suite == "bbob-largescale":
+        from eggroll.problems.bbob.largescale import make_largescale_instance
+
+        return make_largescale_instance(f, inst, d)
+    if suite == "bbob-mixint":
+        from eggroll.problems.bbob.mixint import make_mixint_instance
+
+        return make_mixint_instance(f, inst, d)
     if suite == "bbob-noisy":
         return make_instance(NOISY_BASE[f], inst, d)._replace(fid=np.asarray(f, dtype=np.int32))
     seed_f = {4: 3, 18: 17}.get(f, f)
@@ -308,7 +330,7 @@ def make_instance(function: int, instance: int, dimension: int, suite: str = "bb
         fields["m"] = _scaled_pair(fields["r"], rot_q(), 1.0 / math.sqrt(100.0))
     elif f in (17, 18):
         cond = 10.0 if f == 17 else 1000.0
-        lam = math.sqrt(cond) ** (np.arange(d) / (d - 1.0))
+        lam = coco_rng.cpow(math.sqrt(cond), np.arange(d) / (d - 1.0))
         fields["r"] = rot_r()
         fields["m"] = lam[:, None] * rot_q()
     elif f == 20:
@@ -333,8 +355,8 @@ def make_instance(function: int, instance: int, dimension: int, suite: str = "bb
     )
 
 
-def stack_instances(instances: list[BBOBInstance] | tuple[BBOBInstance, ...]) -> BBOBInstance:
-    """Stacks instances of the same dimension (any functions) along a new leading axis.
+def stack_instances(instances: Sequence[Any]) -> Any:
+    """Stacks instances of one suite and dimension (any functions) along a new leading axis.
 
     Raises:
         ValueError: if the list is empty or the dimensions differ.
@@ -346,4 +368,6 @@ def stack_instances(instances: list[BBOBInstance] | tuple[BBOBInstance, ...]) ->
         raise ValueError(
             f"Cannot stack BBOB instances of different dimensions {sorted(dims)}: build one suite per dimension."
         )
-    return BBOBInstance(*(np.stack(leaves) for leaves in zip(*instances, strict=True)))
+    if len({type(inst) for inst in instances}) != 1:
+        raise ValueError("Cannot stack instances of different COCO suites: build one suite per kind.")
+    return jax.tree.map(lambda *leaves: np.stack(leaves), *instances)

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from eggroll.problems.bbob import functions as _fn
+from eggroll.problems.bbob import largescale as _ls
+from eggroll.problems.bbob import mixint as _mi
 from eggroll.problems.bbob import noise as _noise
 from eggroll.problems.bbob.instances import (
     FUNCTION_NAMES,
@@ -55,10 +57,31 @@ def check_points(x: object, dimension: int, *, what: str = "x") -> jax.Array:
     return jnp.asarray(x)
 
 
-def _delta_points(p: BBOBInstance, x: jax.Array, fid: int | None) -> jax.Array:
+def _point_delta(kind: str, fid: int) -> Callable[[Any, jax.Array], jax.Array]:
+    """``(instance, x) -> f(x) - fopt`` for one point of function ``fid`` of COCO suite ``kind``."""
+    if kind == "bbob-largescale":
+        return functools.partial(_ls.largescale_delta, fid)
+    if kind == "bbob-mixint":
+        return functools.partial(_mi.mixint_delta, fid)
+    return functools.partial(_fn.delta_static, fid)
+
+
+def _kind(instance: Any) -> str:
+    if isinstance(instance, _ls.LargeScaleInstance):
+        return "bbob-largescale"
+    if isinstance(instance, _mi.MixintInstance):
+        return "bbob-mixint"
+    return "bbob"
+
+
+def _delta_points(p: Any, x: jax.Array, fid: int | None, kind: str = "bbob") -> jax.Array:
     """``f - fopt`` over any leading batch axes of ``x``."""
     flat = x.reshape((-1, x.shape[-1]))
-    if fid is None:
+    if kind in ("bbob-largescale", "bbob-mixint"):
+        if fid is None:
+            raise ValueError(f"{kind} instances need a concrete function id (no traced dispatch).")
+        vals = jax.vmap(_point_delta(kind, fid), in_axes=(None, 0))(p, flat)
+    elif fid is None:
         vals = jax.vmap(_fn.delta, in_axes=(None, 0))(p, flat)
     else:
         vals = jax.vmap(functools.partial(_fn.delta_static, fid), in_axes=(None, 0))(p, flat)
@@ -70,7 +93,8 @@ def evaluate(instance: BBOBInstance, x: jax.Array, *, subtract_fopt: bool = Fals
 
     Pure and jittable; ``instance`` may be traced (its function id is then
     dispatched with :func:`jax.lax.switch`), so ``jax.vmap(evaluate)`` over a
-    stacked batch of instances of different functions works too.
+    stacked batch of instances of different functions works too. A
+    ``bbob-largescale`` or ``bbob-mixint`` instance needs a concrete function id.
 
     Args:
         instance: a :class:`BBOBInstance` (e.g. from :func:`make_instance`).
@@ -85,7 +109,7 @@ def evaluate(instance: BBOBInstance, x: jax.Array, *, subtract_fopt: bool = Fals
     fid = None
     if isinstance(instance.fid, np.ndarray | int | np.integer) and np.ndim(instance.fid) == 0:
         fid = int(instance.fid)  # concrete id: trace only the function's own branch
-    vals = _delta_points(instance, x, fid)
+    vals = _delta_points(instance, x, fid, _kind(instance))
     if subtract_fopt:
         return vals
     return vals + jnp.asarray(instance.fopt, vals.dtype)
@@ -103,10 +127,11 @@ def bbob_function(
         f(jnp.zeros((4096, 10)))    # (4096,)
 
     Args:
-        function: 1..24.
+        function: 1..24 (101..130 for ``bbob-noisy``, noise-free values).
         instance: COCO instance id.
-        dimension: 2..40.
+        dimension: 2..40 (``bbob-largescale``: 2..640; ``bbob-mixint``: multiples of 5 in 5..40, 50..640).
         subtract_fopt: return ``f(x) - fopt`` instead of ``f(x)``.
+        suite: ``"bbob"``, ``"bbob-noisy"``, ``"bbob-largescale"`` or ``"bbob-mixint"``.
 
     Raises:
         ValueError: for an unknown function, instance or dimension; the returned
@@ -117,8 +142,8 @@ def bbob_function(
     device_data = jax.tree.map(jnp.asarray, data)
 
     @jax.jit
-    def _run(p: BBOBInstance, x: jax.Array) -> jax.Array:
-        vals = _delta_points(p, x, fid)
+    def _run(p: Any, x: jax.Array) -> jax.Array:
+        vals = _delta_points(p, x, fid, suite)
         return vals if subtract_fopt else vals + p.fopt.astype(vals.dtype)
 
     def f(x: jax.Array) -> jax.Array:
@@ -184,9 +209,10 @@ class BBOBSuite:
         functions: function ids or a spec string like ``"1-24"`` (default: all of the suite's,
             1..24 for ``bbob``, 101..130 for ``bbob-noisy``).
         instances: COCO instance ids or a spec string like ``"1-15"``.
-        dimension: 2..40.
-        suite: ``"bbob"`` or ``"bbob-noisy"``. A ``bbob-noisy`` suite evaluates the noise-free
-            functions unless ``noise_seeds`` are given (see :mod:`eggroll.problems.bbob.noise`).
+        dimension: 2..40 (``bbob-largescale``: 2..640, ``bbob-mixint``: multiples of 5 in 5..40, 50..640).
+        suite: ``"bbob"``, ``"bbob-noisy"``, ``"bbob-largescale"`` or ``"bbob-mixint"``. A ``bbob-noisy``
+            suite evaluates the noise-free functions unless ``noise_seeds`` are given (see
+            :mod:`eggroll.problems.bbob.noise`).
 
     Raises:
         ValueError: for unknown ids or dimensions.
@@ -210,7 +236,7 @@ class BBOBSuite:
         self.suite = suite
         self.dimension = int(dimension)
         self.problems: list[tuple[int, int]] = [(f, i) for f in fids for i in iids]
-        self.data: BBOBInstance = stack_instances([make_instance(f, i, dimension, suite) for f, i in self.problems])
+        self.data: Any = stack_instances([make_instance(f, i, dimension, suite) for f, i in self.problems])
         groups: dict[int, list[int]] = {}
         for k, (f, _) in enumerate(self.problems):
             groups.setdefault(f, []).append(k)
@@ -257,7 +283,13 @@ class BBOBSuite:
         x = check_points(x, self.dimension)
         noise = self._check_noise(noise_seeds, (len(self), *x.shape[:-1]))
         return suite_evaluate(
-            self.device_data(), x, self.groups, shared=True, subtract_fopt=subtract_fopt, noise_seeds=noise
+            self.device_data(),
+            x,
+            self.groups,
+            shared=True,
+            subtract_fopt=subtract_fopt,
+            noise_seeds=noise,
+            kind=self.suite,
         )
 
     def evaluate_each(
@@ -281,7 +313,13 @@ class BBOBSuite:
             )
         noise = self._check_noise(noise_seeds, tuple(x.shape[:-1]))
         return suite_evaluate(
-            self.device_data(), x, self.groups, shared=False, subtract_fopt=subtract_fopt, noise_seeds=noise
+            self.device_data(),
+            x,
+            self.groups,
+            shared=False,
+            subtract_fopt=subtract_fopt,
+            noise_seeds=noise,
+            kind=self.suite,
         )
 
     def coco_noise_seeds(self, evaluations: int, start: tuple[int, int] = (30, 30)) -> tuple[np.ndarray, np.ndarray]:
@@ -311,15 +349,16 @@ class BBOBSuite:
         return useed.astype(jnp.int32), nseed.astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("groups", "shared", "subtract_fopt"))
+@functools.partial(jax.jit, static_argnames=("groups", "shared", "subtract_fopt", "kind"))
 def suite_evaluate(
-    data: BBOBInstance,
+    data: Any,
     x: jax.Array,
     groups: Sequence[tuple[int, tuple[int, ...]]],
     *,
     shared: bool,
     subtract_fopt: bool = False,
     noise_seeds: tuple[jax.Array, jax.Array] | None = None,
+    kind: str = "bbob",
 ) -> jax.Array:
     """Evaluates stacked problems grouped by function (the engine of :class:`BBOBSuite`).
 
@@ -331,6 +370,7 @@ def suite_evaluate(
         subtract_fopt: return ``f - fopt`` instead of ``f``.
         noise_seeds: ``bbob-noisy``: COCO's ``(uniform, normal)`` counters before each evaluation,
             each ``(P, ...)``; ``None``: noise-free values.
+        kind: the COCO suite the data belongs to (``"bbob"`` also serves ``"bbob-noisy"``).
 
     Returns:
         ``(P, ...)`` values.
@@ -340,17 +380,16 @@ def suite_evaluate(
     out = jnp.zeros((n_problems, *batch), dtype=jnp.result_type(x, jnp.float32))
     for fid, idx_tuple in groups:
         idx = np.asarray(idx_tuple)
-        if idx.size == 1:
-            # no vmap over a size-1 instance axis: XLA's CPU backend handles that degenerate batch
-            # dimension badly (Gallagher: ~20x slower than the unbatched computation)
-            one = jax.tree.map(lambda a, k=int(idx[0]): a[k], data)
-            vals = _delta_points(one, x if shared else x[int(idx[0])], fid)[None]
+        # a group of one problem is evaluated as two copies of it (the second dropped): XLA's CPU backend
+        # handles a size-1 batch axis badly (Gallagher: ~20x slower), and an unbatched computation may round
+        # differently from the same problem inside a larger group
+        run_idx = np.repeat(idx, 2) if idx.size == 1 else idx
+        sub = jax.tree.map(lambda a, run_idx=run_idx: a[run_idx], data)
+        if shared:
+            vals = jax.vmap(lambda p, fid=fid: _delta_points(p, x, fid, kind))(sub)
         else:
-            sub = jax.tree.map(lambda a, idx=idx: a[idx], data)
-            if shared:
-                vals = jax.vmap(lambda p, fid=fid: _delta_points(p, x, fid))(sub)
-            else:
-                vals = jax.vmap(lambda p, xs, fid=fid: _delta_points(p, xs, fid))(sub, x[idx])
+            vals = jax.vmap(lambda p, xs, fid=fid: _delta_points(p, xs, fid, kind))(sub, x[run_idx])
+        vals = vals[: idx.size]
         if noise_seeds is not None and fid > 100:
             xs = jnp.broadcast_to(x if shared else x[idx], (idx.size, *batch, x.shape[-1]))
             noisy = jax.vmap(functools.partial(_noise.apply_noise, fid))
