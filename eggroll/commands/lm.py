@@ -59,7 +59,7 @@ def train(
     generations: int = typer.Option(
         1000, "--generations", help="Generations to run in total (also the length of the threshold schedule)."
     ),
-    population: int = _common.population_option(512, " (even; a multiple of 2 x devices)"),
+    population: int = _common.population_option(2048, " (even; a multiple of 2 x devices)"),
     seed: int = _common.SEED,
     checkpoint_every: int = typer.Option(
         100, "--checkpoint-every", min=1, help="Checkpoint every K generations (also on SIGTERM / Ctrl-C, at the end)."
@@ -73,13 +73,13 @@ def train(
     corpus: Path | None = typer.Option(None, help="Text file to train on (default: Python's pydoc_data.topics)."),
     width: int = typer.Option(64, help="Model width D (64 or 256 make every rescale a shift)."),
     depth: int = typer.Option(2, help="Number of blocks."),
-    mlp_ratio: int = typer.Option(4, help="MLP hidden width / D."),
+    mlp_ratio: int = typer.Option(2, help="MLP hidden width / D."),
     rank: int = typer.Option(1, help="Rank of the matrix perturbations."),
-    sigma_shift: int = typer.Option(4, help="sigma = 2**-sigma_shift."),
-    chunk: int = typer.Option(64, help="Bytes per member per generation."),
+    sigma_shift: int = typer.Option(3, help="sigma = 2**-sigma_shift."),
+    chunk: int = typer.Option(16, help="Bytes per member per generation."),
     group_pairs: int = typer.Option(1, help="Antithetic pairs that share one text chunk."),
     alpha_start: float = typer.Option(1.0, help="z-test level at the start (1: every weight with Z != 0 moves)."),
-    alpha_end: float = typer.Option(1 / 16, help="z-test level at the last generation."),
+    alpha_end: float = typer.Option(0.25, help="z-test level at the last generation."),
     sample_length: int = typer.Option(120, help="Bytes of text to sample from the final model (0: none)."),
     # the old names, for one release
     ckpt_dir: Path | None = typer.Option(None, "--ckpt-dir", hidden=True, help="Old name of --out."),
