@@ -165,3 +165,17 @@ def test_rl_devices_split_the_population_and_resume_across_device_counts(tmp_pat
     assert too_many.exit_code == 2 and "device(s) are available" in " ".join(too_many.output.split())
     garbage = runner.invoke(app, [*args, "--out", str(tmp_path / "g"), "--devices", "many"])
     assert garbage.exit_code == 2 and "--devices takes a number" in " ".join(garbage.output.split())
+
+
+def test_rl_runs_an_evosax_baseline_through_the_registry(tmp_path):
+    """``--strategy evosax:SNES`` trains through the same task and loop (the RL study's third method)."""
+    out = tmp_path / "snes"
+    args = ["--strategy", "evosax:SNES", "--generations", "4", "--population", "32", "--sigma", "0.5"]
+    result = CliRunner().invoke(app, [*args, "--eval-every", "2", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "history.json").read_text())
+    assert record["config"]["strategy"] == "evosax:SNES"
+    assert record["history"]["generation"] == [1, 2, 3, 4]
+    assert record["best_eval_return"] > record["history"]["eval_return"][0]  # better than the initial policy
+    bad = CliRunner().invoke(app, ["--strategy", "evosax:Nope", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "unknown evosax algorithm 'Nope'" in bad.output

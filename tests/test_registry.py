@@ -59,7 +59,19 @@ def _evollm_case(name):
     return es, jnp.zeros(4), lambda pop: jax.vmap(_sphere)(pop)
 
 
-CASES = {"eggroll": _float_case, "open_es": _float_case, "int_eggroll": _int_case, "evollm": _evollm_case}
+def _evosax_case(name):
+    es = make(name, 16, jnp.zeros(4), sigma_init=0.3)  # evosax's own optimizer and learning rates
+    return es, jnp.zeros(4), lambda pop: eggroll.evaluate(_sphere, pop)
+
+
+CASES = {
+    "eggroll": _float_case,
+    "open_es": _float_case,
+    "int_eggroll": _int_case,
+    "evollm": _evollm_case,
+    "evosax:SNES": _float_case,  # SNES takes eggroll's optax optimizer too
+    "evosax:CMA_ES": _evosax_case,
+}
 
 
 def test_every_registered_strategy_has_a_case():
@@ -69,6 +81,27 @@ def test_every_registered_strategy_has_a_case():
 def test_unknown_name_lists_the_known_ones():
     with pytest.raises(ValueError, match="unknown strategy 'cma'; choose one of eggroll, evollm"):
         make("cma", 8, jnp.zeros(2))
+    with pytest.raises(ValueError, match="unknown evosax algorithm 'Nope'"):
+        make("evosax:Nope", 8, jnp.zeros(2))
+    with pytest.raises(ValueError, match=r"evosax CMA_ES takes no \['optimizer'\]"):
+        make("evosax:CMA_ES", 8, jnp.zeros(2), optimizer=optax.adam(0.1))
+    with pytest.raises(ValueError, match="evosax SimpleGA has no initial step size"):
+        make("evosax:SimpleGA", 8, jnp.zeros(2), sigma_init=0.1)
+
+
+def test_any_evosax_algorithm_by_name_maximises_when_asked():
+    """``evosax:<Class>`` builds an unregistered algorithm; ``maximize=True`` climbs and reports in the user's sign."""
+    es = make("evosax:PGPE", 16, jnp.zeros(4), sigma_init=0.3, maximize=True)
+    params, key = es.default_params, jax.random.key(1)
+    state = es.init(key, jnp.zeros(4), params)
+    tell = jax.jit(es.tell)
+    for g in range(30):
+        population, state = es.ask(jax.random.fold_in(key, g), state, params)
+        fitness = -eggroll.evaluate(_sphere, population)  # maximise minus the distance
+        state, metrics = tell(key, population, fitness, state, params)
+    assert float(metrics["best_fitness"]) >= float(jnp.max(fitness)) - 1e-6  # best so far, in the user's sign
+    assert float(metrics["best_fitness"]) > -_sphere(jnp.zeros(4))  # better than the start, in the maximised sign
+    assert float(_sphere(es.get_mean(state))) < float(_sphere(jnp.zeros(4)))
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

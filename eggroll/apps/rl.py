@@ -42,7 +42,10 @@ class RLConfig:
 
     Attributes:
         env: gymnax id (``"CartPole-v1"`` ...) or Brax name (``"hopper"``, ``"ant"`` ...).
-        strategy: ``"eggroll"`` (low-rank) or ``"open_es"`` (full-rank OpenAI-ES).
+        strategy: ``"eggroll"`` (low-rank), ``"open_es"`` (full-rank OpenAI-ES), or an evosax
+            baseline ``"evosax:<Class>"`` (e.g. ``"evosax:SNES"``; ``sigma`` sets its initial step size,
+            evosax's own optimizer and learning rates apply, and ``learning_rate``, ``rank`` and
+            ``weight_decay`` are not used).
         generations: number of generations to run (at most).
         population_size: members per generation (even: antithetic pairs).
         sigma: perturbation scale.
@@ -91,8 +94,8 @@ class RLConfig:
 
     def validate(self) -> RLConfig:
         """Check the settings; raise ``ValueError`` saying what is wrong and what to do."""
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; use one of {STRATEGIES}")
+        if self.strategy not in STRATEGIES and not self.strategy.startswith("evosax:"):
+            raise ValueError(f"unknown strategy {self.strategy!r}; use one of {STRATEGIES} or evosax:<Class>")
         if self.population_size < 2 or self.population_size % 2:
             raise ValueError(f"population_size must be even and >= 2 (antithetic pairs), got {self.population_size}")
         if self.population_size * self.num_rollouts >= 2**31:  # member and episode ids are int32
@@ -182,12 +185,9 @@ def build(config: RLConfig) -> tuple[Any, Any, Any, Any]:
     )
     eval_fitness = rl_fitness(env, policy=fitness.policy, stochastic=False, num_rollouts=config.eval_episodes, **common)
     params = fitness.init_params(jax.random.key(config.seed))
-    kwargs = dict(
-        optimizer=optax.adam(config.learning_rate),
-        sigma_init=config.sigma,
-        maximize=True,
-        weight_decay=config.weight_decay,
-    )
+    kwargs: dict[str, Any] = dict(sigma_init=config.sigma, maximize=True)
+    if not config.strategy.startswith("evosax:"):
+        kwargs.update(optimizer=optax.adam(config.learning_rate), weight_decay=config.weight_decay)
     if config.strategy == "eggroll":
         kwargs["rank"] = config.rank
     es = make(config.strategy, config.population_size, params, **kwargs)
@@ -230,6 +230,10 @@ class RLTask(Task):
 
     def __init__(self, config: RLConfig, mesh: Any = None):
         self.config, self.mesh = config.validate(), mesh
+        if mesh is not None and config.strategy.startswith("evosax:"):
+            raise ValueError(
+                f"{config.strategy} runs on one device: leave out --devices (evosax has no sharded ask/tell)"
+            )
         self.label = f"{config.strategy} {config.env}"
         self.population_size = config.population_size
         fitness, eval_fitness, es, params = build(config)

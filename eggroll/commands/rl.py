@@ -41,7 +41,10 @@ def _hidden(text: str) -> tuple[int, ...]:
 def rl(
     ctx: typer.Context,
     env: str = typer.Option("CartPole-v1", help="gymnax id or Brax name (hopper, ant, inverted_pendulum ...)."),
-    strategy: str = typer.Option("eggroll", help="eggroll (low-rank) or open_es (full-rank OpenAI-ES)."),
+    strategy: str = typer.Option(
+        "eggroll",
+        help="eggroll (low-rank), open_es (full-rank OpenAI-ES), or an evosax baseline (e.g. evosax:SNES).",
+    ),
     generations: int = common.generations_option(50),
     population: int = common.population_option(256, ", even"),
     sigma: float = typer.Option(0.05, help="Perturbation scale."),
@@ -79,7 +82,7 @@ def rl(
     from eggroll import parallel
     from eggroll.apps.rl import RLConfig, RLTask
 
-    out = out or Path("runs") / "rl" / f"{env}-{strategy}"
+    out = out or Path("runs") / "rl" / f"{env}-{strategy.replace(':', '-')}"
     hidden = _hidden(hidden)
     run_options = common.options(locals())
     renamed = {"population": "population_size", "lr": "learning_rate", "rollouts": "num_rollouts"}
