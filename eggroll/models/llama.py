@@ -448,7 +448,9 @@ def _sample(logits, key, temperature):
     return jax.lax.cond(temperature > 0, sampled, greedy)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "stop_ids", "pad_id", "axis_name"))
+@functools.partial(
+    jax.jit, static_argnames=("config", "max_new_tokens", "stop_ids", "pad_id", "axis_name", "unroll_layers")
+)
 def generate_ids(
     config: LlamaConfig,
     params: Params,
@@ -461,6 +463,7 @@ def generate_ids(
     stop_ids: tuple[int, ...] = (),
     pad_id: int = 0,
     axis_name: str | None = None,
+    unroll_layers: bool = False,
 ) -> Generation:
     """Batched generation with a KV cache; jittable and ``vmap``-able over members.
 
@@ -489,6 +492,9 @@ def generate_ids(
             population members, the name of that axis: the decode loop then stops
             when every row of every member is done, with an unbatched loop
             counter (cheaper than ``vmap``'s per-member loop bookkeeping).
+        unroll_layers: decode with the layers unrolled over per-layer weights
+            (static): faster decode steps, longer compilation (see
+            ``benchmarks/results/llm_throughput.md``).
 
     Returns:
         A :class:`Generation`.
@@ -505,9 +511,12 @@ def generate_ids(
     positions = _positions(prompt_mask)
     rot = _rope_tables(positions, config.head_dim, config.rope_theta)
     x, k, v = _run_layers(config, layers, x, rot, None, None, _prefill_mask(prompt_mask))
-    widen = ((0, 0), (0, slots - p), (0, 0), (0, 0))
-    cache = (tuple(jnp.pad(kk, widen) for kk in k), tuple(jnp.pad(vv, widen) for vv in v))  # per layer
-    layer_list = _layer_list(layers)
+    widen = ((0, 0), (0, 0), (0, slots - p), (0, 0), (0, 0))
+    if unroll_layers:  # one cache array per layer
+        cache = (tuple(jnp.pad(kk, widen[1:]) for kk in k), tuple(jnp.pad(vv, widen[1:]) for vv in v))
+        layer_list = _layer_list(layers)
+    else:  # (L, B, S, KV, hd), read by the layers' scan
+        cache = (jnp.pad(k, widen), jnp.pad(v, widen))
     valid = jnp.concatenate([prompt_mask, jnp.zeros((b, slots - p), bool)], axis=1)
     logits = _head(config, params, head_w, x[:, -1, :])
     stops = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
@@ -536,13 +545,19 @@ def generate_ids(
         valid = valid.at[:, slot].set(True)
         x = lowrank.embed(tok[:, None], params["embed"])
         rot = _rope_tables(pos[:, None], config.head_dim, config.rope_theta)
-        x, k, v = _decode_layers(config, layer_list, x, rot, *cache, past_mask, self_mask)
         zero = jnp.zeros((), jnp.int32)
-        at = (zero, slot, zero, zero)
-        cache = tuple(
-            tuple(jax.lax.dynamic_update_slice(c, n.astype(c.dtype), at) for c, n in zip(old, new, strict=True))
-            for old, new in zip(cache, (k, v), strict=True)
-        )
+        if unroll_layers:
+            x, k, v = _decode_layers(config, layer_list, x, rot, *cache, past_mask, self_mask)
+            at = (zero, slot, zero, zero)
+            cache = tuple(
+                tuple(jax.lax.dynamic_update_slice(c, n.astype(c.dtype), at) for c, n in zip(old, new, strict=True))
+                for old, new in zip(cache, (k, v), strict=True)
+            )
+        else:
+            x, k, v = _run_layers(config, layers, x, rot, KVCache(*cache), past_mask, self_mask)
+            at = (zero, zero, slot, zero, zero)
+            dus = jax.lax.dynamic_update_slice
+            cache = tuple(dus(c, n.astype(c.dtype), at) for c, n in zip(cache, (k, v), strict=True))
         logits = _head(config, params, head_w, x[:, 0, :])
         key, sub = jax.random.split(key)
         tok = jnp.where(done, pad_id, _sample(logits, sub, temperature))
