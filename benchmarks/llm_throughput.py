@@ -85,6 +85,45 @@ def _best(fns: dict, repeats: int) -> dict:
     return {k: {"wall": min(w for w, _ in v), "cpu": min(c for _, c in v)} for k, v in runs.items()}
 
 
+def measure(config, params, n: int, m: int, p: int, t: int, *, rank: int = 1, repeats: int = 3) -> dict:
+    """Plain batched generation vs EGGROLL population generation only (no transformers), for other suites.
+
+    ``n`` members with ``m`` prompts each of ``p`` random tokens, ``t`` new tokens, no stop
+    token; best wall-clock time of ``repeats`` interleaved calls after one compile call each.
+    """
+    rng = np.random.default_rng(0)
+    ids = rng.integers(100, config.vocab_size - 1, size=(n, m, p)).astype(np.int32)
+    mask = np.ones((n, m, p), bool)
+    key = jax.random.PRNGKey(0)
+    es = eggroll.eggroll(population_size=n, solution=params, rank=rank, optimizer=optax.sgd(1e-3))
+    es_params = es.default_params.replace(sigma_init=1e-3)
+    population, _ = es.ask(key, es.init(key, params, es_params), es_params)
+    pop_fn = jax.jit(generate_population, static_argnames=("config", "max_new_tokens", "stop_ids", "pad_id"))
+    flat_ids, flat_mask = ids.reshape(n * m, p), mask.reshape(n * m, p)
+    best = _best(
+        {
+            "plain": lambda: generate_ids(config, params, flat_ids, flat_mask, key, max_new_tokens=t),
+            "population": lambda: pop_fn(config, population, ids, mask, key, max_new_tokens=t),
+        },
+        repeats,
+    )
+    t_plain, t_pop = best["plain"]["wall"], best["population"]["wall"]
+    tokens = n * m * t
+    return {
+        "members": n,
+        "prompts_per_member": m,
+        "batch": n * m,
+        "prompt_len": p,
+        "new_tokens": t,
+        "rank": rank,
+        "inference_tokens_per_s": tokens / t_plain,
+        "eggroll_tokens_per_s": tokens / t_pop,
+        "ratio_eggroll_over_inference": t_plain / t_pop,
+        "seconds_inference": t_plain,
+        "seconds_eggroll": t_pop,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
