@@ -93,7 +93,15 @@ def test_finetune_command_raises_held_out_reward(tmp_path):
     summary = json.loads((out / "result.json").read_text())
     assert summary["command"] == "finetune" and summary["stopped_by"] == "generations" and summary["generation"] == 30
     assert (summary["base_eval_reward"], summary["eval_reward"]) == (base, final)
-    assert set(summary["files"]) == {"history", "plot", "checkpoints", "export"}
+    assert set(summary["files"]) == {"history", "plot", "checkpoints", "export", "samples"}
+    # Completions before / after for the same held-out prompts, with their rewards, in result.json and samples.md.
+    samples = summary["samples"]
+    assert len(samples) == 8 and len({s["prompt"] for s in samples}) == 8
+    assert np.mean([s["tuned_reward"] for s in samples]) > np.mean([s["base_reward"] for s in samples])
+    assert sum(s["base"] != s["tuned"] for s in samples) >= 4  # the tuned model answers differently
+    assert "base model vs generation 30" in (out / "samples.md").read_text()
+    assert samples[0]["tuned"] in (out / "samples.md").read_text()
+    assert f"held-out reward {base:.3f} -> {final:.3f}" in " ".join(result.output.split())  # printed before / after
 
     # The export is a Hugging Face directory eggroll (and transformers) can load; the checkpoint restores it.
     config, tuned, _ = load_model(str(out / "export"))
@@ -106,6 +114,14 @@ def test_finetune_command_raises_held_out_reward(tmp_path):
         np.testing.assert_array_equal(a, b)
     ids = [[5, 9, 40, 41]]
     assert not np.allclose(forward(config, tuned, ids), forward(config, base_params, ids))
+    # transformers loads the export, and its logits are eggroll's logits of the tuned weights.
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(out / "export"), dtype=torch.float32).eval()
+    with torch.no_grad():
+        hf_logits = hf_model(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(hf_logits, np.asarray(forward(config, restored, ids)), atol=1e-4)
+    assert not np.allclose(hf_logits, np.asarray(forward(config, base_params, ids)), atol=1e-3)
     # --evolve without "norm": the norms are frozen, the matrices moved.
     np.testing.assert_array_equal(tuned["layers"]["attn_norm"], base_params["layers"]["attn_norm"])
     np.testing.assert_array_equal(tuned["norm"], base_params["norm"])

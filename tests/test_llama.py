@@ -224,6 +224,20 @@ def test_perturbed_population_generation_equals_materialised_members():
             )
             np.testing.assert_array_equal(out.tokens[i], single.tokens)
             np.testing.assert_array_equal(out.lengths[i], single.lengths)
+            # The unrolled decode (per-layer weights, low-rank member leaves) gives the same tokens.
+            unrolled = generate_ids(
+                config,
+                eggroll.member(population, i),
+                ids[i],
+                mask[i],
+                jax.random.fold_in(key, i),
+                temperature,
+                max_new_tokens=10,
+                stop_ids=stops,
+                unroll_layers=True,
+            )
+            np.testing.assert_array_equal(unrolled.tokens, single.tokens)
+            np.testing.assert_array_equal(unrolled.lengths, single.lengths)
             outputs.add(tuple(np.asarray(single.tokens).ravel().tolist()))
         assert len(outputs) > 1  # the members really differ
 

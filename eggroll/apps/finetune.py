@@ -361,6 +361,7 @@ class FinetuneTask(Task):
         self.eval_examples = self.reward_task.examples(cfg.eval_prompts, seed=10_000_019 + cfg.seed)
         self.width: int | None = None  # the prompts' padding width; grows rarely (few recompilations)
         self.last_eval: Sequence[float] | None = None  # held-out reward and accuracy of the last evaluation
+        self.eval_texts: dict[str, list[str] | None] = {"base": None, "last": None}  # held-out completions
         self.generation = 0
         self._told = -1  # the generation done() last showed the callback
         if mesh is None:  # compile generation 1 now (it reuses it): a population the memory cannot hold is refused
@@ -427,6 +428,9 @@ class FinetuneTask(Task):
         mean = self.es.get_mean(carry["state"])
         r, a, texts = evaluate_model(self.config, mean, self.tok, self.reward_task, self.eval_examples, self.max_new)
         self.last_eval = (r, a)
+        if self.eval_texts["base"] is None:
+            self.eval_texts["base"] = texts
+        self.eval_texts["last"] = texts
         return carry, {"eval_reward": r, "eval_accuracy": a, "eval_sample": texts[0]}
 
     def done(self, row) -> bool:
@@ -447,10 +451,12 @@ class FinetuneTask(Task):
         )
 
     def save_extra(self) -> dict[str, Any]:
-        return {"width": self.width, "last_eval": self.last_eval, "generation": self.generation}
+        extra = {"width": self.width, "last_eval": self.last_eval, "generation": self.generation}
+        return {**extra, "eval_texts": self.eval_texts}
 
     def load_extra(self, extra) -> None:
         self.width, self.last_eval, self.generation = extra["width"], extra["last_eval"], extra["generation"]
+        self.eval_texts = extra.get("eval_texts") or self.eval_texts
         self.callback({"generation": self.generation, "resumed_from": self.generation})
 
     def notify(self, generation: int, row: dict) -> None:
@@ -475,6 +481,9 @@ class FinetuneTask(Task):
         out = Path(run_result.out)
         result = self.result(run_result)
         files = {"history": out / "history.json", "plot": out / "finetune.png", "checkpoints": out / "checkpoints"}
+        files["samples"] = out / "samples.md"
+        samples = self.samples(result.evals[-1][0])
+        write_samples(files["samples"], samples, self.reward_task.name)
         config = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in _NOT_RECORDED}
         write_json(files["history"], {"config": config, "history": result.history, "evals": result.evals})
         plot_history(result, str(files["plot"]), title=f"EGGROLL fine-tuning: {self.reward_task.name}")
@@ -489,7 +498,31 @@ class FinetuneTask(Task):
             "eval_reward": last[1],
             "eval_accuracy": last[2],
             "eval_generation": last[0],
+            "samples": samples,
         }
+
+    def samples(self, generation: int, n: int = 8) -> list[dict[str, Any]]:
+        """The first ``n`` held-out prompts with the base model's and the last evaluation's completions and rewards."""
+        before, after = self.eval_texts["base"], self.eval_texts["last"]
+        if before is None or after is None:
+            return []
+        rows = []
+        for e, b, a in zip(self.eval_examples[:n], before, after, strict=False):
+            rb, ra = (float(self.reward_task.rewards([t], [e])[0]) for t in (b, a))
+            rows.append({"prompt": e.prompt, "base": b, "base_reward": rb, "tuned": a, "tuned_reward": ra})
+        return [{**r, "generation": generation} for r in rows]
+
+
+def write_samples(path, samples: list[dict[str, Any]], task_name: str) -> None:
+    """``samples.md``: held-out prompts, the base model's completion and the fine-tuned one, with their rewards."""
+    gen = samples[0]["generation"] if samples else 0
+    lines = [f"# Held-out samples: {task_name}, base model vs generation {gen}", ""]
+    for i, s in enumerate(samples):
+        lines += [f"## {i + 1}. {s['prompt']}", ""]
+        for who, text, reward in (("base", s["base"], s["base_reward"]), ("tuned", s["tuned"], s["tuned_reward"])):
+            quoted = "\n".join("    " + line for line in (text or "(empty)").splitlines() or ["(empty)"])
+            lines += [f"{who} (reward {reward:.3f}):", "", quoted, ""]
+    Path(path).write_text("\n".join(lines))
 
 
 def finetune(
