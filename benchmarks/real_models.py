@@ -272,7 +272,7 @@ def write(r: dict, name: str = "real_models") -> None:
         *table(sections, {} if r["quick"] else GOALS),
         "",
         "Goals (issue 15, this CPU): Flax MLP forward >= 0.80 and whole generation >= 0.45; transformer block"
-        " whole generation >= 0.80. Why the MLP forward stops near 0.7 with antithetic pairs: docs/benchmarks.md.",
+        " whole generation >= 0.80. What limited the MLP forward before (antithetic pairs): docs/benchmarks.md.",
     ]
     with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
