@@ -110,16 +110,14 @@ def welch(a: list[float], b: list[float]) -> str:
 
     if len(a) < 2 or len(b) < 2:
         return "n/a"
-    if statistics.pstdev(a) == 0 and statistics.pstdev(b) == 0:
-        return (
-            "tie"
-            if statistics.fmean(a) == statistics.fmean(b)
-            else ("win" if statistics.fmean(a) > statistics.fmean(b) else "loss")
-        )
-    p = stats.ttest_ind(a, b, equal_var=False).pvalue
-    if not p < 0.05:
+    ma, mb = statistics.fmean(a), statistics.fmean(b)
+    if statistics.pstdev(a) == 0 and statistics.pstdev(b) == 0:  # no spread: the t-test is undefined
+        significant = ma != mb
+    else:
+        significant = stats.ttest_ind(a, b, equal_var=False).pvalue < 0.05
+    if not significant:
         return "tie"
-    return "win" if statistics.fmean(a) > statistics.fmean(b) else "loss"
+    return "win" if ma > mb else "loss"
 
 
 def study_task(env: str, seeds: list[int], sweep: bool, say) -> dict:

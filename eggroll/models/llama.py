@@ -288,6 +288,9 @@ def _scan_parts(seg: Params):
     A stacked ``LowRank`` has ``base (L, in, out)`` and ``a (L, in, r)`` (sliced per
     layer) but ``b (out, r)`` (shared by all layers). Perturbed norm weights
     ``(L, d)`` arrive as ``LowRank`` too and are materialised (they are tiny).
+
+    Returns:
+        ``(sliced, shared, L)``: the per-layer leaves, the shared ``b`` factors, the segment's layer count.
     """
     sliced, shared = {}, {}
     for k, w in seg.items():
@@ -297,7 +300,8 @@ def _scan_parts(seg: Params):
             sliced[k], shared[k] = (w.base, w.a), w.b
         else:
             sliced[k] = w
-    return sliced, shared
+    first = next(iter(sliced.values()))
+    return sliced, shared, (first[0] if isinstance(first, tuple) else first).shape[0]
 
 
 def _run_layers(config, layers, x, rot, cache: KVCache | None, past_mask, self_mask):
@@ -309,9 +313,7 @@ def _run_layers(config, layers, x, rot, cache: KVCache | None, past_mask, self_m
     out_k, out_v = [], []
     offset = 0
     for seg in _segments(layers):
-        sliced, shared = _scan_parts(seg)
-        n = next(iter(sliced.values()))
-        n = (n[0] if isinstance(n, tuple) else n).shape[0]
+        sliced, shared, n = _scan_parts(seg)
         past = None if cache is None else (cache.k[offset : offset + n], cache.v[offset : offset + n])
 
         def body(x, xs, shared=shared):
@@ -339,9 +341,7 @@ def _layer_list(layers) -> list[Params]:
     """
     out = []
     for seg in _segments(layers):
-        sliced, shared = _scan_parts(seg)
-        n = next(iter(sliced.values()))
-        n = (n[0] if isinstance(n, tuple) else n).shape[0]
+        sliced, shared, n = _scan_parts(seg)
         for i in range(n):
             out.append(
                 {k: lowrank.LowRank(v[0][i], v[1][i], shared[k]) if k in shared else v[i] for k, v in sliced.items()}
