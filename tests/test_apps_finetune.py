@@ -287,8 +287,54 @@ def test_finetune_time_budget_quiet_and_bad_input(tmp_path):
         (["--group-size", "3"], "--group-size 3 must divide --population 8"),
         (["--prompts", "8"], "--population 8 with --prompts 8 gives groups of 1 members"),
         (["--resume"], "No finished checkpoint"),
+        (["--strategy", "cma"], "--strategy must be one of eggroll, open_es, got 'cma'"),
+        (["--lr-decay", "2"], "--lr-decay must be in [0, 1]"),
     ]:
         refused = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad"), *bad])
         assert refused.exit_code == 2 and says in " ".join(refused.output.split()), (bad, refused.output)
         errors = [line for line in refused.output.splitlines() if line.startswith("error: ")]
         assert "Traceback" not in refused.output and len(errors) == 1, refused.output
+
+
+def test_finetune_with_full_rank_openai_es_baseline(tmp_path):
+    """--strategy open_es: dense members (the baseline of benchmarks/llm_finetune.py) through the same command."""
+    model, reward = _model_and_reward(tmp_path)
+    out = tmp_path / "oes"
+    args = ["--model", str(model), "--task", "python", "--reward", f"{reward}:digits", "--strategy", "open_es"]
+    args += ["--generations", "2", "--population", "8", "--prompts", "2", "--sigma", "0.05", "--lr", "0.005"]
+    args += ["--max-new-tokens", "8", "--eval-prompts", "2", "--eval-every", "2", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "OpenAI-ES fine-tuning" in " ".join(result.output.split())
+    _, base_params, _ = load_model(str(model))
+    config, tuned, _ = load_model(str(out / "export"))
+    rows = [json.loads(line) for line in (out / "metrics" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["update_norm"] > 0 for r in rows[1:]), rows  # the members' rewards differed: the mean moved
+    pairs = zip(jax.tree.leaves(tuned), jax.tree.leaves(base_params), strict=True)
+    assert all(not np.array_equal(a, b) for a, b in pairs)  # full rank: every leaf moves, norms included
+    assert json.loads((out / "result.json").read_text())["generation"] == 2
+
+
+def test_learning_rate_decay_schedule_and_resume_keeps_its_generations(tmp_path):
+    """--lr-decay: linear from --lr at generation 1 to lr_decay * lr at the last; a resume must keep --generations."""
+    import optax
+
+    cfg = FinetuneConfig(generations=5, learning_rate=0.01, lr_decay=0.2)
+    opt = cfg.optimizer()
+    state = opt.init({"w": np.zeros(1, np.float32)})
+    steps = []
+    for _ in range(5):
+        update, state = opt.update({"w": np.ones(1, np.float32)}, state)
+        steps.append(-float(update["w"][0]))
+    np.testing.assert_allclose(steps, [0.01, 0.008, 0.006, 0.004, 0.002], rtol=1e-5)
+    assert isinstance(FinetuneConfig(learning_rate=0.01).optimizer(), optax.GradientTransformation)
+
+    model, reward = _model_and_reward(tmp_path)
+    args = ["--model", str(model), "--task", "python", "--reward", f"{reward}:digits", "--population", "4"]
+    args += ["--prompts", "2", "--max-new-tokens", "2", "--eval-prompts", "2", "--no-export", "--lr-decay", "0.5"]
+    out = str(tmp_path / "decay")
+    assert CliRunner().invoke(app, [*args, "--generations", "2", "--out", out, "--quiet"]).exit_code == 0
+    refused = CliRunner().invoke(app, [*args, "--generations", "4", "--out", out, "--resume"])
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "generations: 2 in the checkpoint, 4 now" in said, refused.output
+    assert "only --time-budget" in said  # --generations is not offered as changeable

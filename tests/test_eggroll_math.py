@@ -285,8 +285,9 @@ def test_shaping_functions():
     )
 
 
-def test_group_size_shaping_is_used():
-    es = eggroll.eggroll(population_size=8, solution=jnp.zeros(3), group_size=4, optimizer=optax.sgd(1.0))
+@pytest.mark.parametrize("build", [eggroll.eggroll, eggroll.open_es])
+def test_group_size_shaping_is_used(build):
+    es = build(population_size=8, solution=jnp.zeros(3), group_size=4, optimizer=optax.sgd(1.0))
     p = es.default_params
     state = es.init(jax.random.key(0), jnp.zeros(3), p)
     pop, state = es.ask(jax.random.key(1), state, p)
@@ -295,6 +296,11 @@ def test_group_size_shaping_is_used():
     s2, _ = es.tell(jax.random.key(2), pop, base + jnp.repeat(jnp.array([0.0, 100.0]), 4), state, p)
     # adding a per-group constant (the input's difficulty) changes nothing
     np.testing.assert_allclose(np.asarray(s1.mean), np.asarray(s2.mean), rtol=1e-5, atol=1e-7)
+    # without groups the same constant does change the update
+    plain = build(population_size=8, solution=jnp.zeros(3), fitness_shaping="z_score", optimizer=optax.sgd(1.0))
+    t1, _ = plain.tell(jax.random.key(2), pop, base, state, p)
+    t2, _ = plain.tell(jax.random.key(2), pop, base + jnp.repeat(jnp.array([0.0, 100.0]), 4), state, p)
+    assert not np.allclose(np.asarray(t1.mean), np.asarray(t2.mean), rtol=1e-3)
 
 
 # --------------------------------------------------------------------------- an MLP learns

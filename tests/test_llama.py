@@ -242,6 +242,27 @@ def test_perturbed_population_generation_equals_materialised_members():
         assert len(outputs) > 1  # the members really differ
 
 
+def test_dense_population_decoded_in_chunks_equals_all_at_once():
+    # An OpenAI-ES population (stacked dense members), decoded 2 members per pass (lax.map) and all at once.
+    config = LlamaConfig(vocab_size=300, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48)
+    params = init_params(config, jax.random.PRNGKey(0), scale=0.15)
+    es = eggroll.open_es(population_size=4, solution=params, maximize=True)
+    state = es.init(jax.random.PRNGKey(1), params, es.default_params)
+    population, _ = es.ask(jax.random.PRNGKey(2), state, es.default_params)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, 300, size=(4, 2, 6)).astype(np.int32)
+    mask = np.ones_like(ids, bool)
+    for temperature in (0.8,):  # sampled: each member's key must also be the same in both
+        args = (config, population, ids, mask, jax.random.PRNGKey(3), temperature)
+        whole = generate_population(*args, max_new_tokens=6)
+        chunked = generate_population(*args, max_new_tokens=6, members_per_pass=2)
+        for a, b in zip(whole, chunked, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert len({tuple(t.ravel().tolist()) for t in np.asarray(whole.tokens)}) > 1  # the members differ
+    with pytest.raises(ValueError, match="members_per_pass=3 must divide"):
+        generate_population(config, population, ids, mask, jax.random.PRNGKey(3), max_new_tokens=2, members_per_pass=3)
+
+
 def test_generation_stops_and_pads():
     config = LlamaConfig(vocab_size=50, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=48)
     params = init_params(config, jax.random.PRNGKey(0), scale=0.3)

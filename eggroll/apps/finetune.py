@@ -57,6 +57,7 @@ __all__ = [
     "select_leaves",
 ]
 
+STRATEGIES = ("eggroll", "open_es")  # low-rank EGGROLL, or the full-rank OpenAI-ES baseline
 KEEP_ALL = 1_000_000  # checkpoints kept: every one (each holds the evolved weights of its generation)
 
 
@@ -69,11 +70,20 @@ class FinetuneConfig:
         model: ``.gguf`` file or Hugging Face directory; None = SmolLM2-135M-Instruct.
         generations: number of ES generations.
         population: members per generation (even: antithetic pairs).
-        rank: rank of the low-rank perturbations.
+        strategy: ``"eggroll"`` (low-rank perturbations; members share the base weights)
+            or ``"open_es"`` (full-rank OpenAI-ES: every member is a dense copy of the
+            weights, so memory and decoding time grow with the population; the baseline).
+        rank: rank of the low-rank perturbations (EGGROLL).
         sigma: perturbation scale.
         learning_rate: SGD step on the ES gradient estimate; None picks
             ``0.5 * sigma**2 * sqrt(population)``, which moves each weight by about
             ``sigma / 2`` per generation.
+        lr_decay: the learning rate falls linearly from ``learning_rate`` (generation 1)
+            to ``lr_decay * learning_rate`` (generation ``generations``); 1 keeps it
+            constant. Z-scored rewards give steps of the same size however close the
+            mean is to what the reward asks, so a constant rate keeps moving the
+            model once it gets there; a decay lets it settle. A resumed run with a
+            decay must keep ``generations``.
         prompts_per_generation: distinct prompts per generation.
         group_size: members that share prompts (their rewards are normalised
             together); None = ``population // prompts_per_generation`` (one prompt per
@@ -99,14 +109,16 @@ class FinetuneConfig:
             ends within them (None: no limit).
     """
 
-    task: str = "countdown"
+    task: str = "length"
     model: str | None = None
-    generations: int = 50
-    population: int = 32
+    generations: int = 40
+    population: int = 16
+    strategy: str = "eggroll"
     rank: int = 1
     sigma: float = 4e-3
     learning_rate: float | None = None
-    prompts_per_generation: int = 8
+    lr_decay: float = 1.0
+    prompts_per_generation: int = 4
     group_size: int | None = None
     max_new_tokens: int | None = None
     temperature: float = 0.0
@@ -128,12 +140,18 @@ class FinetuneConfig:
             raise ValueError(f"--population must be even and >= 2 (antithetic pairs), got {self.population}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"--lr must be > 0 (or left out for 0.5 sigma^2 sqrt(N)), got {self.learning_rate}")
+        if not 0.0 <= self.lr_decay <= 1.0:
+            raise ValueError(
+                f"--lr-decay must be in [0, 1] (the last generation's fraction of --lr), got {self.lr_decay}"
+            )
         if self.group_size is not None and self.group_size < 2:
             raise ValueError(f"--group-size must be >= 2 (antithetic pairs share prompts), got {self.group_size}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
         if not self.sigma > 0:
             raise ValueError(f"--sigma must be > 0, got {self.sigma}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         n, prompts = self.population, self.prompts_per_generation
         g = self.group_size or max(n // prompts, 1)
         unit = max(1, round(n / (2 * prompts)))
@@ -170,6 +188,13 @@ class FinetuneConfig:
     def resolved_lr(self) -> float:
         default = 0.5 * self.sigma**2 * math.sqrt(self.population)
         return default if self.learning_rate is None else self.learning_rate
+
+    def optimizer(self) -> optax.GradientTransformation:
+        """SGD on the ES gradient, with the learning rate's linear decay (``lr_decay``) over ``generations``."""
+        lr = self.resolved_lr()
+        if self.lr_decay == 1.0:
+            return optax.sgd(lr)
+        return optax.sgd(optax.linear_schedule(lr, lr * self.lr_decay, max(self.generations - 1, 1)))
 
 
 def parse_layers(spec: str, n_layers: int) -> set[int]:
@@ -336,27 +361,34 @@ class FinetuneTask(Task):
     ):
         self.cfg, self.mesh, self.callback = cfg, mesh, callback or (lambda record: None)
         self.group_size = cfg.resolved_group_size()
+        if cfg.lr_decay != 1.0:  # the schedule spans --generations: a resume must keep them
+            self.may_change = self.may_change.replace("--generations, ", "")
         self.reward_task = task if task is not None else make_task(cfg.task, reward=cfg.reward)  # before the model
         self.config, params, self.tok = model if model is not None else load_model(cfg.model)
         self.population_size = cfg.population
         self.max_new = cfg.max_new_tokens or self.reward_task.max_new_tokens
         self._params, mask = select_leaves(params, cfg.layers, cfg.evolve)
-        self.es = eggroll.eggroll(
+        common = dict(
             population_size=cfg.population,
             solution=self._params,
-            rank=cfg.rank,
-            optimizer=optax.sgd(cfg.resolved_lr()),
+            optimizer=cfg.optimizer(),
             fitness_shaping="z_score",
             group_size=self.group_size,
             maximize=True,
             trainable=mask,
             track_best=False,  # no dense copy of the best member: the mean is the result (half the memory)
         )
+        if cfg.strategy == "open_es":  # N dense members: the full-rank baseline
+            self.es = eggroll.open_es(**common)
+        else:
+            self.es = eggroll.eggroll(rank=cfg.rank, **common)
         self.es_params = self.es.default_params.replace(sigma_init=cfg.sigma)
         if mesh is not None:
             self.es = parallel.sharded(self.es, mesh)  # a clear error if the population does not split evenly
             self._params, self.es_params = parallel.replicate((self._params, self.es_params), mesh)
-        self._gen_fn = jax.jit(generate_population, static_argnames=("config", "max_new_tokens", "stop_ids", "pad_id"))
+        self._gen_fn = jax.jit(
+            generate_population, static_argnames=("config", "max_new_tokens", "stop_ids", "pad_id", "members_per_pass")
+        )
         self.decoding = dict(max_new_tokens=self.max_new, stop_ids=tuple(self.tok.stop_ids), pad_id=self.tok.pad_id)
         self.eval_examples = self.reward_task.examples(cfg.eval_prompts, seed=10_000_019 + cfg.seed)
         self.width: int | None = None  # the prompts' padding width; grows rarely (few recompilations)
@@ -376,14 +408,27 @@ class FinetuneTask(Task):
         width = _width([len(ids) for ids in _encode(self.tok, self.reward_task, examples)])
         shape = (cfg.population, len(examples) // (cfg.population // self.group_size), width)
         ids, mask = jax.ShapeDtypeStruct(shape, np.int32), jax.ShapeDtypeStruct(shape, np.bool_)
-        lowered = self._gen_fn.lower(self.config, population, ids, mask, key, cfg.temperature, **self.decoding)
         what = f"a generation of {cfg.population} members x {shape[1]} prompts"
         hint = "use a smaller --population or --prompts, fewer --max-new-tokens, or more devices (--devices all)"
-        parallel.check_fits(lowered.compile(), what, hint)
+        # Dense (OpenAI-ES) members each hold a copy of the weights: decode fewer of them at a time until they fit.
+        passes = [cfg.population // k for k in range(1, cfg.population + 1) if cfg.population % k == 0]
+        for per_pass in passes if cfg.strategy == "open_es" else passes[:1]:
+            if per_pass < cfg.population:
+                self.decoding["members_per_pass"] = per_pass
+            lowered = self._gen_fn.lower(self.config, population, ids, mask, key, cfg.temperature, **self.decoding)
+            try:
+                parallel.check_fits(lowered.compile(), what, hint)
+                return
+            except ValueError:
+                if per_pass == passes[-1] or cfg.strategy != "open_es":
+                    raise
 
     # ------------------------------------------------------------------ the loop's hooks
     def settings(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in _NOT_IN_STATE}
+        kept = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in _NOT_IN_STATE}
+        if self.cfg.lr_decay != 1.0:  # the schedule spans the run's generations: a resume must keep them
+            kept["generations"] = self.cfg.generations
+        return kept
 
     def init(self) -> dict[str, Any]:
         return {"state": self.es.init(jax.random.PRNGKey(self.cfg.seed), self._params, self.es_params)}
@@ -411,6 +456,8 @@ class FinetuneTask(Task):
             rewards[i] = task.rewards(texts, member_examples)
             correct += sum(task.correct(t, e) for t, e in zip(texts, member_examples, strict=True))
         fitness = rewards.mean(axis=1)
+        if cfg.strategy == "open_es":  # regenerate the noise rather than read N dense members back (less memory)
+            population = None
         state, metrics = self.es.tell(key, population, fitness, state, self.es_params)
         update_norm, sigma = parallel.to_host((metrics["update_norm"], state.sigma))
         self.generation = generation

@@ -585,6 +585,7 @@ def generate_population(
     max_new_tokens: int,
     stop_ids: tuple[int, ...] = (),
     pad_id: int = 0,
+    members_per_pass: int | None = None,
 ) -> Generation:
     """Every member of a population generates for its own prompts, in one batched pass.
 
@@ -602,6 +603,10 @@ def generate_population(
         max_new_tokens: as in :func:`generate_ids`.
         stop_ids: as in :func:`generate_ids`.
         pad_id: as in :func:`generate_ids`.
+        members_per_pass: decode this many members at a time (``lax.map`` over
+            chunks; must divide ``N``); None = all at once. For dense (OpenAI-ES)
+            populations, whose members each hold a copy of the weights, this bounds
+            the memory at the cost of speed.
 
     Returns:
         A :class:`Generation` whose arrays have a leading member axis ``N``.
@@ -627,7 +632,15 @@ def generate_population(
             axis_name="members",
         )
 
-    return jax.vmap(one, axis_name="members")(ids, prompt_ids, prompt_mask, keys)
+    args = (ids, prompt_ids, prompt_mask, keys)
+    n = ids.shape[0]
+    if members_per_pass is None or members_per_pass >= n:
+        return jax.vmap(one, axis_name="members")(*args)
+    if n % members_per_pass:
+        raise ValueError(f"members_per_pass={members_per_pass} must divide the population size {n}")
+    chunked = jax.tree.map(lambda x: x.reshape(n // members_per_pass, members_per_pass, *x.shape[1:]), args)
+    out = jax.lax.map(lambda a: jax.vmap(one, axis_name="members")(*a), chunked)
+    return jax.tree.map(lambda x: x.reshape(n, *x.shape[2:]), out)
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0, multiple: int = 8) -> tuple[np.ndarray, np.ndarray]:

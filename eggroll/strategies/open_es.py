@@ -26,6 +26,7 @@ def open_es(
     sigma_init: float = 0.05,
     antithetic: bool = True,
     fitness_shaping: str | Callable = "centered_rank",
+    group_size: int | None = None,
     maximize: bool = False,
     noise_reuse: int = 1,
     weight_decay: float = 0.0,
@@ -53,6 +54,9 @@ def open_es(
         antithetic: mirrored pairs ``(+eps, -eps)``.
         fitness_shaping: ``"centered_rank"`` (default), ``"z_score"``,
             ``"identity"`` or a callable ``fitness -> weights``.
+        group_size: members ``[g*G, (g+1)*G)`` share an input (a prompt, say); their
+            fitness is centred per group and divided by the pooled within-group std
+            (``"z_score"``; as in :func:`eggroll.eggroll`).
         maximize: fitness is a reward to maximise (default: minimise).
         noise_reuse: generations that share one draw of noise.
         weight_decay: default L2 coefficient (``params.weight_decay``).
@@ -73,6 +77,8 @@ def open_es(
         >>> pop.shape
         (8, 3)
     """
+    if group_size is not None and fitness_shaping == "centered_rank":
+        fitness_shaping = "z_score"
     cfg = _core.make_config(
         population_size=population_size,
         solution=solution,
@@ -81,7 +87,7 @@ def open_es(
         noise_reuse=noise_reuse,
         maximize=maximize,
         fitness_shaping=fitness_shaping,
-        group_size=None,
+        group_size=group_size,
         rank=1,
         lowrank=False,
         trainable=trainable,
