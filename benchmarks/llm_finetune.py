@@ -197,6 +197,11 @@ def write_report(runs: dict, budget: float, out: str) -> None:
                 "decoded together need about 27 GiB, so they are decoded 8 at a time, and every decoding step "
                 "reads every member's weights."
             )
+        lines.append(
+            "- Seconds and members/s are wall clock on a shared machine: the rows of the 300 s budget ran alone, "
+            "one after another; the decaying rows are capped at 40 generations, so their rewards do not depend "
+            "on the machine's load, but their times do (in the committed run another benchmark shared the CPU)."
+        )
         lines += ["", "![held-out reward over time](llm_finetune.png)", ""]
     if sweep:
         lines += [
