@@ -79,9 +79,11 @@ TABLE: dict[str, dict[str, list[str]]] = {
     },
     "finetune": {
         **COMMON,
-        "--population": [*BAD_INT, "7", "8", "100000"],  # 8: groups of one member; 1e5: beyond the memory
+        "--population": [*BAD_INT, "7", "12", "100000"],  # 12: 4 prompts, groups of 3 members; 1e5: beyond the memory
         "--sigma": ["-1", *BAD_FLOAT],
         "--lr": ["0", "-1", *BAD_FLOAT],
+        "--lr-decay": ["-0.5", "2", *BAD_FLOAT],
+        "--strategy": ["cma"],
         "--rank": BAD_COUNT,
         "--prompts": BAD_COUNT,
         "--group-size": ["0", "3", "abc"],
