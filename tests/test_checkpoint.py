@@ -206,10 +206,11 @@ def test_crash_during_save_keeps_the_last_good_checkpoint(tmp_path):
     )
     assert proc.returncode == 17, proc.stdout[-2000:] + proc.stderr[-2000:]
     leftovers = [p.name for p in d.iterdir() if p.name.startswith("2")]
-    # Killed before finalisation (the outcome seen here every time), or, on a very fast disk, finished.
-    assert leftovers in (["2.orbax-checkpoint-tmp"], ["2"]), leftovers
+    # Killed before finalisation (the usual outcome), before the background thread created the step's folder
+    # (seen on a loaded machine), or, on a very fast disk, finished.
+    assert leftovers in (["2.orbax-checkpoint-tmp"], [], ["2"]), leftovers
     with Checkpointer(d) as ck:
-        if leftovers == ["2.orbax-checkpoint-tmp"]:
+        if leftovers != ["2"]:
             assert ck.steps() == [1] and ck.latest_step() == 1
         items, meta = ck.restore({"t": _small_tree()}, step=1)
     np.testing.assert_array_equal(np.asarray(items["t"]["x"]), np.arange(4.0))
