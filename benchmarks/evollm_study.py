@@ -109,7 +109,9 @@ def problem(run: Run):
     return f, key, start
 
 
-def run_lockstep(es: Strategy, params: Any, runs: list[Run], gens: int, clip_told: bool = False):
+def run_lockstep(
+    es: Strategy, params: Any, runs: list[Run], gens: int, clip_told: bool = False, label: str | None = None
+):
     """Runs every run of one dimension together: vmapped ask / tell, each run's own function.
 
     Returns ``(curves (R, gens) best-so-far, final vmapped state)``. The population is clipped to the
@@ -134,6 +136,7 @@ def run_lockstep(es: Strategy, params: Any, runs: list[Run], gens: int, clip_tol
     )
     curves = np.zeros((len(runs), gens))
     best = np.full(len(runs), np.inf)
+    t0 = time.perf_counter()
     for g in range(gens):
         k_ask, k_tell = gen_keys(g)
         x, state = ask(k_ask, state, params)
@@ -142,6 +145,8 @@ def run_lockstep(es: Strategy, params: Any, runs: list[Run], gens: int, clip_tol
         state, _ = tell(k_tell, jnp.asarray(xc) if clip_told else x, jnp.asarray(fx), state, params)
         best = np.minimum(best, np.where(np.isnan(fx), np.inf, fx).min(axis=1))
         curves[:, g] = best
+        if label:
+            print(f"  {label}: generation {g + 1}/{gens}, {time.perf_counter() - t0:.0f} s", flush=True)
     return curves, state
 
 
@@ -290,7 +295,9 @@ def compiled_programs() -> int:
     return generate_ids._cache_size()
 
 
-def evollm_group(backend: SplitBatches, runs: list[Run], gens: int, pop: int, options: dict[str, Any]) -> dict:
+def evollm_group(
+    backend: SplitBatches, runs: list[Run], gens: int, pop: int, options: dict[str, Any], label: str = "EvoLLM"
+) -> dict:
     """Runs EvoLLM on ``runs`` (one dimension) in lockstep; returns curves and per-run model statistics."""
     dim = runs[0].dim
     es = evollm(pop, jnp.zeros(dim), backend, **options)
@@ -298,7 +305,7 @@ def evollm_group(backend: SplitBatches, runs: list[Run], gens: int, pop: int, op
     calls0, prompts0, model0 = backend.calls, backend.prompts, backend.seconds
     programs0 = compiled_programs()
     t = time.perf_counter()
-    curves, state = run_lockstep(es, es.default_params, runs, gens)
+    curves, state = run_lockstep(es, es.default_params, runs, gens, label=label)
     seconds = time.perf_counter() - t
     queries = np.asarray(state.llm_queries)
     return {
@@ -447,7 +454,7 @@ def part_evollm(data: dict, backend: SplitBatches, args) -> None:
         name = f"{EVO}|{dim}"
         if name in main and args.resume:
             continue
-        result = evollm_group(backend, runs, args.generations, args.population, {})
+        result = evollm_group(backend, runs, args.generations, args.population, {}, f"EvoLLM {dim}-D")
         main[name] = {"method": EVO, "dim": dim, "runs": [r._asdict() for r in runs], "setting": {}, **result}
         print(
             f"EvoLLM {dim}-D, {len(runs)} runs in lockstep: {result['seconds']:.0f} s "
@@ -473,7 +480,7 @@ def part_levers(data: dict, backend: SplitBatches, args, deadline: float | None)
                     skipped.append(name)
                 save(data, args)
                 continue
-            result = evollm_group(backend, runs, args.generations, args.population, {option: value})
+            result = evollm_group(backend, runs, args.generations, args.population, {option: value}, name)
             levers[name] = {"option": option, "value": value, "dim": dim, "runs": [r._asdict() for r in runs], **result}
             if name in skipped:
                 skipped.remove(name)
@@ -871,11 +878,7 @@ def main() -> None:
     jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "eggroll-jax"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     t0 = time.perf_counter()
-    if "tune" in parts:
-        part_tune(data, args)
-    if "baselines" in parts:
-        part_baselines(data, args)
-    print(f"baselines done after {time.perf_counter() - t0:.0f} s")
+    backend = None
     if parts & {"profile", "evollm", "levers"}:
         from eggroll.llm.local import LocalBackend
 
@@ -887,8 +890,13 @@ def main() -> None:
             save(data, args)
         if "evollm" in parts:
             part_evollm(data, backend, args)
-        if "levers" in parts:
-            part_levers(data, backend, args, deadline)
+    if "tune" in parts:
+        part_tune(data, args)
+    if "baselines" in parts:
+        part_baselines(data, args)
+    print(f"profile, EvoLLM main table and baselines done after {time.perf_counter() - t0:.0f} s")
+    if "levers" in parts and backend is not None:
+        part_levers(data, backend, args, deadline)
     data["seconds"] = data.get("seconds", 0.0) + time.perf_counter() - t0
     save(data, args)
     report(data, out, args)
