@@ -77,14 +77,14 @@ GRIDS: dict[str, list[dict[str, float]]] = {
 }
 # Lever values (the default of each is in the main table): (option, value, dims).
 LEVERS: list[tuple[str, Any, tuple[int, ...]]] = [  # in the order they run (one value of each lever first)
-    ("archive_size", 5, (2, 5)),
-    ("resolution", 100, (2, 5)),
+    ("temperature", 1.0, (2,)),
+    ("archive_size", 5, (2,)),
+    ("resolution", 100, (2,)),
     ("block_size", 1, (5,)),
-    ("temperature", 1.0, (2, 5)),
-    ("archive_size", 20, (2, 5)),
-    ("resolution", 10000, (2, 5)),
+    ("archive_size", 20, (2,)),
+    ("resolution", 10000, (2,)),
+    ("temperature", 0.5, (2,)),
     ("block_size", 2, (5,)),
-    ("temperature", 0.5, (2, 5)),
     ("block_size", 5, (5,)),
 ]
 DEFAULTS = {"temperature": 0.0, "archive_size": 10, "resolution": 1000, "block_size": 4}
@@ -466,7 +466,7 @@ def part_evollm(data: dict, backend: SplitBatches, args) -> None:
 def part_levers(data: dict, backend: SplitBatches, args, deadline: float | None) -> None:
     levers = data.setdefault("levers", {})
     skipped = data.setdefault("levers_skipped", [])
-    for option, value, dims in LEVERS:
+    for option, value, dims in args.lever_plan:
         for dim in dims:
             if dim not in args.dims:
                 continue
@@ -819,10 +819,24 @@ def plot_levers(data: dict, path: Path) -> None:
 # ---------------------------------------------------------------- main
 
 
+def parse_plan(text: str) -> list[tuple[str, Any, tuple[int, ...]]]:
+    """``'temperature=1.0@2,block_size=1@5'`` -> ``[("temperature", 1.0, (2,)), ("block_size", 1, (5,))]``."""
+    plan = []
+    for item in text.split(","):
+        setting, dims = item.split("@")
+        option, value = setting.split("=")
+        if option not in DEFAULTS:
+            raise SystemExit(f"unknown lever {option!r}; choose from {sorted(DEFAULTS)}")
+        plan.append((option, type(DEFAULTS[option])(value), tuple(int(d) for d in dims.split("+"))))
+    return plan
+
+
 def save(data: dict, args) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(out.with_suffix(".json"))  # atomic: an interrupted run never leaves half a file
 
 
 def main() -> None:
@@ -836,6 +850,11 @@ def main() -> None:
     parser.add_argument("--early-generations", type=int, default=5)
     parser.add_argument("--lever-functions", default="1,8")
     parser.add_argument("--lever-seeds", type=int, default=4)
+    parser.add_argument(
+        "--lever-plan",
+        default=None,
+        help="lever groups in the order to run, e.g. 'temperature=1.0@2,block_size=1@5' (default: LEVERS)",
+    )
     parser.add_argument("--length-bucket", type=int, default=32, help="LocalBackend's prompt-length bucket (tokens)")
     parser.add_argument("--deadline", default=None, help="UTC time HH:MM after which no lever group starts to end")
     parser.add_argument("--resume", action="store_true", help="keep the groups already in the JSON")
@@ -850,6 +869,7 @@ def main() -> None:
     args.functions = [int(v) for v in str(args.functions).split(",")]
     args.dims = [int(v) for v in str(args.dims).split(",")]
     args.lever_functions = [int(v) for v in str(args.lever_functions).split(",")]
+    args.lever_plan = parse_plan(args.lever_plan) if args.lever_plan else LEVERS
     out = Path(args.out)
     if args.report_only:
         return report(json.loads(out.with_suffix(".json").read_text()), out, args)
