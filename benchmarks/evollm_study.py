@@ -572,16 +572,19 @@ def summarise(data: dict, args) -> str:
             f"{' and '.join(str(t) for t in prof['prompt_tokens'])} tokens, 17 new tokens at most, "
             f"load average {prof['load_average']:.1f}.",
             "",
-            "| part | seconds | share |",
+            "| part | seconds | share of the generation |",
             "|---|---:|---:|",
-            f"| ask + fitness (JAX) | {prof['ask_and_fitness_seconds']:.3f} | "
+            f"| ask + fitness (JAX) | {prof['ask_and_fitness_seconds']:.4f} | "
             f"{prof['ask_and_fitness_seconds'] / gen:.1%} |",
-            f"| tell, of which | {prof['tell_seconds']:.2f} | {prof['tell_seconds'] / gen:.1%} |",
-            f"| - tokenizing both prompts | {prof['tokenize_seconds']:.4f} | {prof['tokenize_seconds'] / gen:.1%} |",
-            f"| - the model: prefill alone (`max_tokens=1`) | {prof['prefill_only_seconds']:.2f} | "
+            f"| tell (archive update, prompts, the model, parsing) | {prof['tell_seconds']:.2f} | "
+            f"{prof['tell_seconds'] / gen:.1%} |",
+            f"| tokenizing both prompts | {prof['tokenize_seconds']:.4f} | {prof['tokenize_seconds'] / gen:.2%} |",
+            f"| the model's `generate` on its own: prefill + decode | {prof['generate_seconds']:.2f} | "
+            f"{min(prof['generate_seconds'] / gen, 1):.0%} |",
+            f"| of which prefill (`max_tokens=1`) | {prof['prefill_only_seconds']:.2f} | "
             f"{prof['prefill_only_seconds'] / gen:.0%} |",
-            f"| - the model: prefill + decode (`generate`) | {prof['generate_seconds']:.2f} | "
-            f"{prof['generate_seconds'] / gen:.0%} |",
+            f"| of which decode (the rest) | {prof['generate_seconds'] - prof['prefill_only_seconds']:.2f} | "
+            f"{(prof['generate_seconds'] - prof['prefill_only_seconds']) / gen:.0%} |",
             "",
             f"The same generation for {prof['lockstep_runs']} seeds in lockstep (`jax.vmap(es.tell)`, one batched "
             f"`generate`): {prof['lockstep_tell_seconds']:.2f} s, "
