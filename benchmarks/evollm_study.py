@@ -17,9 +17,10 @@ This script repeats that comparison at this machine's scale and tests the paper'
   8 problems (never the reported instances); the setting with the lowest mean log10 final
   ``f - f_opt`` is then run on the reported seeds;
 - levers (the paper's knobs, each value one row, the rest at the defaults): archive size,
-  discretisation resolution, block size (5-D only) and temperature, on f1 and f8 at 2-D and 5-D
-  with the first ``--lever-seeds`` seeds, compared pairwise (same instance and start) with the
-  default setting's runs from the main table;
+  discretisation resolution and temperature on f1 and f8 in 2-D, block size on f1 and f8 in 5-D,
+  with the first ``--lever-seeds`` seeds, run in the order of ``LEVERS`` until ``--deadline``
+  (a group that would end after it is skipped and listed), compared pairwise (same instance and
+  start) with the default setting's runs from the main table;
 - statistics: EvoLLM against each baseline per problem by a two-sided Mann-Whitney U test at 5%
   (win / tie / loss); lever values against the default by a Wilcoxon signed-rank test over the
   pooled (problem, seed) pairs of log10 ``f - f_opt``.
@@ -29,7 +30,7 @@ every run's prompts to the backend as ONE ``generate`` call per generation (EvoL
 batched by ``custom_vmap``), split into power-of-two chunks so no padding rows are computed.
 ``--part profile`` measures where an unbatched generation's time goes and the lockstep speed-up.
 
-    python benchmarks/evollm_study.py                  # profile, tuning, main table, levers (~60 min, 2 cores)
+    python benchmarks/evollm_study.py --deadline 00:37 # profile, main table, tuning, levers (about 1 h, 2 cores)
     python benchmarks/evollm_study.py --quick          # smoke run: f1 2-D, 2 seeds, 4 generations
     python benchmarks/evollm_study.py --report-only    # rebuild md and figures from the JSON
 
@@ -861,7 +862,9 @@ def main() -> None:
     parser.add_argument("--length-bucket", type=int, default=32, help="LocalBackend's prompt-length bucket (tokens)")
     parser.add_argument("--deadline", default=None, help="UTC time HH:MM after which no lever group starts to end")
     parser.add_argument("--resume", action="store_true", help="keep the groups already in the JSON")
-    parser.add_argument("--quick", action="store_true", help="smoke run: f1 2-D, 2 seeds, 4 generations")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: f1 2-D, 2 seeds, 4 generations, one lever, no profile"
+    )
     parser.add_argument("--out", default=str(RESULTS / "evollm_study"))
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
@@ -872,7 +875,7 @@ def main() -> None:
     args.functions = [int(v) for v in str(args.functions).split(",")]
     args.dims = [int(v) for v in str(args.dims).split(",")]
     args.lever_functions = [int(v) for v in str(args.lever_functions).split(",")]
-    args.lever_plan = parse_plan(args.lever_plan) if args.lever_plan else LEVERS
+    args.lever_plan = parse_plan(args.lever_plan) if args.lever_plan else (LEVERS[:1] if args.quick else LEVERS)
     out = Path(args.out)
     if args.report_only:
         return report(json.loads(out.with_suffix(".json").read_text()), out, args)
@@ -890,6 +893,8 @@ def main() -> None:
         "command": "python benchmarks/evollm_study.py" + (" --quick" if args.quick else ""),
     }
     parts = {"profile", "tune", "baselines", "evollm", "levers"} if args.part == "all" else set(args.part.split(","))
+    if args.quick and args.part == "all":
+        parts.discard("profile")  # the profile runs 10 seeds in 5-D: minutes
     deadline = None
     if args.deadline:
         import datetime as dt
