@@ -704,14 +704,15 @@ def lever_section(data: dict, args) -> list[str]:
 
     config = data["config"]
     gens, early, pop = config["generations"], config["early_generations"], config["population"]
-    problems = sorted({(f, d) for f in config["lever_functions"] for d in config["dims"]}, key=lambda p: (p[1], p[0]))
+    present = {(r["fid"], r["dim"]) for e in data.get("levers", {}).values() for r in e["runs"]}
+    problems = sorted(present, key=lambda p: (p[1], p[0]))
     n_seeds = config["lever_seeds"]
     lines = [
         "## The paper's levers on the tiny model",
         "",
-        f"f1 and f8 at 2-D and 5-D, seeds 0-{n_seeds - 1} (COCO instances 1-{n_seeds}); one lever changed at a time "
-        f"from the defaults ({_setting(DEFAULTS)}; block size only matters in 5-D, where the default 4 gives "
-        "blocks of 3 and 2 coordinates). Cells: median final best f - f_opt "
+        "Archive size, resolution and temperature on f1 and f8 in 2-D, block size on f1 and f8 in 5-D (where the "
+        f"default 4 gives blocks of 3 and 2 coordinates), seeds 0-{n_seeds - 1} (COCO instances 1-{n_seeds}); one "
+        f"lever changed at a time from the defaults ({_setting(DEFAULTS)}). Cells: median final best f - f_opt "
         f"after {pop * gens} evaluations. Pairs: each run against the default setting's run on the same "
         "instance and start; 'better / worse' counts pairs with a lower / higher final value; "
         "the log10 change is the median over pairs (negative: the lever helps); p: Wilcoxon signed-rank over "
