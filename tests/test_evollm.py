@@ -307,18 +307,66 @@ def test_cli_runs_against_an_openai_compatible_server(tmp_path):
     assert bad.exit_code != 0 and "sphere" in bad.output
 
 
-def test_vmap_over_tell_calls_the_model_once_per_element():
+def test_vmap_over_tell_sends_the_whole_batch_as_one_backend_call():
     backend = FunctionBackend(copy_best(offset=1))
-    es = evollm(4, jnp.zeros(2), backend)
+    batch_sizes = []
+    generate = backend.generate
+
+    def counting(prompts, **kwargs):
+        batch_sizes.append(len(prompts))
+        return generate(prompts, **kwargs)
+
+    backend.generate = counting
+    es = evollm(4, jnp.zeros(5), backend, block_size=2)  # 3 blocks per element
     params = es.default_params
     state = es.init(jax.random.key(0), None, params)
-    populations = jnp.asarray(np.random.default_rng(4).uniform(-4, 4, size=(3, 4, 2)), jnp.float32)
+    populations = jnp.asarray(np.random.default_rng(4).uniform(-4, 4, size=(3, 4, 5)), jnp.float32)
     keys = jax.random.split(jax.random.key(1), 3)
-    batched = jax.vmap(lambda k, p: es.tell(k, p, jnp.arange(4.0), state, params)[0].mean)(keys, populations)
-    assert backend.calls == 3
+
+    def tell(k, p):
+        return es.tell(k, p, jnp.arange(4.0), state, params)
+
+    batched, metrics = jax.jit(jax.vmap(tell))(keys, populations)
+    assert batch_sizes == [9]  # 3 elements x 3 blocks in one generate call
+    np.testing.assert_array_equal(np.asarray(metrics["llm_queries"]), [3, 3, 3])
     for i in range(3):
-        one, _ = es.tell(keys[i], populations[i], jnp.arange(4.0), state, params)
-        np.testing.assert_array_equal(np.asarray(batched[i]), np.asarray(one.mean))
+        one, _ = tell(keys[i], populations[i])
+        np.testing.assert_array_equal(np.asarray(batched.mean[i]), np.asarray(one.mean))
+        assert not np.array_equal(np.asarray(one.mean), np.asarray(state.mean))  # the model's answer was used
+    assert batch_sizes == [9, 3, 3, 3]  # unbatched: one call per element
+    nested, _ = jax.vmap(jax.vmap(tell))(jnp.stack([keys, keys], 1), jnp.stack([populations, populations], 1))
+    assert batch_sizes[-1] == 18 and len(batch_sizes) == 5  # nested vmaps still make one call
+    np.testing.assert_array_equal(np.asarray(nested.mean[:, 1]), np.asarray(batched.mean))
+
+
+def test_lockstep_seeds_in_scan_make_one_call_per_generation_and_keep_their_own_fallbacks():
+    calls = []
+
+    def answer(prompt, seed):  # garbage for the element whose best line starts with an odd integer
+        best = lines_of(prompt)[-1].group("x").split(",")
+        return "no idea" if int(best[0]) % 2 else " " + ",".join(best) + " f: 0.00"
+
+    backend = FunctionBackend(answer)
+    generate = backend.generate
+    backend.generate = lambda prompts, **kw: calls.append(len(prompts)) or generate(prompts, **kw)
+    es = evollm(6, jnp.zeros(2), backend, num_retries=0)
+    params = es.default_params
+    states = jax.vmap(lambda k: es.init(k, None, params))(jax.random.split(jax.random.key(0), 4))
+
+    def generation(carry, key):
+        keys = jax.random.split(key, 8)
+        x, carry = jax.vmap(lambda k, s: es.ask(k, s, params))(keys[:4], carry)
+        f = jnp.sum(x**2, axis=-1)
+        carry, m = jax.vmap(lambda k, p, ff, s: es.tell(k, p, ff, s, params))(keys[4:], x, f, carry)
+        return carry, (m["best_fitness"], m["fallbacks"])
+
+    final, (best, fallbacks) = jax.jit(lambda s: jax.lax.scan(generation, s, jax.random.split(jax.random.key(1), 5)))(
+        states
+    )
+    assert calls == [4] * 5  # one backend call per generation for the 4 seeds
+    assert best.shape == (5, 4) and np.all(np.diff(np.asarray(best), axis=0) <= 0)
+    assert 0 < int(fallbacks.sum()) < 20  # some seeds fell back, others did not: per-element accounting
+    np.testing.assert_array_equal(np.asarray(final.fallbacks), np.asarray(fallbacks.sum(0)))
 
 
 def test_the_run_loop_moved_to_the_app_and_the_old_names_warn():

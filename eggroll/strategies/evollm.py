@@ -27,8 +27,12 @@ model answers. The callback is unordered: consecutive generations are already
 ordered by their data (each ``tell`` needs the previous archive), and an ordered
 callback can leave a failed model call's error in JAX's runtime token, where it
 breaks later calls in the process (e.g. a resume after the endpoint came
-back). ``jax.vmap`` over ``tell`` works, with one host call per batch element,
-one after another (no speed-up).
+back). ``jax.vmap`` over ``tell`` (e.g. over seeds run in lockstep) makes ONE host
+call per generation for the whole batch: the callback is wrapped in
+:func:`jax.custom_batching.custom_vmap`, so the prompts of every batch element
+(and every block) go to the backend as one ``generate`` batch. Greedy answers
+equal the unbatched ones; with sampling the batch shares the first element's
+seed, so draws differ from unbatched calls.
 
 This module holds the strategy only; :func:`eggroll.apps.evollm.run` runs it through the one
 loop (progress display, checkpoints, bit-for-bit resume, metrics).
@@ -41,6 +45,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
+import jax.custom_batching
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
@@ -295,23 +300,34 @@ def evollm(
             holder["backend"] = LocalBackend()
         return holder["backend"]
 
-    def propose(archive_x, archive_f, best_x, seed):
-        """Host side: prompts, LLM, retries, fallback -> (mean, [queries, failures, fallbacks])."""
-        archive_x, archive_f, best_x = np.asarray(archive_x), np.asarray(archive_f), np.asarray(best_x)
-        seed = int(seed)
-        keep = np.isfinite(archive_f)
-        mean = best_x.astype(np.float64).copy()
-        if not keep.any():
-            return mean.astype(dtype), np.array([0, 0, len(blocks)], np.int32)
-        ints = encode(archive_x[keep], lower, upper, resolution)
-        f_min = archive_f[keep]
+    def propose(archive_x, archive_f, best_x, seeds):
+        """Host side, for any number of leading batch axes: prompts of every element and block, one
+        backend call per attempt, retries, fallback -> (means, [queries, failures, fallbacks] per element)."""
+        lead = np.shape(archive_f)[:-1]
+        archive_x = np.asarray(archive_x).reshape((-1, archive_size, dim))
+        archive_f = np.asarray(archive_f).reshape((-1, archive_size))
+        means = np.asarray(best_x, np.float64).reshape((-1, dim)).copy()  # the fallback: best-so-far
+        seeds = np.asarray(seeds).reshape(-1)
+        stats = np.zeros((len(means), 3), np.int32)
         better = "higher" if maximize else "lower"
-        prompts = [_build(ints[:, b], f_min, sign * f_min, prompt_format, better) for b in blocks]
-        answers: list[np.ndarray | None] = [None] * len(blocks)
-        queries = failures = 0
-        pending = list(range(len(blocks)))
+        jobs, prompts = [], []  # (element, block index) per prompt
+        for e in range(len(means)):
+            keep = np.isfinite(archive_f[e])
+            if not keep.any():
+                stats[e, 2] = len(blocks)
+                continue
+            ints = encode(archive_x[e][keep], lower, upper, resolution)
+            f_min = archive_f[e][keep]
+            for j, b in enumerate(blocks):
+                jobs.append((e, j))
+                prompts.append(_build(ints[:, b], f_min, sign * f_min, prompt_format, better))
+        answers: list[np.ndarray | None] = [None] * len(jobs)
+        pending = list(range(len(jobs)))
+        seed = int(seeds[0]) if len(seeds) else 0
         try:
             for attempt in range(num_retries + 1):
+                if not pending:
+                    break
                 texts = get_backend().generate(
                     [prompts[i] for i in pending],
                     temperature=temperature if attempt == 0 else max(temperature, retry_temperature),
@@ -319,21 +335,40 @@ def evollm(
                     stop=stop,
                     seed=seed + 7919 * attempt,
                 )
-                queries += len(pending)
                 for i, text in zip(pending, texts, strict=True):
-                    answers[i] = parse_answer(text, len(blocks[i]), prompt_format)
-                    failures += answers[i] is None
+                    e, j = jobs[i]
+                    answers[i] = parse_answer(text, len(blocks[j]), prompt_format)
+                    stats[e, 0] += 1
+                    stats[e, 1] += answers[i] is None
                 pending = [i for i in pending if answers[i] is None]
-                if not pending:
-                    break
         except Exception:
             if on_backend_error == "raise":
                 raise
-            return mean.astype(dtype), np.array([queries, failures, len(blocks)], np.int32)
-        for b, ans in zip(blocks, answers, strict=True):
-            if ans is not None:
-                mean[b] = decode(ans, lower[b], upper[b], resolution)
-        return mean.astype(dtype), np.array([queries, failures, len(pending)], np.int32)
+            for e in {e for e, _ in jobs}:
+                stats[e, 2] = len(blocks)
+            return means.astype(dtype).reshape(lead + (dim,)), stats.reshape(lead + (3,))
+        for i, (e, j) in enumerate(jobs):
+            if answers[i] is None:
+                stats[e, 2] += 1
+            else:
+                b = blocks[j]
+                means[e, b] = decode(answers[i], lower[b], upper[b], resolution)
+        return means.astype(dtype).reshape(lead + (dim,)), stats.reshape(lead + (3,))
+
+    @jax.custom_batching.custom_vmap
+    def ask_model(archive_x, archive_f, best_x, seed):
+        lead = archive_f.shape[:-1]  # empty, or the batch axes added by the vmap rule below
+        shapes = (jax.ShapeDtypeStruct(lead + (dim,), dtype), jax.ShapeDtypeStruct(lead + (3,), jnp.int32))
+        return io_callback(propose, shapes, archive_x, archive_f, best_x, seed, ordered=False)
+
+    @ask_model.def_vmap
+    def _ask_model_batched(axis_size, in_batched, *args):
+        # the whole batch in one host call (nested vmaps add leading axes to the same call)
+        args = [
+            a if batched else jnp.broadcast_to(a, (axis_size,) + a.shape)
+            for a, batched in zip(args, in_batched, strict=True)
+        ]
+        return ask_model(*args), (True, True)
 
     def init(key, mean=None, params=None):
         del key, params
@@ -367,8 +402,7 @@ def evollm(
         best_x = jnp.where(improved, population[order[0]], state.best_x)
         best_f = jnp.where(improved, f[order[0]], state.best_f)
         seed = jax.random.randint(key, (), 0, 2**30, jnp.int32)
-        shapes = (jax.ShapeDtypeStruct((dim,), dtype), jax.ShapeDtypeStruct((3,), jnp.int32))
-        mean, stats = io_callback(propose, shapes, archive_x, archive_f, best_x, seed, ordered=False)
+        mean, stats = ask_model(archive_x, archive_f, best_x, seed)
         mean = jnp.where(jnp.isfinite(mean), jnp.clip(mean, lower_j, upper_j), best_x)
         new = EvoLLMState(
             mean=mean,
