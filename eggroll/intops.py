@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ONE", "QMAX", "IntLowRank", "embed", "matmul", "sat_add", "saturate", "scale_divisor"]
+__all__ = ["ONE", "QMAX", "IntLowRank", "embed", "int8_dot", "matmul", "sat_add", "saturate", "scale_divisor"]
 
 ONE = 16  # fixed-point "one": 4 fractional bits
 QMAX = 127
@@ -86,6 +86,23 @@ def _rank_terms(u: jax.Array, f: jax.Array, shift: jax.Array) -> jax.Array:
     return jnp.sum(_shift_round(prod, shift), axis=-1)
 
 
+def int8_dot(x: jax.Array, y: jax.Array, x_contract: tuple[int, ...], y_contract: tuple[int, ...]) -> jax.Array:
+    """Exact ``int32`` product of ``int8`` arrays contracting axes ``x_contract`` with ``y_contract``.
+
+    When the contracted length is not a multiple of 4, the first contracted axis of both is
+    zero-padded to one (exact: zeros add nothing). XLA's GPU backend (seen with jax 0.11.2 on an
+    H100) returns exactly twice the true ``int8 x int8 -> int32`` product otherwise; see
+    ``docs/gpu.md``.
+    """
+    if math.prod(x.shape[i] for i in x_contract) % 4:
+        i, j = x_contract[0], y_contract[0]
+        extra = -x.shape[i] % 4
+        x = jnp.pad(x, [(0, extra if k == i else 0) for k in range(x.ndim)])
+        y = jnp.pad(y, [(0, extra if k == j else 0) for k in range(y.ndim)])
+    dims = ((tuple(x_contract), tuple(y_contract)), ((), ()))
+    return jax.lax.dot_general(x, y, dims, preferred_element_type=jnp.int32)
+
+
 def matmul(x: jax.Array, w: jax.Array | IntLowRank) -> jax.Array:
     """``int8(round(x W^T / (16 isqrt(n))))`` with an ``int32`` accumulator.
 
@@ -97,11 +114,9 @@ def matmul(x: jax.Array, w: jax.Array | IntLowRank) -> jax.Array:
         ``int8`` array ``(..., m)``.
     """
     base = w.base if isinstance(w, IntLowRank) else w
-    dims = (((x.ndim - 1,), (1,)), ((), ()))
-    acc = jax.lax.dot_general(x, base, dims, preferred_element_type=jnp.int32)
+    acc = int8_dot(x, base, (x.ndim - 1,), (1,))
     if isinstance(w, IntLowRank):
-        xb_dims = (((x.ndim - 1,), (0,)), ((), ()))
-        xb = jax.lax.dot_general(x, w.b, xb_dims, preferred_element_type=jnp.int32)
+        xb = int8_dot(x, w.b, (x.ndim - 1,), (0,))
         acc = acc + _rank_terms(xb, w.a, w.shift)
     return saturate(_div_round(acc, scale_divisor(base.shape[-1])))
 

@@ -36,7 +36,7 @@ def suite():
 
 @pytest.mark.slow  # compiles ~20 programs (five sections, the real SmolLM2 among them); the issue asks for it
 def test_quick_suite_writes_every_section(suite, tmp_path):
-    path = suite.write(suite.main(quick=True), str(tmp_path))
+    path = suite.write(suite.main(quick=True, out=str(tmp_path)), str(tmp_path))  # also rewritten per section
     assert os.path.basename(path) == "cpu_quick.json"  # named by jax.devices()[0].device_kind
     with open(path) as f:
         r = json.load(f)
@@ -53,3 +53,17 @@ def test_quick_suite_writes_every_section(suite, tmp_path):
     for text in ("tanh layer", "Flax MLP", "transformer block", "SmolLM2-135M", "OpenAI-ES"):
         assert text in md
     assert set(r["seconds"]) == set(RATIOS)
+
+
+def test_random_weight_fallback_has_smollm2s_exact_shape(suite):
+    """Where the 98 MB GGUF cannot travel (the GPU machine takes 64 MiB), the suite times the same shape."""
+    import jax
+
+    real, params, weights = suite.smollm2(random_weights=False)
+    fake, fparams, fweights = suite.smollm2(random_weights=True)
+    assert weights.startswith("pretrained") and fweights.startswith("random")
+    for field in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "head_dim", "tie_embeddings"):
+        assert getattr(real, field) == getattr(fake, field), field
+    assert fake.rope_theta == real.rope_theta and fake.norm_eps == pytest.approx(real.norm_eps)
+    shapes = jax.tree.map(lambda x: (x.shape, x.dtype), params)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), fparams) == shapes

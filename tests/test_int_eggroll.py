@@ -81,6 +81,24 @@ def test_member_matmul_adds_rounded_rank_terms_in_the_int32_accumulator():
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 7, 9])
+def test_int8_dot_is_exact_for_every_contraction_length(k):
+    """XLA's GPU backend (jax 0.11.2, H100) doubled int8 products whose contraction was not a multiple of 4;
+    ``intops.int8_dot`` pads it. On CPU this checks the padded path is exact; on a GPU it catches the bug."""
+    from eggroll import intops
+
+    rng = np.random.default_rng(k)
+    x = rng.integers(-127, 128, (3, k)).astype(np.int8)
+    w = rng.integers(-127, 128, (5, k)).astype(np.int8)
+    got = intops.int8_dot(jnp.asarray(x), jnp.asarray(w), (1,), (1,))
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(got), x.astype(np.int64) @ w.astype(np.int64).T)
+    f = rng.integers(-127, 128, (k, 4, 3)).astype(np.int8)  # two contracted axes, as in int_eggroll's tell
+    g = rng.integers(-127, 128, (k, 6, 3)).astype(np.int8)
+    z = jax.jit(lambda p, q: intops.int8_dot(p, q, (0, 2), (0, 2)))(f, g)
+    np.testing.assert_array_equal(np.asarray(z), np.einsum("pmr,pnr->mn", f.astype(np.int64), g.astype(np.int64)))
+
+
 def test_update_equals_its_definition_explicit_loop():
     es, tree, state, pop = _setup(n=16, z_thresholds=[8])  # z threshold 0.5
     rng = np.random.default_rng(5)

@@ -49,7 +49,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from eggroll.intops import QMAX, IntLowRank, saturate
+from eggroll.intops import QMAX, IntLowRank, int8_dot, saturate
 from eggroll.strategies._checks import as_int
 from eggroll.types import Strategy
 
@@ -316,7 +316,7 @@ def int_eggroll(
             if w.ndim == 2:
                 a, b = noise  # (K, m, r), (K, n, r)
                 fa = a * score.reshape(pairs, 1, 1)  # stays int8: score is -1, 0 or 1
-                z = jax.lax.dot_general(fa, b, (((0, 2), (0, 2)), ((), ())), preferred_element_type=jnp.int32)
+                z = int8_dot(fa, b, (0, 2), (0, 2))
             else:
                 z = jax.lax.dot_general(score.astype(jnp.int32), noise, (((0,), (0,)), ((), ())))
             threshold = (z16 * null_sd[leaf]) >> 4
