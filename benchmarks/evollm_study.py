@@ -85,6 +85,7 @@ LEVERS: list[tuple[str, Any, tuple[int, ...]]] = [  # in the order they run (one
     ("archive_size", 20, (2,)),
     ("resolution", 10000, (2,)),
     ("temperature", 0.5, (2,)),
+    ("temperature", 2.0, (2,)),
     ("block_size", 2, (5,)),
     ("block_size", 5, (5,)),
 ]
