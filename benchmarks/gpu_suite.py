@@ -275,4 +275,4 @@ if __name__ == "__main__":
     ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="run these sections only")
     ap.add_argument("--out", default=OUT, help="output folder (default benchmarks/results/gpu)")
     a = ap.parse_args()
-    write(main(quick=a.quick, only=tuple(a.only), out=a.out), a.out)
+    print("\n".join(markdown(main(quick=a.quick, only=tuple(a.only), out=a.out))))  # main wrote the files

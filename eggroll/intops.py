@@ -92,7 +92,7 @@ def int8_dot(x: jax.Array, y: jax.Array, x_contract: tuple[int, ...], y_contract
     When the contracted length is not a multiple of 4, the first contracted axis of both is
     zero-padded to one (exact: zeros add nothing). XLA's GPU backend (seen with jax 0.11.2 on an
     H100) returns exactly twice the true ``int8 x int8 -> int32`` product otherwise; see
-    ``docs/gpu.md``.
+    ``benchmarks/results/gpu/README.md``.
     """
     if math.prod(x.shape[i] for i in x_contract) % 4:
         i, j = x_contract[0], y_contract[0]
