@@ -62,6 +62,7 @@ class NNXModel(nnx.Module):
 
 
 @pytest.mark.parametrize("rank", [1, 3])
+@pytest.mark.usefixtures("exact_matmuls")
 def test_linen_lowrank_forward_equals_materialised(rank):
     model, ids = LinenModel(), jnp.array([1, 2, 39])
     variables = model.init(jax.random.key(0), ids)
@@ -76,6 +77,7 @@ def test_linen_lowrank_forward_equals_materialised(rank):
     assert float(jnp.abs(dense - base[None]).min(axis=(1, 2)).max()) > 0 or float(jnp.abs(dense - base).max()) > 1e-2
 
 
+@pytest.mark.usefixtures("exact_matmuls")
 def test_nnx_lowrank_forward_equals_materialised():
     graphdef, state0 = nnx.split(NNXModel(nnx.Rngs(0)))
     ids = jnp.array([3, 4, 5])

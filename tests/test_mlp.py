@@ -82,6 +82,7 @@ def test_bad_names_raise_clear_errors():
     assert default_head(True, False) == "argmax" and default_head(False, True) == "gaussian"
 
 
+@pytest.mark.usefixtures("exact_matmuls")
 def test_eggroll_members_match_their_materialised_parameters():
     head = "gaussian"  # Dense kernels (low-rank) plus a vector leaf (log_std, full-rank noise)
     policy = MLPPolicy(action_dim=3, hidden=(16, 16), head=head)
