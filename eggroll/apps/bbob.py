@@ -53,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from eggroll.problems.bbob import LARGESCALE_DIMENSIONS, MIXINT_DIMENSIONS, SUITES
 from eggroll.problems.bbob.suite import BBOBSuite, parse_ids, suite_evaluate
 from eggroll.run.loop import RunOptions, RunResult, Task, run
 
@@ -72,20 +73,12 @@ __all__ = [
 COCO_DIMENSIONS: tuple[int, ...] = (2, 3, 5, 10, 20, 40)
 """Dimensions of COCO's ``bbob`` suite (the only ones its observer can log)."""
 
-SUITE_DIMENSIONS: dict[str, tuple[int, ...]] = {
-    "bbob": COCO_DIMENSIONS,
-    "bbob-noisy": COCO_DIMENSIONS,
-    "bbob-largescale": (20, 40, 80, 160, 320, 640),
-    "bbob-mixint": (5, 10, 20, 40, 80, 160),
-}
-"""Each COCO suite's dimensions (the only ones cocoex's observer logs for it)."""
+SUITE_DIMENSIONS: dict[str, tuple[int, ...]] = dict(
+    zip(SUITES, (COCO_DIMENSIONS, COCO_DIMENSIONS, LARGESCALE_DIMENSIONS, MIXINT_DIMENSIONS), strict=True)
+)
+"""Each COCO suite's dimensions (the only ones cocoex's observer logs for it), in the order of ``SUITES``."""
 
-SUITE_FUNCTIONS: dict[str, str] = {
-    "bbob": "1-24",
-    "bbob-noisy": "101-130",
-    "bbob-largescale": "1-24",
-    "bbob-mixint": "1-24",
-}
+SUITE_FUNCTIONS: dict[str, str] = {suite: "101-130" if suite == "bbob-noisy" else "1-24" for suite in SUITES}
 """Each COCO suite's function ids."""
 
 TARGETS: np.ndarray = 10.0 ** (np.arange(10, -41, -1) / 5.0)
@@ -124,9 +117,7 @@ StrategyArg = str | Callable[[int, int], Competitor]
 
 def _factor_shape(d: int) -> tuple[int, int]:
     """The most square ``(a, b)`` with ``a * b == d`` and ``a <= b``."""
-    a = int(math.isqrt(d))
-    while d % a:
-        a -= 1
+    a = max(k for k in range(1, math.isqrt(d) + 1) if d % k == 0)
     return a, d // a
 
 
@@ -212,8 +203,7 @@ def make_competitor(
     params = _jit_params(es)
     if cls_name == "CMA_ES":
         params = params.replace(std_init=sigma if sigma is not None else 2.0)
-        return Competitor("cma_es", es, params, jnp.zeros(d), lambda pop: pop, n)
-    return Competitor(cls_name, es, params, jnp.zeros(d), lambda pop: pop, n)
+    return Competitor("cma_es" if cls_name == "CMA_ES" else cls_name, es, params, jnp.zeros(d), lambda pop: pop, n)
 
 
 @dataclasses.dataclass
@@ -565,8 +555,7 @@ class BBOBTask(Task):
             budget = int(budget_multiplier * d)
             for si, strategy in enumerate(strategies):
                 comp = _resolve(strategy, d, budget, population)
-                index = len(self.runs)
-                self.runs.append(_make_run(index, si, comp, suites[d], means, key, budget, chunk_generations))
+                self.runs.append(_make_run(len(self.runs), si, comp, suites[d], means, key, budget, chunk_generations))
         self.data = {d: suite.device_data() for d, suite in suites.items()}
         with jax.enable_x64(True):  # the points are scored in float64, whatever the strategies compute in
             self.data64 = {d: jax.tree.map(jnp.asarray, suite.data) for d, suite in suites.items()}
@@ -592,8 +581,6 @@ class BBOBTask(Task):
         return self.runs[i], generation - (self.ends[i - 1] if i else 0)
 
     def step(self, carry: dict[str, Any], generation: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        if generation > self.total:
-            raise ValueError(f"the benchmark has {self.total} chunks; --generations must not exceed it")
         run_, c = self.where(generation)
         name, n, gens = f"run{run_.index}", run_.comp.population_size, run_.generations
         t0 = time.perf_counter()

@@ -40,14 +40,6 @@ _COLUMNS = (
 )
 
 
-def _fmt(v: float) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if v == 0:
-        return "0"
-    return f"{v:.1e}"
-
-
 def summary_markdown(result: BenchmarkResult, wall_time: bool = True) -> str:
     """A markdown report: per dimension, a function x strategy table and the per-strategy totals.
 
@@ -83,7 +75,8 @@ def _cell(rows: list[dict]) -> str:
         return ""
     median = float(np.median([r["final_delta"] for r in rows]))
     solved = sum(r["evals_to_1e-8"] >= 0 for r in rows)
-    return f"{_fmt(median)} ({solved}/{len(rows)})"
+    text = "-" if math.isnan(median) else "0" if median == 0 else f"{median:.1e}"
+    return f"{text} ({solved}/{len(rows)})"
 
 
 def _total(hits: np.ndarray | None) -> str:
@@ -177,19 +170,14 @@ def plot_ecdf_groups(result: BenchmarkResult, dimension: int, path: str | Path) 
 
 
 def _subplots(nrow: int, ncol: int, figsize: tuple[float, float]):
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing to close
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(nrow, ncol, figsize=figsize, squeeze=False)
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrow, ncol, squeeze=False)
 
 
 def _draw_ecdfs(ax, result: BenchmarkResult, d: int, rows, cross: float, markers: bool) -> float:
     """One panel: each strategy's ECDF over the problems ``rows`` of dimension ``d``; returns ``log10(budget / d)``."""
-    import matplotlib
-
-    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     shapes = ["o", "s", "^", "D", "v", "<", ">", "p", "h", "*"]
     xmax = math.log10(result.budgets[d] / d)
     for j, name in enumerate(result.strategies):
@@ -199,7 +187,7 @@ def _draw_ecdfs(ax, result: BenchmarkResult, d: int, rows, cross: float, markers
         x, y = ecdf_curve(hits[rows], d)
         xs = np.concatenate([[0.0], x, [xmax]])
         ys = np.concatenate([[0.0], y, [y[-1] if y.size else 0.0]])
-        color = colors[j % len(colors)]
+        color = f"C{j}"  # the j-th colour of matplotlib's cycle (it wraps around)
         ax.step(xs, ys, where="post", color=color, lw=2, label=name)
         ax.plot([xmax], [ys[-1]], marker="x", ms=cross, mew=2, color=color)
         if markers and x.size:
@@ -213,11 +201,8 @@ def _draw_ecdfs(ax, result: BenchmarkResult, d: int, rows, cross: float, markers
 
 
 def _save(fig, path: str | Path, dpi: int) -> Path:
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
     return path
