@@ -186,8 +186,7 @@ class FinetuneConfig:
         )
 
     def resolved_lr(self) -> float:
-        default = 0.5 * self.sigma**2 * math.sqrt(self.population)
-        return default if self.learning_rate is None else self.learning_rate
+        return 0.5 * self.sigma**2 * math.sqrt(self.population) if self.learning_rate is None else self.learning_rate
 
     def optimizer(self) -> optax.GradientTransformation:
         """SGD on the ES gradient, with the learning rate's linear decay (``lr_decay``) over ``generations``."""
@@ -219,11 +218,7 @@ def parse_layers(spec: str, n_layers: int) -> set[int]:
     return out
 
 
-_KINDS = {
-    "attn": {"wq", "wk", "wv", "wo"},
-    "mlp": {"w_gate", "w_up", "w_down"},
-    "norm": {"attn_norm", "mlp_norm"},
-}
+_KINDS = {"attn": {"wq", "wk", "wv", "wo"}, "mlp": {"w_gate", "w_up", "w_down"}, "norm": {"attn_norm", "mlp_norm"}}
 
 
 def select_leaves(params: dict, layers: str = "all", evolve: str = "attn,mlp,norm,embed,head") -> tuple[dict, dict]:
@@ -320,10 +315,6 @@ _NOT_RECORDED = ("out_dir", "resume", "checkpoint_every", "time_budget")
 _NOT_IN_STATE = (*_NOT_RECORDED, "generations", "eval_every", "eval_prompts", "export")
 
 
-def _evals(rows: list[dict]) -> list[tuple[int, float, float]]:
-    return [(r["generation"], r["eval_reward"], r["eval_accuracy"]) for r in rows if "eval_reward" in r]
-
-
 class FinetuneTask(Task):
     """Fine-tuning as a :class:`eggroll.run.loop.Task` (what ``eggroll finetune`` and :func:`finetune` run).
 
@@ -378,10 +369,8 @@ class FinetuneTask(Task):
             trainable=mask,
             track_best=False,  # no dense copy of the best member: the mean is the result (half the memory)
         )
-        if cfg.strategy == "open_es":  # N dense members: the full-rank baseline
-            self.es = eggroll.open_es(**common)
-        else:
-            self.es = eggroll.eggroll(rank=cfg.rank, **common)
+        # open_es: N dense members, the full-rank baseline
+        self.es = eggroll.open_es(**common) if cfg.strategy == "open_es" else eggroll.eggroll(rank=cfg.rank, **common)
         self.es_params = self.es.default_params.replace(sigma_init=cfg.sigma)
         if mesh is not None:
             self.es = parallel.sharded(self.es, mesh)  # a clear error if the population does not split evenly
@@ -475,9 +464,7 @@ class FinetuneTask(Task):
         mean = self.es.get_mean(carry["state"])
         r, a, texts = evaluate_model(self.config, mean, self.tok, self.reward_task, self.eval_examples, self.max_new)
         self.last_eval = (r, a)
-        if self.eval_texts["base"] is None:
-            self.eval_texts["base"] = texts
-        self.eval_texts["last"] = texts
+        self.eval_texts = {"base": self.eval_texts["base"] or texts, "last": texts}  # base: the first evaluation's
         return carry, {"eval_reward": r, "eval_accuracy": a, "eval_sample": texts[0]}
 
     def done(self, row) -> bool:
@@ -513,10 +500,11 @@ class FinetuneTask(Task):
 
     def result(self, run_result: RunResult) -> FinetuneResult:
         """The :class:`FinetuneResult` of a finished (or stopped) run."""
+        rows = run_result.history
         return FinetuneResult(
             params=merge_layers(self.es.get_mean(run_result.carry["state"])),
-            history=[r for r in run_result.history if r["generation"] > 0],
-            evals=_evals(run_result.history),
+            history=[r for r in rows if r["generation"] > 0],
+            evals=[(r["generation"], r["eval_reward"], r["eval_accuracy"]) for r in rows if "eval_reward" in r],
             out_dir=None if run_result.out is None else str(run_result.out),
             interrupted=run_result.interrupted,
             resumed_from=run_result.resumed_from,
