@@ -391,13 +391,9 @@ class FinetuneTask(Task):
     def _check_fits(self) -> None:
         """Lower and compile the first generation's decoding; refuse it if XLA's buffers exceed the memory."""
         cfg = self.cfg
-        key = jax.random.PRNGKey(cfg.seed * 1_000_003 + 1)
+        key, _, _, ids, mask, _ = self._prompts(1)  # the arrays generation 1 decodes (host arrays: cheap)
         population = jax.eval_shape(self.es.ask, key, jax.eval_shape(self.init)["state"], self.es_params)[0]
-        examples = self.reward_task.examples(cfg.prompts_per_generation, seed=cfg.seed * 7919 + 1)
-        width = _width([len(ids) for ids in _encode(self.tok, self.reward_task, examples)])
-        shape = (cfg.population, len(examples) // (cfg.population // self.group_size), width)
-        ids, mask = jax.ShapeDtypeStruct(shape, np.int32), jax.ShapeDtypeStruct(shape, np.bool_)
-        what = f"a generation of {cfg.population} members x {shape[1]} prompts"
+        what = f"a generation of {cfg.population} members x {ids.shape[1]} prompts"
         hint = "use a smaller --population or --prompts, fewer --max-new-tokens, or more devices (--devices all)"
         # Dense (OpenAI-ES) members each hold a copy of the weights: decode fewer of them at a time until they fit.
         passes = [cfg.population // k for k in range(1, cfg.population + 1) if cfg.population % k == 0]
@@ -412,6 +408,19 @@ class FinetuneTask(Task):
                 if per_pass == passes[-1] or cfg.strategy != "open_es":
                     raise
 
+    def _prompts(self, generation: int, width: int = 0) -> tuple:
+        """Generation ``generation``'s noise key and prompts (drawn from the seed and ``generation`` alone), the
+        prompts of each member (member ``i`` answers ``examples[rows[i]]``), the members' padded prompt ids and
+        mask, and the padding width (at least ``width``)."""
+        cfg = self.cfg
+        key = jax.random.PRNGKey(cfg.seed * 1_000_003 + generation)
+        examples = self.reward_task.examples(cfg.prompts_per_generation, seed=cfg.seed * 7919 + generation)
+        encoded = _encode(self.tok, self.reward_task, examples)
+        width = max(width, _width([len(ids) for ids in encoded]))
+        prompt_ids, prompt_mask = pad_prompts(encoded, self.tok.pad_id, multiple=width)
+        rows = np.array(assign_prompts(range(len(examples)), cfg.population, self.group_size))
+        return key, examples, rows, prompt_ids[rows], prompt_mask[rows], width
+
     # ------------------------------------------------------------------ the loop's hooks
     def settings(self) -> dict[str, Any]:
         kept = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in _NOT_IN_STATE}
@@ -425,14 +434,8 @@ class FinetuneTask(Task):
     def step(self, carry, generation):
         cfg, tok, task, n = self.cfg, self.tok, self.reward_task, self.cfg.population
         t0 = time.perf_counter()
-        key = jax.random.PRNGKey(cfg.seed * 1_000_003 + generation)
+        key, examples, rows, ids, masks, self.width = self._prompts(generation, self.width or 0)  # width only grows
         population, state = self.es.ask(key, carry["state"], self.es_params)
-        examples = task.examples(cfg.prompts_per_generation, seed=cfg.seed * 7919 + generation)
-        encoded = _encode(tok, task, examples)
-        self.width = max(self.width or 0, _width([len(ids) for ids in encoded]))
-        prompt_ids, prompt_mask = pad_prompts(encoded, tok.pad_id, multiple=self.width)
-        rows = np.array(assign_prompts(range(len(examples)), n, self.group_size))  # member i answers examples[rows[i]]
-        ids, masks = prompt_ids[rows], prompt_mask[rows]
         if self.mesh is not None:  # each device holds the prompts of its own members
             ids, masks = _split(ids, self.mesh), _split(masks, self.mesh)
         out = self._gen_fn(self.config, population, ids, masks, key, cfg.temperature, **self.decoding)
