@@ -186,8 +186,7 @@ class FinetuneConfig:
         )
 
     def resolved_lr(self) -> float:
-        default = 0.5 * self.sigma**2 * math.sqrt(self.population)
-        return default if self.learning_rate is None else self.learning_rate
+        return 0.5 * self.sigma**2 * math.sqrt(self.population) if self.learning_rate is None else self.learning_rate
 
     def optimizer(self) -> optax.GradientTransformation:
         """SGD on the ES gradient, with the learning rate's linear decay (``lr_decay``) over ``generations``."""
@@ -219,11 +218,7 @@ def parse_layers(spec: str, n_layers: int) -> set[int]:
     return out
 
 
-_KINDS = {
-    "attn": {"wq", "wk", "wv", "wo"},
-    "mlp": {"w_gate", "w_up", "w_down"},
-    "norm": {"attn_norm", "mlp_norm"},
-}
+_KINDS = {"attn": {"wq", "wk", "wv", "wo"}, "mlp": {"w_gate", "w_up", "w_down"}, "norm": {"attn_norm", "mlp_norm"}}
 
 
 def select_leaves(params: dict, layers: str = "all", evolve: str = "attn,mlp,norm,embed,head") -> tuple[dict, dict]:
@@ -320,10 +315,6 @@ _NOT_RECORDED = ("out_dir", "resume", "checkpoint_every", "time_budget")
 _NOT_IN_STATE = (*_NOT_RECORDED, "generations", "eval_every", "eval_prompts", "export")
 
 
-def _evals(rows: list[dict]) -> list[tuple[int, float, float]]:
-    return [(r["generation"], r["eval_reward"], r["eval_accuracy"]) for r in rows if "eval_reward" in r]
-
-
 class FinetuneTask(Task):
     """Fine-tuning as a :class:`eggroll.run.loop.Task` (what ``eggroll finetune`` and :func:`finetune` run).
 
@@ -378,10 +369,8 @@ class FinetuneTask(Task):
             trainable=mask,
             track_best=False,  # no dense copy of the best member: the mean is the result (half the memory)
         )
-        if cfg.strategy == "open_es":  # N dense members: the full-rank baseline
-            self.es = eggroll.open_es(**common)
-        else:
-            self.es = eggroll.eggroll(rank=cfg.rank, **common)
+        # open_es: N dense members, the full-rank baseline
+        self.es = eggroll.open_es(**common) if cfg.strategy == "open_es" else eggroll.eggroll(rank=cfg.rank, **common)
         self.es_params = self.es.default_params.replace(sigma_init=cfg.sigma)
         if mesh is not None:
             self.es = parallel.sharded(self.es, mesh)  # a clear error if the population does not split evenly
@@ -402,13 +391,9 @@ class FinetuneTask(Task):
     def _check_fits(self) -> None:
         """Lower and compile the first generation's decoding; refuse it if XLA's buffers exceed the memory."""
         cfg = self.cfg
-        key = jax.random.PRNGKey(cfg.seed * 1_000_003 + 1)
+        key, _, _, ids, mask, _ = self._prompts(1)  # the arrays generation 1 decodes (host arrays: cheap)
         population = jax.eval_shape(self.es.ask, key, jax.eval_shape(self.init)["state"], self.es_params)[0]
-        examples = self.reward_task.examples(cfg.prompts_per_generation, seed=cfg.seed * 7919 + 1)
-        width = _width([len(ids) for ids in _encode(self.tok, self.reward_task, examples)])
-        shape = (cfg.population, len(examples) // (cfg.population // self.group_size), width)
-        ids, mask = jax.ShapeDtypeStruct(shape, np.int32), jax.ShapeDtypeStruct(shape, np.bool_)
-        what = f"a generation of {cfg.population} members x {shape[1]} prompts"
+        what = f"a generation of {cfg.population} members x {ids.shape[1]} prompts"
         hint = "use a smaller --population or --prompts, fewer --max-new-tokens, or more devices (--devices all)"
         # Dense (OpenAI-ES) members each hold a copy of the weights: decode fewer of them at a time until they fit.
         passes = [cfg.population // k for k in range(1, cfg.population + 1) if cfg.population % k == 0]
@@ -423,6 +408,19 @@ class FinetuneTask(Task):
                 if per_pass == passes[-1] or cfg.strategy != "open_es":
                     raise
 
+    def _prompts(self, generation: int, width: int = 0) -> tuple:
+        """Generation ``generation``'s noise key and prompts (drawn from the seed and ``generation`` alone), the
+        prompts of each member (member ``i`` answers ``examples[rows[i]]``), the members' padded prompt ids and
+        mask, and the padding width (at least ``width``)."""
+        cfg = self.cfg
+        key = jax.random.PRNGKey(cfg.seed * 1_000_003 + generation)
+        examples = self.reward_task.examples(cfg.prompts_per_generation, seed=cfg.seed * 7919 + generation)
+        encoded = _encode(self.tok, self.reward_task, examples)
+        width = max(width, _width([len(ids) for ids in encoded]))
+        prompt_ids, prompt_mask = pad_prompts(encoded, self.tok.pad_id, multiple=width)
+        rows = np.array(assign_prompts(range(len(examples)), cfg.population, self.group_size))
+        return key, examples, rows, prompt_ids[rows], prompt_mask[rows], width
+
     # ------------------------------------------------------------------ the loop's hooks
     def settings(self) -> dict[str, Any]:
         kept = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in _NOT_IN_STATE}
@@ -436,14 +434,8 @@ class FinetuneTask(Task):
     def step(self, carry, generation):
         cfg, tok, task, n = self.cfg, self.tok, self.reward_task, self.cfg.population
         t0 = time.perf_counter()
-        key = jax.random.PRNGKey(cfg.seed * 1_000_003 + generation)
+        key, examples, rows, ids, masks, self.width = self._prompts(generation, self.width or 0)  # width only grows
         population, state = self.es.ask(key, carry["state"], self.es_params)
-        examples = task.examples(cfg.prompts_per_generation, seed=cfg.seed * 7919 + generation)
-        encoded = _encode(tok, task, examples)
-        self.width = max(self.width or 0, _width([len(ids) for ids in encoded]))
-        prompt_ids, prompt_mask = pad_prompts(encoded, tok.pad_id, multiple=self.width)
-        rows = np.array(assign_prompts(range(len(examples)), n, self.group_size))  # member i answers examples[rows[i]]
-        ids, masks = prompt_ids[rows], prompt_mask[rows]
         if self.mesh is not None:  # each device holds the prompts of its own members
             ids, masks = _split(ids, self.mesh), _split(masks, self.mesh)
         out = self._gen_fn(self.config, population, ids, masks, key, cfg.temperature, **self.decoding)
@@ -475,9 +467,7 @@ class FinetuneTask(Task):
         mean = self.es.get_mean(carry["state"])
         r, a, texts = evaluate_model(self.config, mean, self.tok, self.reward_task, self.eval_examples, self.max_new)
         self.last_eval = (r, a)
-        if self.eval_texts["base"] is None:
-            self.eval_texts["base"] = texts
-        self.eval_texts["last"] = texts
+        self.eval_texts = {"base": self.eval_texts["base"] or texts, "last": texts}  # base: the first evaluation's
         return carry, {"eval_reward": r, "eval_accuracy": a, "eval_sample": texts[0]}
 
     def done(self, row) -> bool:
@@ -513,10 +503,11 @@ class FinetuneTask(Task):
 
     def result(self, run_result: RunResult) -> FinetuneResult:
         """The :class:`FinetuneResult` of a finished (or stopped) run."""
+        rows = run_result.history
         return FinetuneResult(
             params=merge_layers(self.es.get_mean(run_result.carry["state"])),
-            history=[r for r in run_result.history if r["generation"] > 0],
-            evals=_evals(run_result.history),
+            history=[r for r in rows if r["generation"] > 0],
+            evals=[(r["generation"], r["eval_reward"], r["eval_accuracy"]) for r in rows if "eval_reward" in r],
             out_dir=None if run_result.out is None else str(run_result.out),
             interrupted=run_result.interrupted,
             resumed_from=run_result.resumed_from,

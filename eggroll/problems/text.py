@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from eggroll.models import egg
-from eggroll.parallel import check_population_size, map_members, replicated_tell
-from eggroll.strategies.int_eggroll import IntEggrollState, int_eggroll, member, z_threshold_schedule
+from eggroll.parallel import check_population_size, device_memory, map_members, replicate, replicated_tell
+from eggroll.strategies.int_eggroll import MAX_FAN_IN, IntEggrollState, int_eggroll, member, z_threshold_schedule
 
 LN2 = math.log(2.0)
 
@@ -152,12 +152,10 @@ class LMConfig:
 
     def validate(self) -> LMConfig:
         """Raise a ``ValueError`` naming the bad setting; return ``self`` otherwise."""
-        egg.EggConfig(self.width, self.depth, self.mlp_ratio).validate()
+        self.model.validate()
         for name in ("chunk", "group_pairs", "generations", "noise_reuse"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        from eggroll.parallel import device_memory
-        from eggroll.strategies.int_eggroll import MAX_FAN_IN
 
         def shapes(depth: int) -> list:  # abstract: nothing is allocated
             model = egg.EggConfig(self.width, depth, self.mlp_ratio)
@@ -222,7 +220,7 @@ class LMTask(NamedTuple):
 
     def put(self, x: np.ndarray) -> jax.Array:
         """A host array as a device input of :attr:`step` (replicated over the mesh, if any)."""
-        return jnp.asarray(x) if self.mesh is None else _replicate(x, self.mesh)
+        return jnp.asarray(x) if self.mesh is None else replicate(x, self.mesh)
 
     def batch(self, generation: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """``(inputs, targets, reset)`` for a generation: ``(S, chunk)`` each; reset at a wrap."""
@@ -240,12 +238,6 @@ def _streams(data: np.ndarray, count: int, min_len: int, what: str) -> np.ndarra
             "use a smaller population / larger group_pairs / shorter chunk, or a bigger corpus."
         )
     return data[: count * length].reshape(count, length)
-
-
-def _replicate(x: np.ndarray, mesh) -> jax.Array:
-    from eggroll.parallel import replicate
-
-    return replicate(np.asarray(x), mesh)
 
 
 def make_task(config: LMConfig, train: np.ndarray, valid: np.ndarray, valid_streams: int = 16, *, mesh=None) -> LMTask:
@@ -277,9 +269,9 @@ def make_task(config: LMConfig, train: np.ndarray, valid: np.ndarray, valid_stre
     train_s = _streams(train, config.streams, config.chunk + 1, "training")
     valid_s = _streams(valid, valid_streams, 2, "validation")
     es, init, step, validate = _compiled(config, mesh)
-    put = jnp.asarray if mesh is None else functools.partial(_replicate, mesh=mesh)
-    xs, ys = put(valid_s[:, :-1]), put(valid_s[:, 1:])
-    return LMTask(config, es, train_s, valid_s, init, step, lambda mean: validate(mean, xs, ys), mesh)
+    task = LMTask(config, es, train_s, valid_s, init, step, None, mesh)
+    xs, ys = task.put(valid_s[:, :-1]), task.put(valid_s[:, 1:])
+    return task._replace(validate=lambda mean: validate(mean, xs, ys))
 
 
 @functools.lru_cache(maxsize=8)
@@ -298,7 +290,6 @@ def _compiled(config: LMConfig, mesh=None):
         noise_reuse=config.noise_reuse,
     )
     group = 2 * config.group_pairs
-    rank = config.rank
 
     def init() -> Carry:
         key = jax.random.key(config.seed)
@@ -319,7 +310,7 @@ def _compiled(config: LMConfig, mesh=None):
             logits, h = egg.apply(member_params, xi, h)
             return bits_per_byte(logits, yi), h
 
-        view = lambda p, i: member(p, i, rank)  # noqa: E731
+        view = functools.partial(member, rank=config.rank)
         fitness, hidden = map_members(one, pop, hidden, x, y, member=view, mesh=mesh)
         if mesh is None:
             state, metrics = es.tell(key, pop, fitness, state, params)
@@ -340,19 +331,11 @@ def _compiled(config: LMConfig, mesh=None):
     rep = NamedSharding(mesh, P())
     shardings = jax.tree.map(lambda _: rep, jax.eval_shape(init))
     shardings = shardings._replace(hidden=NamedSharding(mesh, P(mesh.axis_names[0])))
-    step_out = (shardings, jax.tree.map(lambda _: rep, jax.eval_shape(step, *_step_shapes(init, config))[1]))
-    return (
-        es,
-        jax.jit(init, out_shardings=shardings),
-        jax.jit(step, donate_argnums=0, out_shardings=step_out),
-        jax.jit(validate, out_shardings=rep),
-    )
-
-
-def _step_shapes(init: Callable[[], Carry], config: LMConfig) -> tuple:
-    """Abstract arguments of the step function (to derive its output structure)."""
-    inputs = jax.ShapeDtypeStruct((config.streams, config.chunk), jnp.uint8)
-    return jax.eval_shape(init), inputs, inputs, jax.ShapeDtypeStruct((), jnp.bool_)
+    inputs = jax.ShapeDtypeStruct((config.streams, config.chunk), jnp.uint8)  # the step's abstract arguments
+    metrics = jax.eval_shape(step, jax.eval_shape(init), inputs, inputs, jax.ShapeDtypeStruct((), jnp.bool_))[1]
+    step_out = (shardings, jax.tree.map(lambda _: rep, metrics))
+    step = jax.jit(step, donate_argnums=0, out_shardings=step_out)
+    return es, jax.jit(init, out_shardings=shardings), step, jax.jit(validate, out_shardings=rep)
 
 
 def train_lm(task: LMTask, carry: Carry | None = None, **options: Any) -> tuple[Carry, list[dict]]:
@@ -378,14 +361,12 @@ def plot_learning_curve(history: list[dict], baselines: dict[str, float], path: 
     Returns:
         The path written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.subplots()
     tr = [(r["generation"], r["train_bpb"]) for r in history if r.get("train_bpb") is not None]
     va = [(r["generation"], r["valid_bpb"]) for r in history if r.get("valid_bpb") is not None]
     if tr:
@@ -395,13 +376,10 @@ def plot_learning_curve(history: list[dict], baselines: dict[str, float], path: 
     for name, style in (("unigram_valid", "--"), ("bigram_valid", ":")):
         if name in baselines:
             ax.axhline(baselines[name], color="gray", ls=style, label=f"{name.split('_')[0]} {baselines[name]:.2f}")
-    ax.set_xlabel("generation")
-    ax.set_ylabel("bits per byte")
-    ax.set_ylim(top=min(8.5, max([v for _, v in va] + [5.0]) + 0.2))
+    ax.set(xlabel="generation", ylabel="bits per byte", ylim=(None, min(8.5, max([v for _, v in va] + [5.0]) + 0.2)))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
