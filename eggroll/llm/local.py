@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from eggroll.llm.base import LLMError, check_generate_args, truncate_at_stop
+from eggroll.llm.base import Backend, LLMError
 
 
 @functools.lru_cache(maxsize=2)
@@ -49,7 +49,7 @@ def load_shared(model_path: str | os.PathLike | None = None) -> tuple[Any, Any, 
     return _load(None if model_path is None else os.path.realpath(os.fspath(model_path)))
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """Batched greedy / sampled completion with the local JAX Llama model.
 
     Args:
@@ -126,17 +126,8 @@ class LocalBackend:
             self._stop_ids[key] = tuple(sorted(ids))
         return self._stop_ids[key]
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        temperature: float = 0.0,
-        max_tokens: int = 32,
-        stop: Sequence[str] = (),
-        seed: int = 0,
-    ) -> list[str]:
+    def _complete(self, prompts: list[str], temperature: float, max_tokens: int, stop: Sequence[str], seed: int):
         """Completes every prompt in one batched decode (see :class:`eggroll.llm.base.LLMBackend`)."""
-        prompts = check_generate_args(prompts, temperature, max_tokens)
         if not prompts:
             return []
         import jax
@@ -164,5 +155,4 @@ class LocalBackend:
         )
         tokens = np.asarray(out.tokens)
         lengths = np.asarray(out.lengths)
-        texts = [tok.decode(tokens[i, : lengths[i]].tolist()) for i in range(len(ids_list))]
-        return [truncate_at_stop(t, stop) for t in texts]
+        return [tok.decode(tokens[i, : lengths[i]].tolist()) for i in range(len(ids_list))]
