@@ -54,8 +54,7 @@ class CachedBackend(Backend):
         self.name = backend.name
         self.path = Path(path) if path is not None else None
         self.entries: dict[str, str] = {}
-        self.hits = 0
-        self.misses = 0
+        self.hits = self.misses = 0
         if self.path is not None and self.path.exists():
             try:
                 loaded = json.loads(self.path.read_text(encoding="utf-8"))

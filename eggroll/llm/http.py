@@ -54,6 +54,10 @@ class OpenAIBackend(Backend):
         max_concurrency: requests in flight at once for a batch of prompts.
         system_prompt: optional system message for ``api="chat"``.
         extra_body: extra JSON fields sent with every request (e.g. ``top_p``).
+
+    ``generate`` samples prompt ``i`` with seed ``seed + i`` and raises
+    :class:`LLMConnectionError` (unreachable endpoint or timeouts after all retries)
+    or :class:`LLMError` (a non-retryable HTTP error or a response without text).
     """
 
     def __init__(

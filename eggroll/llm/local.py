@@ -118,11 +118,10 @@ class LocalBackend(Backend):
             ids = set(tok.stop_ids)
             if tok.eos_id is not None:
                 ids.add(int(tok.eos_id))
-            if key:
-                for i in range(tok.vocab_size):
-                    text = tok.decode([i], skip_special=False)
-                    if any(s in text for s in key):
-                        ids.add(i)
+            if key:  # one pass over the vocabulary per set of stop strings
+                ids.update(
+                    i for i in range(tok.vocab_size) if any(s in tok.decode([i], skip_special=False) for s in key)
+                )
             self._stop_ids[key] = tuple(sorted(ids))
         return self._stop_ids[key]
 
@@ -153,6 +152,5 @@ class LocalBackend(Backend):
             stop_ids=self.stop_token_ids(stop),
             pad_id=int(tok.pad_id),
         )
-        tokens = np.asarray(out.tokens)
-        lengths = np.asarray(out.lengths)
+        tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         return [tok.decode(tokens[i, : lengths[i]].tolist()) for i in range(len(ids_list))]
