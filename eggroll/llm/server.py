@@ -121,13 +121,8 @@ class _Handler(BaseHTTPRequestHandler):
         return prompts
 
     def _response(self, texts: list[str], chat: bool) -> dict[str, Any]:
-        if chat:
-            choices = [
-                {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
-                for i, t in enumerate(texts)
-            ]
-        else:
-            choices = [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)]
+        answers = [{"message": {"role": "assistant", "content": t}} if chat else {"text": t} for t in texts]
+        choices = [{"index": i, **answer, "finish_reason": "stop"} for i, answer in enumerate(answers)]
         return {
             "id": f"eggroll-{uuid.uuid4().hex[:12]}",
             "object": "chat.completion" if chat else "text_completion",

@@ -321,12 +321,10 @@ def evollm(
             for attempt in range(num_retries + 1):
                 if not pending:
                     break
+                asked = [prompts[i] for i in pending]
+                temp = temperature if attempt == 0 else max(temperature, retry_temperature)
                 texts = get_backend().generate(
-                    [prompts[i] for i in pending],
-                    temperature=temperature if attempt == 0 else max(temperature, retry_temperature),
-                    max_tokens=max_tokens,
-                    stop=stop,
-                    seed=seed + 7919 * attempt,
+                    asked, temperature=temp, max_tokens=max_tokens, stop=stop, seed=seed + 7919 * attempt
                 )
                 for i, text in zip(pending, texts, strict=True):
                     e, j = jobs[i]
