@@ -13,8 +13,8 @@ name of this module.)
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -134,7 +134,7 @@ class DemoTask(Task):
     def finish(self, carry, result) -> dict[str, Any]:
         if result.interrupted:  # the demo's files describe finished runs only
             return {}
-        out = str(result.out)
+        out = Path(result.out)
         x, y, model = self.x, self.y, self.model
         fits = {label: model.apply(self.strategies[label].get_mean(carry[label]), x) for label in self.labels}
         seconds = {label: 0.0 for label in self.labels}
@@ -155,10 +155,9 @@ class DemoTask(Task):
                 f"  {label:<18} mse {start_loss:.4f} -> {self.curves[label][-1]:.5f}  ({seconds[label]:.1f} s)"
             )
         plot(out, x, y, self.curves, fits)
-        with open(os.path.join(out, "demo.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        (out / "demo.json").write_text(json.dumps(summary, indent=2))
+        files = {"plot": str(out / "demo.png"), "summary": str(out / "demo.json")}
         self.summary = summary
-        files = {"plot": os.path.join(out, "demo.png"), "summary": os.path.join(out, "demo.json")}
         return {"final_mse": summary["final_mse"], "initial_mse": start_loss, "files": files}
 
 
@@ -225,12 +224,10 @@ def run(
 
 
 def plot(out_dir, x, y, curves, fits) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing to close
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     for label, curve in curves.items():
         ax1.semilogy(curve, label=label)
     ax1.set(xlabel="generation", ylabel="MSE of the mean", title="learning curves")
@@ -241,5 +238,4 @@ def plot(out_dir, x, y, curves, fits) -> None:
     ax2.set(xlabel="x", title="fitted curve")
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "demo.png"), dpi=110)
-    plt.close(fig)
+    fig.savefig(Path(out_dir, "demo.png"), dpi=110)

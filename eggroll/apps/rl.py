@@ -31,7 +31,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from eggroll import parallel
-from eggroll.run.loop import Task
+from eggroll.run.loop import RunOptions, Task
+from eggroll.run.loop import run as run_loop
 
 STRATEGIES = ("eggroll", "open_es")
 
@@ -155,34 +156,20 @@ def build(config: RLConfig) -> tuple[Any, Any, Any, Any]:
     Returns:
         ``(fitness, eval_fitness, strategy, initial_params)``.
     """
+    import gymnax
     import optax
 
     from eggroll.problems.rl import make_env, rl_fitness
     from eggroll.strategies import make
 
     config.validate()
-    env_kwargs: dict[str, Any] = {}
-    if config.backend is not None:
-        env_kwargs["backend"] = config.backend
-    import gymnax
-
+    env_kwargs: dict[str, Any] = {} if config.backend is None else {"backend": config.backend}
     if config.env not in gymnax.registered_envs:
         env_kwargs["episode_length"] = config.horizon or 1000
     env = make_env(config.env, **env_kwargs)
-    common = dict(
-        hidden=config.hidden,
-        activation=config.activation,
-        horizon=config.horizon,
-        normalize_obs=config.normalize_obs,
-        early_exit=config.early_exit,
-    )
-    fitness = rl_fitness(
-        env,
-        stochastic=config.stochastic,
-        num_rollouts=config.num_rollouts,
-        common_random_numbers=config.common_random_numbers,
-        **common,
-    )
+    common = {k: getattr(config, k) for k in ("hidden", "activation", "horizon", "normalize_obs", "early_exit")}
+    training = {k: getattr(config, k) for k in ("stochastic", "num_rollouts", "common_random_numbers")}
+    fitness = rl_fitness(env, **training, **common)
     eval_fitness = rl_fitness(env, policy=fitness.policy, stochastic=False, num_rollouts=config.eval_episodes, **common)
     params = fitness.init_params(jax.random.key(config.seed))
     kwargs: dict[str, Any] = dict(sigma_init=config.sigma, maximize=True)
@@ -239,11 +226,9 @@ class RLTask(Task):
         fitness, eval_fitness, es, params = build(config)
         self.fitness, self.es = fitness, es
         es_params = es.default_params
-        key = jax.random.key(config.seed)
-        key, k_init, k_fit = jax.random.split(key, 3)
-        run_es = es
+        key, k_init, k_fit = jax.random.split(jax.random.key(config.seed), 3)
+        run_es = es if mesh is None else parallel.sharded(es, mesh)
         if mesh is not None:
-            run_es = parallel.sharded(es, mesh)
             params, es_params, key, k_init, k_fit = parallel.replicate((params, es_params, key, k_init, k_fit), mesh)
         self._first = (run_es, k_init, params, es_params, k_fit, key)
         self.eval_key = jax.random.key(config.seed + 1_000_003)
@@ -357,11 +342,11 @@ class RLTask(Task):
 
 def _columns_of(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
     """The loop's rows as ``history.json``'s lists (evaluations in their own two lists)."""
-    history: dict[str, list[float]] = {k: [] for k in ("generation", "mean_return", "max_return", "env_steps")}
-    history.update(seconds=[], eval_generation=[], eval_return=[])
+    per_generation = ("generation", "mean_return", "max_return", "env_steps", "seconds")
+    history: dict[str, list[float]] = {k: [] for k in (*per_generation, "eval_generation", "eval_return")}
     for row in rows:
         if row["generation"] > 0:
-            for k in ("generation", "mean_return", "max_return", "env_steps", "seconds"):
+            for k in per_generation:
                 history[k].append(row[k])
         if row.get("eval_return") is not None:
             history["eval_generation"].append(row["generation"])
@@ -406,8 +391,6 @@ def train(
             than the checkpoint's.
         eggroll.checkpoint.CheckpointError: no usable checkpoint to resume from.
     """
-    from eggroll.run.loop import RunOptions, run
-
     task = RLTask(config, mesh)
     options = RunOptions(
         generations=config.generations,
@@ -417,7 +400,7 @@ def train(
         eval_every=config.eval_every,
         quiet=not progress,
     )
-    result = run(task, options, callback=callback, checkpoint_dir=checkpoint_dir, metrics_dir=log_dir)
+    result = run_loop(task, options, callback=callback, checkpoint_dir=checkpoint_dir, metrics_dir=log_dir)
     return task.result(result)
 
 
@@ -444,7 +427,7 @@ def save_policy(path: str | Path, config: RLConfig, params: Any, obs_stats: Any)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {"params": params, "obs_stats": {"count": obs_stats.count, "mean": obs_stats.mean, "m2": obs_stats.m2}}
+    blob = {"params": params, "obs_stats": obs_stats._asdict()}  # {"count", "mean", "m2"}
     path.write_bytes(serialization.msgpack_serialize(jax.tree.map(np.asarray, blob)))
     path.with_suffix(".json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     return path
@@ -473,35 +456,30 @@ def load_policy(path: str | Path) -> tuple[RLConfig, Any, Any]:
     raw["hidden"] = tuple(raw["hidden"])
     config = RLConfig(**raw)
     blob = serialization.msgpack_restore(path.read_bytes())
-    stats = blob["obs_stats"]
-    obs_stats = RunningStats(jnp.asarray(stats["count"]), jnp.asarray(stats["mean"]), jnp.asarray(stats["m2"]))
+    obs_stats = RunningStats(**jax.tree.map(jnp.asarray, blob["obs_stats"]))
     return config, jax.tree.map(jnp.asarray, blob["params"]), obs_stats
 
 
 def plot_history(result: RLResult, path: str | Path) -> Path:
     """Save the learning curve (population mean / max return and mean-policy evaluations) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing to close
 
     h = result.history
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.subplots()
     ax.plot(h["generation"], h["mean_return"], label="population mean", color="tab:blue")
     ax.plot(h["generation"], h["max_return"], label="population best", color="tab:blue", alpha=0.35)
     if h["eval_generation"]:
         ax.plot(h["eval_generation"], h["eval_return"], "o-", label="mean policy (eval)", color="tab:orange")
     c = result.config
     ax.set_title(f"{c.env}: {c.strategy}, population {c.population_size}, sigma {c.sigma}, lr {c.learning_rate}")
-    ax.set_xlabel("generation")
-    ax.set_ylabel("episode return")
+    ax.set(xlabel="generation", ylabel="episode return")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

@@ -10,6 +10,10 @@ OpenAI-compatible HTTP client (:mod:`eggroll.llm.http`) and the response cache
 (:mod:`eggroll.llm.cache`, which wraps another backend) all satisfy it, and so
 does any object with a matching ``generate`` method (a ``typing.Protocol``, so no
 inheritance is needed). :class:`FunctionBackend` adapts a plain Python function.
+
+eggroll's own backends share one ``generate`` (:class:`Backend`): it checks the arguments
+(:func:`check_generate_args`), asks the backend's ``_complete`` for the texts and cuts each
+at its first stop string (:func:`truncate_at_stop`).
 """
 
 from __future__ import annotations
@@ -68,6 +72,32 @@ class LLMBackend(Protocol):
         ...
 
 
+class Backend:
+    """What eggroll's own backends share: :meth:`generate` checks the arguments, asks the subclass's
+    ``_complete`` for the texts and cuts each at its first stop string (the contract: :class:`LLMBackend`)."""
+
+    name: str
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 32,
+        stop: Sequence[str] = (),
+        seed: int = 0,
+    ) -> list[str]:
+        """Completes every prompt (see :meth:`LLMBackend.generate`)."""
+        prompts = check_generate_args(prompts, temperature, max_tokens)
+        return [truncate_at_stop(text, stop) for text in self._complete(prompts, temperature, max_tokens, stop, seed)]
+
+    def _complete(
+        self, prompts: list[str], temperature: float, max_tokens: int, stop: Sequence[str], seed: int
+    ) -> list[str]:
+        """The texts of checked prompts (stop strings are cut afterwards)."""
+        raise NotImplementedError
+
+
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
     """Cuts ``text`` before the earliest occurrence of any stop string.
 
@@ -78,13 +108,8 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
     Returns:
         The text up to (not including) the first stop string, or the whole text.
     """
-    cut = len(text)
-    for s in stop:
-        if s:
-            i = text.find(s)
-            if 0 <= i < cut:
-                cut = i
-    return text[:cut]
+    found = [text.find(s) for s in stop if s and s in text]
+    return text[: min(found, default=len(text))]
 
 
 def check_generate_args(prompts: Sequence[str], temperature: float, max_tokens: int) -> list[str]:
@@ -107,7 +132,7 @@ def check_generate_args(prompts: Sequence[str], temperature: float, max_tokens: 
     return prompts
 
 
-class FunctionBackend:
+class FunctionBackend(Backend):
     """Adapts a Python function ``fn(prompt, seed) -> text`` to the backend protocol.
 
     Useful for scripted answers in tests and for wrapping another client library.
@@ -124,15 +149,6 @@ class FunctionBackend:
         self.name = name
         self.calls = 0
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        temperature: float = 0.0,
-        max_tokens: int = 32,
-        stop: Sequence[str] = (),
-        seed: int = 0,
-    ) -> list[str]:
-        prompts = check_generate_args(prompts, temperature, max_tokens)
+    def _complete(self, prompts: list[str], temperature: float, max_tokens: int, stop: Sequence[str], seed: int):
         self.calls += 1
-        return [truncate_at_stop(str(self.fn(p, seed + i)), stop) for i, p in enumerate(prompts)]
+        return [str(self.fn(p, seed + i)) for i, p in enumerate(prompts)]

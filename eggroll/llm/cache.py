@@ -25,25 +25,19 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from eggroll.llm.base import LLMBackend, check_generate_args
+from eggroll.llm.base import Backend, LLMBackend
 
 
 def cache_key(
     backend_name: str, prompt: str, temperature: float, max_tokens: int, stop: Sequence[str], seed: int
 ) -> str:
     """The cache key of one prompt's answer under the given settings."""
-    settings = [
-        backend_name,
-        prompt,
-        round(float(temperature), 6),
-        int(max_tokens),
-        list(stop),
-        int(seed) if temperature > 0 else None,
-    ]
+    sampled_seed = int(seed) if temperature > 0 else None
+    settings = [backend_name, prompt, round(float(temperature), 6), int(max_tokens), list(stop), sampled_seed]
     return hashlib.sha256(json.dumps(settings, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-class CachedBackend:
+class CachedBackend(Backend):
     """Wraps a backend and remembers its answers.
 
     Args:
@@ -60,8 +54,7 @@ class CachedBackend:
         self.name = backend.name
         self.path = Path(path) if path is not None else None
         self.entries: dict[str, str] = {}
-        self.hits = 0
-        self.misses = 0
+        self.hits = self.misses = 0
         if self.path is not None and self.path.exists():
             try:
                 loaded = json.loads(self.path.read_text(encoding="utf-8"))
@@ -76,28 +69,16 @@ class CachedBackend:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        temperature: float = 0.0,
-        max_tokens: int = 32,
-        stop: Sequence[str] = (),
-        seed: int = 0,
-    ) -> list[str]:
+    def _complete(self, prompts: list[str], temperature: float, max_tokens: int, stop: Sequence[str], seed: int):
         """Answers from the cache where possible, asks the wrapped backend for the rest."""
-        prompts = check_generate_args(prompts, temperature, max_tokens)
         keys = [cache_key(self.name, p, temperature, max_tokens, stop, seed + i) for i, p in enumerate(prompts)]
         missing = [i for i, k in enumerate(keys) if k not in self.entries]
         self.hits += len(prompts) - len(missing)
         self.misses += len(missing)
         if missing:
+            asked = [prompts[i] for i in missing]
             texts = self.backend.generate(
-                [prompts[i] for i in missing],
-                temperature=temperature,
-                max_tokens=max_tokens,
-                stop=stop,
-                seed=seed + missing[0],
+                asked, temperature=temperature, max_tokens=max_tokens, stop=stop, seed=seed + missing[0]
             )
             for i, text in zip(missing, texts, strict=True):
                 self.entries[keys[i]] = text

@@ -33,12 +33,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from eggroll.llm.base import LLMConnectionError, LLMError, check_generate_args, truncate_at_stop
+from eggroll.llm.base import Backend, LLMConnectionError, LLMError
 
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
-class OpenAIBackend:
+class OpenAIBackend(Backend):
     """Batched completions from an OpenAI-compatible endpoint.
 
     Args:
@@ -54,6 +54,10 @@ class OpenAIBackend:
         max_concurrency: requests in flight at once for a batch of prompts.
         system_prompt: optional system message for ``api="chat"``.
         extra_body: extra JSON fields sent with every request (e.g. ``top_p``).
+
+    ``generate`` samples prompt ``i`` with seed ``seed + i`` and raises
+    :class:`LLMConnectionError` (unreachable endpoint or timeouts after all retries)
+    or :class:`LLMError` (a non-retryable HTTP error or a response without text).
     """
 
     def __init__(
@@ -95,22 +99,13 @@ class OpenAIBackend:
         """The endpoint prompts are posted to."""
         return self.base_url + ("/chat/completions" if self.api == "chat" else "/completions")
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        temperature: float = 0.0,
-        max_tokens: int = 32,
-        stop: Sequence[str] = (),
-        seed: int = 0,
-    ) -> list[str]:
+    def _complete(self, prompts: list[str], temperature: float, max_tokens: int, stop: Sequence[str], seed: int):
         """Completes each prompt (prompt ``i`` is sampled with seed ``seed + i``).
 
         Raises:
             LLMConnectionError: unreachable endpoint or timeouts after all retries.
             LLMError: a non-retryable HTTP error or a response without text.
         """
-        prompts = check_generate_args(prompts, temperature, max_tokens)
         stop = [s for s in stop if s]
 
         def one(i: int) -> str:
@@ -128,7 +123,7 @@ class OpenAIBackend:
                 body["messages"] = messages + [{"role": "user", "content": prompts[i]}]
             else:
                 body["prompt"] = prompts[i]
-            return truncate_at_stop(self._extract(self._post(body)), stop)
+            return self._extract(self._post(body))
 
         if len(prompts) <= 1 or self.max_concurrency == 1:
             return [one(i) for i in range(len(prompts))]
@@ -136,11 +131,9 @@ class OpenAIBackend:
             return list(pool.map(one, range(len(prompts))))
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = os.environ.get(self.api_key_env, "")
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+        auth = {"Authorization": f"Bearer {key}"} if key else {}
+        return {"Content-Type": "application/json", "Accept": "application/json", **auth}
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         data = json.dumps(body).encode()

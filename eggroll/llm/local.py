@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from eggroll.llm.base import LLMError, check_generate_args, truncate_at_stop
+from eggroll.llm.base import Backend, LLMError
 
 
 @functools.lru_cache(maxsize=2)
@@ -49,7 +49,7 @@ def load_shared(model_path: str | os.PathLike | None = None) -> tuple[Any, Any, 
     return _load(None if model_path is None else os.path.realpath(os.fspath(model_path)))
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """Batched greedy / sampled completion with the local JAX Llama model.
 
     Args:
@@ -118,25 +118,15 @@ class LocalBackend:
             ids = set(tok.stop_ids)
             if tok.eos_id is not None:
                 ids.add(int(tok.eos_id))
-            if key:
-                for i in range(tok.vocab_size):
-                    text = tok.decode([i], skip_special=False)
-                    if any(s in text for s in key):
-                        ids.add(i)
+            if key:  # one pass over the vocabulary per set of stop strings
+                ids.update(
+                    i for i in range(tok.vocab_size) if any(s in tok.decode([i], skip_special=False) for s in key)
+                )
             self._stop_ids[key] = tuple(sorted(ids))
         return self._stop_ids[key]
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        temperature: float = 0.0,
-        max_tokens: int = 32,
-        stop: Sequence[str] = (),
-        seed: int = 0,
-    ) -> list[str]:
+    def _complete(self, prompts: list[str], temperature: float, max_tokens: int, stop: Sequence[str], seed: int):
         """Completes every prompt in one batched decode (see :class:`eggroll.llm.base.LLMBackend`)."""
-        prompts = check_generate_args(prompts, temperature, max_tokens)
         if not prompts:
             return []
         import jax
@@ -162,7 +152,5 @@ class LocalBackend:
             stop_ids=self.stop_token_ids(stop),
             pad_id=int(tok.pad_id),
         )
-        tokens = np.asarray(out.tokens)
-        lengths = np.asarray(out.lengths)
-        texts = [tok.decode(tokens[i, : lengths[i]].tolist()) for i in range(len(ids_list))]
-        return [truncate_at_stop(t, stop) for t in texts]
+        tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+        return [tok.decode(tokens[i, : lengths[i]].tolist()) for i in range(len(ids_list))]

@@ -60,9 +60,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, {"error": {"message": message, "type": kind}})
 
     def _authorised(self) -> bool:
-        if not self.server.api_key:
-            return True
-        if self.headers.get("Authorization", "") == f"Bearer {self.server.api_key}":
+        if not self.server.api_key or self.headers.get("Authorization", "") == f"Bearer {self.server.api_key}":
             return True
         self._error(401, "missing or wrong API key", "authentication_error")
         return False
@@ -123,13 +121,8 @@ class _Handler(BaseHTTPRequestHandler):
         return prompts
 
     def _response(self, texts: list[str], chat: bool) -> dict[str, Any]:
-        if chat:
-            choices = [
-                {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
-                for i, t in enumerate(texts)
-            ]
-        else:
-            choices = [{"index": i, "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)]
+        answers = [{"message": {"role": "assistant", "content": t}} if chat else {"text": t} for t in texts]
+        choices = [{"index": i, **answer, "finish_reason": "stop"} for i, answer in enumerate(answers)]
         return {
             "id": f"eggroll-{uuid.uuid4().hex[:12]}",
             "object": "chat.completion" if chat else "text_completion",
@@ -199,14 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from eggroll.llm.local import LocalBackend
 
-    server = make_server(
-        LocalBackend(args.model_path),
-        args.host,
-        args.port,
-        model_name=args.model_name,
-        api_key=args.api_key,
-        verbose=args.verbose,
-    )
+    options = {name: getattr(args, name) for name in ("model_name", "api_key", "verbose")}
+    server = make_server(LocalBackend(args.model_path), args.host, args.port, **options)
     print(f"serving {args.model_name} on http://{args.host}:{server.server_address[1]}/v1 (Ctrl-C to stop)")
     try:
         server.serve_forever()

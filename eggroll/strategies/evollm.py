@@ -131,8 +131,7 @@ def decode(ints: np.ndarray, lower: np.ndarray, upper: np.ndarray, resolution: i
 
 def block_indices(dim: int, block_size: int) -> list[np.ndarray]:
     """Splits ``range(dim)`` into ``ceil(dim / block_size)`` contiguous, near-equal blocks."""
-    n_blocks = -(-dim // block_size)
-    return [b for b in np.array_split(np.arange(dim), n_blocks)]
+    return np.array_split(np.arange(dim), -(-dim // block_size))  # -(-a // b): ceil(a / b)
 
 
 def format_solution(ints: Sequence[int], fmt: PromptFormat) -> str:
@@ -191,8 +190,7 @@ def parse_answer(text: str, n: int, fmt: PromptFormat = PromptFormat()) -> np.nd
 
 
 def _fitness_marker(fmt: PromptFormat) -> str:
-    between = fmt.line.split("{x}", 1)[-1].split("{f}", 1)[0]
-    return between.strip()
+    return fmt.line.split("{x}", 1)[-1].split("{f}", 1)[0].strip()  # what stands between {x} and {f}
 
 
 def sigma_at(params: EvoLLMParams, generation: jax.Array) -> jax.Array:
@@ -269,15 +267,10 @@ def evollm(
     upper = np.broadcast_to(np.asarray(bounds[1], np.float64), (dim,)).copy()
     if not np.all(upper > lower):
         raise ValueError(f"bounds must satisfy lower < upper in every coordinate, got {bounds}")
-    for name, value in [
-        ("population_size", population_size),
-        ("resolution", resolution),
-        ("archive_size", archive_size),
-        ("elites_per_generation", elites_per_generation),
-        ("block_size", block_size),
-    ]:
-        if int(value) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
+    given = locals()
+    for name in ("population_size", "resolution", "archive_size", "elites_per_generation", "block_size"):
+        if int(given[name]) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {given[name]}")
     if elites_per_generation > min(archive_size, population_size):
         raise ValueError("elites_per_generation must be <= archive_size and <= population_size")
     if on_backend_error not in ("raise", "fallback"):
@@ -288,7 +281,7 @@ def evollm(
     blocks = block_indices(dim, block_size)
     if max_tokens is None:  # digits and a separator per coordinate, plus a leading space and slack
         max_tokens = max(len(b) for b in blocks) * (len(str(resolution)) + 1) + 2
-    stop = ("\n",) + ((_fitness_marker(prompt_format),) if _fitness_marker(prompt_format) else ())
+    stop = ("\n", _fitness_marker(prompt_format)) if _fitness_marker(prompt_format) else ("\n",)
     lower_j, upper_j = jnp.asarray(lower, dtype), jnp.asarray(upper, dtype)
     sign = -1.0 if maximize else 1.0
     holder: dict[str, Any] = {"backend": backend}
@@ -328,12 +321,10 @@ def evollm(
             for attempt in range(num_retries + 1):
                 if not pending:
                     break
+                asked = [prompts[i] for i in pending]
+                temp = temperature if attempt == 0 else max(temperature, retry_temperature)
                 texts = get_backend().generate(
-                    [prompts[i] for i in pending],
-                    temperature=temperature if attempt == 0 else max(temperature, retry_temperature),
-                    max_tokens=max_tokens,
-                    stop=stop,
-                    seed=seed + 7919 * attempt,
+                    asked, temperature=temp, max_tokens=max_tokens, stop=stop, seed=seed + 7919 * attempt
                 )
                 for i, text in zip(pending, texts, strict=True):
                     e, j = jobs[i]
@@ -344,9 +335,7 @@ def evollm(
         except Exception:
             if on_backend_error == "raise":
                 raise
-            for e in {e for e, _ in jobs}:
-                stats[e, 2] = len(blocks)
-            return means.astype(dtype).reshape(lead + (dim,)), stats.reshape(lead + (3,))
+            answers = [None] * len(jobs)  # every block keeps the best-so-far coordinates
         for i, (e, j) in enumerate(jobs):
             if answers[i] is None:
                 stats[e, 2] += 1
@@ -374,18 +363,10 @@ def evollm(
         del key, params
         mean = solution if mean is None else jnp.asarray(mean, dtype).reshape(dim)
         mean = jnp.clip(mean, lower_j, upper_j)
+        # mean, an empty archive, best-so-far = mean (f = inf), and the four counters at 0
         zero = jnp.zeros((), jnp.int32)
-        return EvoLLMState(
-            mean=mean,
-            archive_x=jnp.zeros((archive_size, dim), dtype),
-            archive_f=jnp.full((archive_size,), jnp.inf, dtype),
-            best_x=mean,
-            best_f=jnp.asarray(jnp.inf, dtype),
-            generation=zero,
-            llm_queries=zero,
-            llm_failures=zero,
-            fallbacks=zero,
-        )
+        archive_x, archive_f = jnp.zeros((archive_size, dim), dtype), jnp.full((archive_size,), jnp.inf, dtype)
+        return EvoLLMState(mean, archive_x, archive_f, mean, jnp.asarray(jnp.inf, dtype), zero, zero, zero, zero)
 
     def ask(key, state, params):
         sigma = sigma_at(params, state.generation).astype(dtype)
@@ -404,17 +385,8 @@ def evollm(
         seed = jax.random.randint(key, (), 0, 2**30, jnp.int32)
         mean, stats = ask_model(archive_x, archive_f, best_x, seed)
         mean = jnp.where(jnp.isfinite(mean), jnp.clip(mean, lower_j, upper_j), best_x)
-        new = EvoLLMState(
-            mean=mean,
-            archive_x=archive_x,
-            archive_f=archive_f,
-            best_x=best_x,
-            best_f=best_f,
-            generation=state.generation + 1,
-            llm_queries=state.llm_queries + stats[0],
-            llm_failures=state.llm_failures + stats[1],
-            fallbacks=state.fallbacks + stats[2],
-        )
+        counters = (state.llm_queries + stats[0], state.llm_failures + stats[1], state.fallbacks + stats[2])
+        new = EvoLLMState(mean, archive_x, archive_f, best_x, best_f, state.generation + 1, *counters)
         finite = jnp.isfinite(f)
         metrics = {
             "best_fitness": sign * best_f,
