@@ -363,10 +363,18 @@ def evollm(
         del key, params
         mean = solution if mean is None else jnp.asarray(mean, dtype).reshape(dim)
         mean = jnp.clip(mean, lower_j, upper_j)
-        # mean, an empty archive, best-so-far = mean (f = inf), and the four counters at 0
         zero = jnp.zeros((), jnp.int32)
-        archive_x, archive_f = jnp.zeros((archive_size, dim), dtype), jnp.full((archive_size,), jnp.inf, dtype)
-        return EvoLLMState(mean, archive_x, archive_f, mean, jnp.asarray(jnp.inf, dtype), zero, zero, zero, zero)
+        return EvoLLMState(
+            mean=mean,
+            archive_x=jnp.zeros((archive_size, dim), dtype),
+            archive_f=jnp.full((archive_size,), jnp.inf, dtype),
+            best_x=mean,
+            best_f=jnp.asarray(jnp.inf, dtype),
+            generation=zero,
+            llm_queries=zero,
+            llm_failures=zero,
+            fallbacks=zero,
+        )
 
     def ask(key, state, params):
         sigma = sigma_at(params, state.generation).astype(dtype)
