@@ -19,6 +19,7 @@ silently running unperturbed; mark such leaves full-rank with the strategy's
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -82,28 +83,20 @@ def apply_flax(model: Any, variables: Any, *args: Any, method: Any = None, **kwa
 
     def interceptor(next_fun, args, kwargs, context):
         mod, name = context.module, context.method_name
-        if isinstance(mod, nn.Embed):
-            w = lows.get(("params", *mod.path, "embedding"))
-            if w is None or name not in ("__call__", "attend"):
-                return next_fun(*args, **kwargs)
-            used.add(("params", *mod.path, "embedding"))
-            y = next_fun(*args, **kwargs)
-            if name == "__call__":
-                d = jnp.take(w.a, args[0], axis=0) @ w.b.T
-            else:
-                d = (args[0].astype(w.b.dtype) @ w.b) @ w.a.T
-            return y + d.astype(y.dtype)
-        if isinstance(mod, nn.Dense | nn.DenseGeneral) and name == "__call__":
-            key = ("params", *mod.path, "kernel")
-            w = lows.get(key)
-            if w is None:
-                return next_fun(*args, **kwargs)
-            used.add(key)
-            y = next_fun(*args, **kwargs)
+        embed = isinstance(mod, nn.Embed) and name in ("__call__", "attend")
+        dense = isinstance(mod, nn.Dense | nn.DenseGeneral) and name == "__call__"
+        key = ("params", *mod.path, "embedding" if embed else "kernel") if embed or dense else None
+        w = lows.get(key)
+        if w is None:
+            return next_fun(*args, **kwargs)
+        used.add(key)
+        y = next_fun(*args, **kwargs)
+        if embed:
+            d = _embed_delta(w, args[0]) if name == "__call__" else _attend_delta(w, args[0])
+        else:
             x = args[0] if args else kwargs["inputs"]
             d = lr.delta(x, w.a, w.b) if isinstance(mod, nn.Dense) else _dense_general_delta(mod, x, w)
-            return y + d.astype(y.dtype)
-        return next_fun(*args, **kwargs)
+        return y + d.astype(y.dtype)
 
     with nn.intercept_methods(interceptor):
         out = model.apply(base, *args, method=method, **kwargs)
@@ -117,6 +110,17 @@ def _check_used(lows: dict, used: set) -> None:
         raise ValueError(f"Low-rank leaves not consumed: {unused}. {_UNUSED_HINT}")
 
 
+def _embed_delta(w: lr.LowRank, ids: jax.Array) -> jax.Array:
+    """What a low-rank embedding ``A B^T`` adds to the looked-up rows ``ids``."""
+    return jnp.take(w.a, ids, axis=0) @ w.b.T
+
+
+def _attend_delta(w: lr.LowRank, query: jax.Array) -> jax.Array:
+    """What a low-rank embedding ``A B^T`` adds to ``attend(query)`` (``query B A^T``)."""
+    return (query.astype(w.b.dtype) @ w.b) @ w.a.T
+
+
+@functools.cache  # the subclasses are built once, on first use (flax is imported lazily)
 def _nnx_classes():
     from flax import nnx
 
@@ -130,17 +134,14 @@ def _nnx_classes():
         def __call__(self, inputs, out_sharding=None):
             y = super().__call__(inputs)
             w = self._eggroll_lowrank
-            return y + (jnp.take(w.a, inputs, axis=0) @ w.b.T).astype(y.dtype)
+            return y + _embed_delta(w, inputs).astype(y.dtype)
 
         def attend(self, query, out_sharding=None):
             y = super().attend(query)
             w = self._eggroll_lowrank
-            return y + ((query.astype(w.b.dtype) @ w.b) @ w.a.T).astype(y.dtype)
+            return y + _attend_delta(w, query).astype(y.dtype)
 
     return {nnx.Linear: (LowRankLinear, "kernel"), nnx.Embed: (LowRankEmbed, "embedding")}
-
-
-_NNX_CLASSES: dict | None = None
 
 
 def apply_nnx(graphdef: Any, state: Any, *args: Any, method: str = "__call__", **kwargs: Any) -> Any:
@@ -157,16 +158,13 @@ def apply_nnx(graphdef: Any, state: Any, *args: Any, method: str = "__call__", *
     Returns:
         The method's output for this member.
     """
-    global _NNX_CLASSES
     from flax import nnx
 
-    if _NNX_CLASSES is None:
-        _NNX_CLASSES = _nnx_classes()
     lows = _lowrank_leaves(state)
     model = nnx.merge(graphdef, lr.base_tree(state))
     used: set[tuple] = set()
     for path, module in nnx.iter_graph(model):
-        spec = _NNX_CLASSES.get(type(module))
+        spec = _nnx_classes().get(type(module))
         if spec is None:
             continue
         cls, leaf = spec
