@@ -121,11 +121,8 @@ def mesh_from_option(devices: str | int | None, *, axis_name: str = DEFAULT_AXIS
             raise ValueError(f"--devices takes a number of devices, 'all' or 'auto'; got {devices!r}.") from None
         if n < 1:
             raise ValueError(f"--devices must be >= 1, got {n}.")
-    if n > len(jax.devices()):
-        make_mesh(n, axis_name=axis_name)  # raises the explanatory error
-    if n == 1 and jax.process_count() == 1:
-        return None
-    return make_mesh(n, axis_name=axis_name)
+    mesh = make_mesh(n, axis_name=axis_name)  # raises the explanatory error for more devices than exist
+    return None if n == 1 and jax.process_count() == 1 else mesh
 
 
 def _auto_mesh(mesh: Mesh) -> Mesh:
@@ -208,15 +205,10 @@ def init_distributed(
         num_processes = _env_int(["EGGROLL_NUM_PROCESSES", "JAX_NUM_PROCESSES"])
     if process_id is None:
         process_id = _env_int(["EGGROLL_PROCESS_ID", "JAX_PROCESS_ID"])
-    if coordinator is None and num_processes is None:
+    if coordinator is None and num_processes in (None, 1):
         return False
-    if num_processes == 1 and coordinator is None:
-        return False
-    missing = [
-        n
-        for n, v in (("coordinator", coordinator), ("num_processes", num_processes), ("process_id", process_id))
-        if v is None
-    ]
+    given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+    missing = [name for name, value in given.items() if value is None]
     if missing:
         raise ValueError(
             f"Multi-process run is missing {', '.join(missing)}. Set EGGROLL_COORDINATOR=host:port, "
@@ -371,10 +363,6 @@ def to_host(tree: Any) -> Any:
 # ----------------------------------------------------------------------------- population layout
 
 
-def _antithetic(es: Strategy) -> bool:
-    return bool(getattr(es, "antithetic", False))
-
-
 def check_population_size(population_size: int, num_devices: int, *, antithetic: bool) -> None:
     """Raise a clear error if the population cannot be split evenly.
 
@@ -440,13 +428,8 @@ def _population_sharding(population: Any, mesh: Mesh, axis: str) -> Any:
     return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, P))
 
 
-def _constrain(tree: Any, shardings: Any) -> Any:
-    return jax.tree.map(jax.lax.with_sharding_constraint, tree, shardings)
-
-
 def _replicated(tree: Any, mesh: Mesh) -> Any:
-    rep = NamedSharding(mesh, P())
-    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, rep), tree)
+    return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, P()))  # one sharding: a prefix of the tree
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -551,16 +534,16 @@ def replicated_tell(es: Strategy, mesh: Mesh, key, population, fitness, state, p
     and forms the same update, so nothing of the size of the parameters crosses
     devices and the result is exactly the single-device one.
     """
+    population = _population_for_tell(es, population)
+    return jax.shard_map(es.tell, mesh=mesh, in_specs=P(), out_specs=P())(key, population, fitness, state, params)
 
-    def local(key, population, fitness, state, params):
-        return es.tell(key, population, fitness, state, params)
 
+def _population_for_tell(es: Strategy, population: Any) -> Any:
+    """``None`` where ``es.tell`` regenerates a stacked population: every device then rebuilds the noise instead
+    of gathering parameter-sized members (a low-rank population is counters and factors: it is kept)."""
     if getattr(es, "regenerates", False) and not isinstance(population, pop_lib.LowRankPopulation):
-        population = None  # regenerate rather than gather stacked members onto every device (see `sharded`)
-    args = (key, population, fitness, state, params)
-    specs = jax.tree.map(lambda _: P(), args)
-    out = jax.eval_shape(local, *args)
-    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=jax.tree.map(lambda _: P(), out))(*args)
+        return None
+    return population
 
 
 # ----------------------------------------------------------------------------- sharded strategy
@@ -594,23 +577,20 @@ def sharded(es: Strategy, mesh: Mesh, axis_name: str | None = None) -> Strategy:
     """
     mesh = _auto_mesh(mesh)
     axis = _axis(mesh, axis_name)
-    check_population_size(es.population_size, mesh.shape[axis], antithetic=_antithetic(es))
-    rep = NamedSharding(mesh, P())
+    check_population_size(es.population_size, mesh.shape[axis], antithetic=bool(getattr(es, "antithetic", False)))
 
     def ask(key, state, params):
         population, state = es.ask(key, state, params)
-        return _constrain(population, _population_sharding(population, mesh, axis)), _replicated(state, mesh)
+        sharding = _population_sharding(population, mesh, axis)
+        return jax.lax.with_sharding_constraint(population, sharding), _replicated(state, mesh)
 
     def tell(key, population, fitness, state, params):
-        fitness = jax.lax.with_sharding_constraint(jnp.asarray(fitness), rep)  # the all-gather: N floats
-        if getattr(es, "regenerates", False) and not isinstance(population, pop_lib.LowRankPopulation):
-            population = None  # regenerate the noise on every device: reading stacked members would gather them
-        state, metrics = es.tell(key, population, fitness, state, params)
+        fitness = _replicated(jnp.asarray(fitness), mesh)  # the all-gather: N floats
+        state, metrics = es.tell(key, _population_for_tell(es, population), fitness, state, params)
         return _replicated(state, mesh), _replicated(metrics, mesh)
 
     def materialize(population):
-        stacked = es.materialize(population)
-        return _constrain(stacked, jax.tree.map(lambda _: NamedSharding(mesh, P(axis)), stacked))
+        return jax.lax.with_sharding_constraint(es.materialize(population), NamedSharding(mesh, P(axis)))
 
     return Strategy(
         init=jax.jit(lambda key, mean, params: _replicated(es.init(key, mean, params), mesh)),
@@ -655,36 +635,25 @@ def generation_step(
         ``key`` is the evaluation key of this generation (shared by all
         members), ``metrics`` is what ``tell`` returned.
     """
-    if mesh is None:
-        ask, tell = es.ask, es.tell
-
-        def score(key, population, fn_state, args):
-            if population_level:
-                return fitness_fn(key, population, fn_state, *args)
-            return pop_lib.evaluate(fitness_fn, population, key, *args), fn_state
-
-        out_shardings = None
-    else:
+    if mesh is not None:
         mesh = _auto_mesh(mesh)
-        axis = _axis(mesh, axis_name)
-        ses = sharded(es, mesh, axis)
-        ask, tell = ses.ask, ses.tell
+        es = sharded(es, mesh, axis_name)
 
-        def score(key, population, fn_state, args):
-            if population_level:
-                fitness, fn_state = fitness_fn(key, population, fn_state, *args)
-                return fitness, _replicated(fn_state, mesh)
-            return evaluate(fitness_fn, population, key, *args, mesh=mesh, axis_name=axis), fn_state
-
-        out_shardings = NamedSharding(mesh, P())
+    def score(key, population, fn_state, args):
+        if population_level:
+            fitness, fn_state = fitness_fn(key, population, fn_state, *args)
+            return fitness, fn_state if mesh is None else _replicated(fn_state, mesh)
+        if mesh is None:
+            return pop_lib.evaluate(fitness_fn, population, key, *args), fn_state
+        return evaluate(fitness_fn, population, key, *args, mesh=mesh, axis_name=axis_name), fn_state
 
     def step(key, state, params, fn_state=None, *args):
-        population, state = ask(key, state, params)
+        population, state = es.ask(key, state, params)
         fitness, fn_state = score(key, population, fn_state, args)
-        state, metrics = tell(key, population, fitness, state, params)
+        state, metrics = es.tell(key, population, fitness, state, params)
         return state, fn_state, metrics
 
-    return jax.jit(step, out_shardings=out_shardings)
+    return jax.jit(step, out_shardings=None if mesh is None else NamedSharding(mesh, P()))
 
 
 # ----------------------------------------------------------------------------- HLO inspection
