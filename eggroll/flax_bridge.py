@@ -74,8 +74,7 @@ def apply_flax(model: Any, variables: Any, *args: Any, method: Any = None, **kwa
     """
     import flax.linen as nn
 
-    wrapped = not (isinstance(variables, dict) and "params" in variables)
-    if wrapped:
+    if not (isinstance(variables, dict) and "params" in variables):
         variables = {"params": variables}
     lows = _lowrank_leaves(variables)
     base = lr.base_tree(variables)

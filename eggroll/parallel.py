@@ -201,10 +201,8 @@ def init_distributed(
     if jax.distributed.is_initialized():
         return jax.process_count() > 1
     coordinator = coordinator or os.environ.get("EGGROLL_COORDINATOR") or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if num_processes is None:
-        num_processes = _env_int(["EGGROLL_NUM_PROCESSES", "JAX_NUM_PROCESSES"])
-    if process_id is None:
-        process_id = _env_int(["EGGROLL_PROCESS_ID", "JAX_PROCESS_ID"])
+    num_processes = _env_int(["EGGROLL_NUM_PROCESSES", "JAX_NUM_PROCESSES"]) if num_processes is None else num_processes
+    process_id = _env_int(["EGGROLL_PROCESS_ID", "JAX_PROCESS_ID"]) if process_id is None else process_id
     if coordinator is None and num_processes in (None, 1):
         return False
     given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
@@ -224,9 +222,8 @@ def init_distributed(
     if not peer_timeout_s > 0:
         raise ValueError(f"the peer timeout must be a positive number of seconds, got {peer_timeout_s}")
     others = f"the other {num_processes - 1} process{'es' if num_processes > 2 else ''}"
-    waiting = threading.Timer(
-        3.0, lambda: _say(f"process {process_id}: waiting for {others} at {coordinator} (up to {timeout_s} s)...")
-    )
+    message = f"process {process_id}: waiting for {others} at {coordinator} (up to {timeout_s} s)..."
+    waiting = threading.Timer(3.0, lambda: print(message, file=sys.stderr, flush=True))
     waiting.daemon = True
     waiting.start()
     try:
@@ -244,11 +241,6 @@ def init_distributed(
     return True
 
 
-def _say(line: str) -> None:
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
-
-
 class _PeerWatch(threading.Thread):
     """Every second: publish this process's heartbeat in JAX's key-value store and read the others'.
 
@@ -261,7 +253,7 @@ class _PeerWatch(threading.Thread):
         super().__init__(name="eggroll-peer-watch", daemon=True)
         from jax._src import distributed
 
-        self.client, self.me, self.n, self.timeout = distributed.global_state.client, process_id, num_processes, timeout
+        self.client, self.me, self.timeout = distributed.global_state.client, process_id, timeout
         self.stop = threading.Event()
         self.seen = {p: ("", time.monotonic()) for p in range(num_processes) if p != process_id}  # last beat, when
         atexit.register(self.finish)  # runs before JAX's own shutdown (registered earlier)
@@ -312,10 +304,12 @@ class _PeerWatch(threading.Thread):
     def _fail(self, peer: int, why: str) -> None:
         if self.stop.is_set():
             return
-        _say(
+        print(
             f"error: {why} (killed, or its host is gone); process {self.me} stops too. Restart every process "
             "with the same command plus --resume: the newest checkpoint is kept. (EGGROLL_PEER_TIMEOUT sets the "
-            "seconds to wait.)"
+            "seconds to wait.)",
+            file=sys.stderr,
+            flush=True,
         )
         os._exit(1)
 
@@ -592,17 +586,12 @@ def sharded(es: Strategy, mesh: Mesh, axis_name: str | None = None) -> Strategy:
     def materialize(population):
         return jax.lax.with_sharding_constraint(es.materialize(population), NamedSharding(mesh, P(axis)))
 
-    return Strategy(
+    return es._replace(  # the same strategy (params, size, flags, get_mean) with sharded functions
         init=jax.jit(lambda key, mean, params: _replicated(es.init(key, mean, params), mesh)),
         ask=jax.jit(ask),
         tell=jax.jit(tell),
-        default_params=es.default_params,
-        population_size=es.population_size,
         name=f"{es.name}[sharded x{mesh.shape[axis]}]",
-        get_mean=es.get_mean,
         materialize=jax.jit(materialize),
-        antithetic=es.antithetic,
-        regenerates=getattr(es, "regenerates", False),
     )
 
 

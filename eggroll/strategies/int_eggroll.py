@@ -374,9 +374,7 @@ def __getattr__(name: str):
 
     warnings.warn(f"int_eggroll.{name} moved to eggroll.parallel", DeprecationWarning, stacklevel=2)
     if name == "check_devices":
-        return lambda population_size, num_devices: parallel.check_population_size(
-            population_size, num_devices, antithetic=True
-        )
+        return functools.partial(parallel.check_population_size, antithetic=True)
     if name == "map_members":
         return lambda fn, pop, *args, rank=1, **kw: parallel.map_members(
             fn, pop, *args, member=lambda p, i: member(p, i, rank), **kw
