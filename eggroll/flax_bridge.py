@@ -36,9 +36,8 @@ _UNUSED_HINT = (
 
 
 def _lowrank_leaves(tree: Any) -> dict[tuple, lr.LowRank]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lr.is_lowrank)
     out = {}
-    for path, leaf in flat:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree, is_leaf=lr.is_lowrank):
         if isinstance(leaf, lr.LowRank):
             names = tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
             if names and names[-1] == "value":  # an NNX Variable's array
@@ -77,7 +76,6 @@ def apply_flax(model: Any, variables: Any, *args: Any, method: Any = None, **kwa
     if not (isinstance(variables, dict) and "params" in variables):
         variables = {"params": variables}
     lows = _lowrank_leaves(variables)
-    base = lr.base_tree(variables)
     used: set[tuple] = set()
 
     def interceptor(next_fun, args, kwargs, context):
@@ -91,14 +89,12 @@ def apply_flax(model: Any, variables: Any, *args: Any, method: Any = None, **kwa
         used.add(key)
         y = next_fun(*args, **kwargs)
         if embed:
-            d = _embed_delta(w, args[0]) if name == "__call__" else _attend_delta(w, args[0])
-        else:
-            x = args[0] if args else kwargs["inputs"]
-            d = lr.delta(x, w.a, w.b) if isinstance(mod, nn.Dense) else _dense_general_delta(mod, x, w)
-        return y + d.astype(y.dtype)
+            return _added(y, (_embed_delta if name == "__call__" else _attend_delta)(w, args[0]))
+        x = args[0] if args else kwargs["inputs"]
+        return _added(y, lr.delta(x, w.a, w.b) if isinstance(mod, nn.Dense) else _dense_general_delta(mod, x, w))
 
     with nn.intercept_methods(interceptor):
-        out = model.apply(base, *args, method=method, **kwargs)
+        out = model.apply(lr.base_tree(variables), *args, method=method, **kwargs)
     _check_used(lows, used)
     return out
 
@@ -107,6 +103,11 @@ def _check_used(lows: dict, used: set) -> None:
     unused = sorted("/".join(map(str, k)) for k in set(lows) - used)
     if unused:
         raise ValueError(f"Low-rank leaves not consumed: {unused}. {_UNUSED_HINT}")
+
+
+def _added(y: jax.Array, delta: jax.Array) -> jax.Array:
+    """A layer's output plus its low-rank correction, in the output's dtype."""
+    return y + delta.astype(y.dtype)
 
 
 def _embed_delta(w: lr.LowRank, ids: jax.Array) -> jax.Array:
@@ -125,20 +126,15 @@ def _nnx_classes():
 
     class LowRankLinear(nnx.Linear):
         def __call__(self, inputs, out_sharding=None):
-            y = super().__call__(inputs)
             w = self._eggroll_lowrank
-            return y + lr.delta(inputs, w.a, w.b).astype(y.dtype)
+            return _added(super().__call__(inputs), lr.delta(inputs, w.a, w.b))
 
     class LowRankEmbed(nnx.Embed):
         def __call__(self, inputs, out_sharding=None):
-            y = super().__call__(inputs)
-            w = self._eggroll_lowrank
-            return y + _embed_delta(w, inputs).astype(y.dtype)
+            return _added(super().__call__(inputs), _embed_delta(self._eggroll_lowrank, inputs))
 
         def attend(self, query, out_sharding=None):
-            y = super().attend(query)
-            w = self._eggroll_lowrank
-            return y + _attend_delta(w, query).astype(y.dtype)
+            return _added(super().attend(query), _attend_delta(self._eggroll_lowrank, query))
 
     return {nnx.Linear: (LowRankLinear, "kernel"), nnx.Embed: (LowRankEmbed, "embedding")}
 
@@ -163,12 +159,9 @@ def apply_nnx(graphdef: Any, state: Any, *args: Any, method: str = "__call__", *
     model = nnx.merge(graphdef, lr.base_tree(state))
     used: set[tuple] = set()
     for path, module in nnx.iter_graph(model):
-        spec = _nnx_classes().get(type(module))
-        if spec is None:
-            continue
-        cls, leaf = spec
+        cls, leaf = _nnx_classes().get(type(module), (None, None))
         key = (*path, leaf)
-        if key in lows:
+        if cls is not None and key in lows:
             object.__setattr__(module, "_eggroll_lowrank", lows[key])
             module.__class__ = cls
             used.add(key)

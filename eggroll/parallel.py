@@ -112,9 +112,8 @@ def mesh_from_option(devices: str | int | None, *, axis_name: str = DEFAULT_AXIS
     text = "auto" if devices is None else str(devices).strip().lower()
     if text == "auto":
         return make_mesh(axis_name=axis_name) if jax.process_count() > 1 else None
-    if text == "all":
-        n = len(jax.devices())
-    else:
+    n = None  # "all": every device
+    if text != "all":
         try:
             n = int(text)
         except ValueError:
@@ -122,13 +121,12 @@ def mesh_from_option(devices: str | int | None, *, axis_name: str = DEFAULT_AXIS
         if n < 1:
             raise ValueError(f"--devices must be >= 1, got {n}.")
     mesh = make_mesh(n, axis_name=axis_name)  # raises the explanatory error for more devices than exist
-    return None if n == 1 and jax.process_count() == 1 else mesh
+    return None if mesh.size == 1 and jax.process_count() == 1 else mesh
 
 
 def _auto_mesh(mesh: Mesh) -> Mesh:
     """The same mesh with ``Auto`` axis types (sharding constraints need them)."""
-    types = getattr(mesh, "axis_types", None)
-    if types is None or all(t == jax.sharding.AxisType.Auto for t in types):
+    if all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types):
         return mesh
     return Mesh(mesh.devices, mesh.axis_names, axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
 
@@ -217,8 +215,7 @@ def init_distributed(
         raise ValueError(f"process_id={process_id} must be in [0, {num_processes}).")
     if cpu_collectives is not None:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    if peer_timeout_s is None:
-        peer_timeout_s = float(os.environ.get("EGGROLL_PEER_TIMEOUT", 60))
+    peer_timeout_s = float(os.environ.get("EGGROLL_PEER_TIMEOUT", 60)) if peer_timeout_s is None else peer_timeout_s
     if not peer_timeout_s > 0:
         raise ValueError(f"the peer timeout must be a positive number of seconds, got {peer_timeout_s}")
     others = f"the other {num_processes - 1} process{'es' if num_processes > 2 else ''}"
@@ -324,8 +321,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
     def put(x):
         if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            impl = jax.random.key_impl(x)
-            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=impl)
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
@@ -414,12 +410,6 @@ def _population_specs(population: Any, axis: str) -> Any:
     if hasattr(population, "partition_specs"):
         return population.partition_specs(axis)
     return jax.tree.map(lambda _: P(axis), population)
-
-
-def _population_sharding(population: Any, mesh: Mesh, axis: str) -> Any:
-    """Shardings for a population pytree (see :func:`_population_specs`)."""
-    specs = _population_specs(population, axis)
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, P))
 
 
 def _replicated(tree: Any, mesh: Mesh) -> Any:
@@ -535,9 +525,8 @@ def replicated_tell(es: Strategy, mesh: Mesh, key, population, fitness, state, p
 def _population_for_tell(es: Strategy, population: Any) -> Any:
     """``None`` where ``es.tell`` regenerates a stacked population: every device then rebuilds the noise instead
     of gathering parameter-sized members (a low-rank population is counters and factors: it is kept)."""
-    if getattr(es, "regenerates", False) and not isinstance(population, pop_lib.LowRankPopulation):
-        return None
-    return population
+    regenerate = getattr(es, "regenerates", False) and not isinstance(population, pop_lib.LowRankPopulation)
+    return None if regenerate else population
 
 
 # ----------------------------------------------------------------------------- sharded strategy
@@ -575,13 +564,13 @@ def sharded(es: Strategy, mesh: Mesh, axis_name: str | None = None) -> Strategy:
 
     def ask(key, state, params):
         population, state = es.ask(key, state, params)
-        sharding = _population_sharding(population, mesh, axis)
+        specs = _population_specs(population, axis)
+        sharding = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, P))
         return jax.lax.with_sharding_constraint(population, sharding), _replicated(state, mesh)
 
     def tell(key, population, fitness, state, params):
         fitness = _replicated(jnp.asarray(fitness), mesh)  # the all-gather: N floats
-        state, metrics = es.tell(key, _population_for_tell(es, population), fitness, state, params)
-        return _replicated(state, mesh), _replicated(metrics, mesh)
+        return _replicated(es.tell(key, _population_for_tell(es, population), fitness, state, params), mesh)
 
     def materialize(population):
         return jax.lax.with_sharding_constraint(es.materialize(population), NamedSharding(mesh, P(axis)))
@@ -697,16 +686,12 @@ def collectives(hlo_text: str) -> list[Collective]:
         One :class:`Collective` per collective instruction (async pairs counted once).
     """
     out = []
-    for line in hlo_text.splitlines():
-        m = _OP_RE.match(line)
-        if not m:
-            continue
-        shape = m.group("shape")
-        arrays = _ARRAY_RE.findall(shape)
+    for m in filter(None, map(_OP_RE.match, hlo_text.splitlines())):
+        arrays = _ARRAY_RE.findall(m.group("shape"))
         if m.group("start"):  # async start: the result tuple holds (operand, result); keep the result
             arrays = arrays[-1:]
         shapes = tuple(tuple(int(d) for d in dims.split(",") if d) for _, dims in arrays)
         dtypes = tuple(dt for dt, _ in arrays)
         nbytes = sum(math.prod(s) * _DTYPE_BYTES.get(dt, 4) for s, dt in zip(shapes, dtypes, strict=True))
-        out.append(Collective(m.group("op"), shapes, dtypes, nbytes, line.strip()))
+        out.append(Collective(m.group("op"), shapes, dtypes, nbytes, m.string.strip()))
     return out

@@ -264,8 +264,7 @@ def int_eggroll(
     need = max(_need(s, rank) for s in shapes)
     if table_size < 2 * need:
         raise ValueError(f"table_size {table_size} is too small: a leaf needs {need} entries; use >= {4 * need}.")
-    if z_thresholds is None:
-        z_thresholds = z_threshold_schedule(1000)
+    z_thresholds = z_threshold_schedule(1000) if z_thresholds is None else z_thresholds
     thresholds = jnp.atleast_1d(jnp.asarray(z_thresholds, jnp.int32))
     # null standard deviation of Z per leaf: 256 sqrt(K r) (vectors: r = 1), a Python constant
     null_sd = [round(256 * math.sqrt(pairs * (rank if len(s) == 2 else 1))) for s in shapes]
@@ -351,6 +350,7 @@ def int_eggroll(
         return jax.vmap(one)(population.index)
 
     params = IntEggrollParams(sigma_shift=jnp.int32(sigma_shift), z_thresholds=thresholds)
+    # Strategy's fields in order (init, ask, tell, default_params, population_size, name, get_mean, materialize)
     return Strategy(init, ask, tell, params, population_size, "IntEGGROLL", get_mean, materialize, antithetic=True)
 
 
