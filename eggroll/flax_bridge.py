@@ -19,6 +19,7 @@ silently running unperturbed; mark such leaves full-rank with the strategy's
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -35,9 +36,8 @@ _UNUSED_HINT = (
 
 
 def _lowrank_leaves(tree: Any) -> dict[tuple, lr.LowRank]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lr.is_lowrank)
     out = {}
-    for path, leaf in flat:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree, is_leaf=lr.is_lowrank):
         if isinstance(leaf, lr.LowRank):
             names = tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
             if names and names[-1] == "value":  # an NNX Variable's array
@@ -73,40 +73,28 @@ def apply_flax(model: Any, variables: Any, *args: Any, method: Any = None, **kwa
     """
     import flax.linen as nn
 
-    wrapped = not (isinstance(variables, dict) and "params" in variables)
-    if wrapped:
+    if not (isinstance(variables, dict) and "params" in variables):
         variables = {"params": variables}
     lows = _lowrank_leaves(variables)
-    base = lr.base_tree(variables)
     used: set[tuple] = set()
 
     def interceptor(next_fun, args, kwargs, context):
         mod, name = context.module, context.method_name
-        if isinstance(mod, nn.Embed):
-            w = lows.get(("params", *mod.path, "embedding"))
-            if w is None or name not in ("__call__", "attend"):
-                return next_fun(*args, **kwargs)
-            used.add(("params", *mod.path, "embedding"))
-            y = next_fun(*args, **kwargs)
-            if name == "__call__":
-                d = jnp.take(w.a, args[0], axis=0) @ w.b.T
-            else:
-                d = (args[0].astype(w.b.dtype) @ w.b) @ w.a.T
-            return y + d.astype(y.dtype)
-        if isinstance(mod, nn.Dense | nn.DenseGeneral) and name == "__call__":
-            key = ("params", *mod.path, "kernel")
-            w = lows.get(key)
-            if w is None:
-                return next_fun(*args, **kwargs)
-            used.add(key)
-            y = next_fun(*args, **kwargs)
-            x = args[0] if args else kwargs["inputs"]
-            d = lr.delta(x, w.a, w.b) if isinstance(mod, nn.Dense) else _dense_general_delta(mod, x, w)
-            return y + d.astype(y.dtype)
-        return next_fun(*args, **kwargs)
+        embed = isinstance(mod, nn.Embed) and name in ("__call__", "attend")
+        dense = isinstance(mod, nn.Dense | nn.DenseGeneral) and name == "__call__"
+        key = ("params", *mod.path, "embedding" if embed else "kernel") if embed or dense else None
+        w = lows.get(key)
+        if w is None:
+            return next_fun(*args, **kwargs)
+        used.add(key)
+        y = next_fun(*args, **kwargs)
+        if embed:
+            return _added(y, (_embed_delta if name == "__call__" else _attend_delta)(w, args[0]))
+        x = args[0] if args else kwargs["inputs"]
+        return _added(y, lr.delta(x, w.a, w.b) if isinstance(mod, nn.Dense) else _dense_general_delta(mod, x, w))
 
     with nn.intercept_methods(interceptor):
-        out = model.apply(base, *args, method=method, **kwargs)
+        out = model.apply(lr.base_tree(variables), *args, method=method, **kwargs)
     _check_used(lows, used)
     return out
 
@@ -117,30 +105,38 @@ def _check_used(lows: dict, used: set) -> None:
         raise ValueError(f"Low-rank leaves not consumed: {unused}. {_UNUSED_HINT}")
 
 
+def _added(y: jax.Array, delta: jax.Array) -> jax.Array:
+    """A layer's output plus its low-rank correction, in the output's dtype."""
+    return y + delta.astype(y.dtype)
+
+
+def _embed_delta(w: lr.LowRank, ids: jax.Array) -> jax.Array:
+    """What a low-rank embedding ``A B^T`` adds to the looked-up rows ``ids``."""
+    return jnp.take(w.a, ids, axis=0) @ w.b.T
+
+
+def _attend_delta(w: lr.LowRank, query: jax.Array) -> jax.Array:
+    """What a low-rank embedding ``A B^T`` adds to ``attend(query)`` (``query B A^T``)."""
+    return (query.astype(w.b.dtype) @ w.b) @ w.a.T
+
+
+@functools.cache  # the subclasses are built once, on first use (flax is imported lazily)
 def _nnx_classes():
     from flax import nnx
 
     class LowRankLinear(nnx.Linear):
         def __call__(self, inputs, out_sharding=None):
-            y = super().__call__(inputs)
             w = self._eggroll_lowrank
-            return y + lr.delta(inputs, w.a, w.b).astype(y.dtype)
+            return _added(super().__call__(inputs), lr.delta(inputs, w.a, w.b))
 
     class LowRankEmbed(nnx.Embed):
         def __call__(self, inputs, out_sharding=None):
-            y = super().__call__(inputs)
-            w = self._eggroll_lowrank
-            return y + (jnp.take(w.a, inputs, axis=0) @ w.b.T).astype(y.dtype)
+            return _added(super().__call__(inputs), _embed_delta(self._eggroll_lowrank, inputs))
 
         def attend(self, query, out_sharding=None):
-            y = super().attend(query)
-            w = self._eggroll_lowrank
-            return y + ((query.astype(w.b.dtype) @ w.b) @ w.a.T).astype(y.dtype)
+            return _added(super().attend(query), _attend_delta(self._eggroll_lowrank, query))
 
     return {nnx.Linear: (LowRankLinear, "kernel"), nnx.Embed: (LowRankEmbed, "embedding")}
-
-
-_NNX_CLASSES: dict | None = None
 
 
 def apply_nnx(graphdef: Any, state: Any, *args: Any, method: str = "__call__", **kwargs: Any) -> Any:
@@ -157,21 +153,15 @@ def apply_nnx(graphdef: Any, state: Any, *args: Any, method: str = "__call__", *
     Returns:
         The method's output for this member.
     """
-    global _NNX_CLASSES
     from flax import nnx
 
-    if _NNX_CLASSES is None:
-        _NNX_CLASSES = _nnx_classes()
     lows = _lowrank_leaves(state)
     model = nnx.merge(graphdef, lr.base_tree(state))
     used: set[tuple] = set()
     for path, module in nnx.iter_graph(model):
-        spec = _NNX_CLASSES.get(type(module))
-        if spec is None:
-            continue
-        cls, leaf = spec
+        cls, leaf = _nnx_classes().get(type(module), (None, None))
         key = (*path, leaf)
-        if key in lows:
+        if cls is not None and key in lows:
             object.__setattr__(module, "_eggroll_lowrank", lows[key])
             module.__class__ = cls
             used.add(key)

@@ -112,26 +112,21 @@ def mesh_from_option(devices: str | int | None, *, axis_name: str = DEFAULT_AXIS
     text = "auto" if devices is None else str(devices).strip().lower()
     if text == "auto":
         return make_mesh(axis_name=axis_name) if jax.process_count() > 1 else None
-    if text == "all":
-        n = len(jax.devices())
-    else:
+    n = None  # "all": every device
+    if text != "all":
         try:
             n = int(text)
         except ValueError:
             raise ValueError(f"--devices takes a number of devices, 'all' or 'auto'; got {devices!r}.") from None
         if n < 1:
             raise ValueError(f"--devices must be >= 1, got {n}.")
-    if n > len(jax.devices()):
-        make_mesh(n, axis_name=axis_name)  # raises the explanatory error
-    if n == 1 and jax.process_count() == 1:
-        return None
-    return make_mesh(n, axis_name=axis_name)
+    mesh = make_mesh(n, axis_name=axis_name)  # raises the explanatory error for more devices than exist
+    return None if mesh.size == 1 and jax.process_count() == 1 else mesh
 
 
 def _auto_mesh(mesh: Mesh) -> Mesh:
     """The same mesh with ``Auto`` axis types (sharding constraints need them)."""
-    types = getattr(mesh, "axis_types", None)
-    if types is None or all(t == jax.sharding.AxisType.Auto for t in types):
+    if all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types):
         return mesh
     return Mesh(mesh.devices, mesh.axis_names, axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
 
@@ -204,19 +199,12 @@ def init_distributed(
     if jax.distributed.is_initialized():
         return jax.process_count() > 1
     coordinator = coordinator or os.environ.get("EGGROLL_COORDINATOR") or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if num_processes is None:
-        num_processes = _env_int(["EGGROLL_NUM_PROCESSES", "JAX_NUM_PROCESSES"])
-    if process_id is None:
-        process_id = _env_int(["EGGROLL_PROCESS_ID", "JAX_PROCESS_ID"])
-    if coordinator is None and num_processes is None:
+    num_processes = _env_int(["EGGROLL_NUM_PROCESSES", "JAX_NUM_PROCESSES"]) if num_processes is None else num_processes
+    process_id = _env_int(["EGGROLL_PROCESS_ID", "JAX_PROCESS_ID"]) if process_id is None else process_id
+    if coordinator is None and num_processes in (None, 1):
         return False
-    if num_processes == 1 and coordinator is None:
-        return False
-    missing = [
-        n
-        for n, v in (("coordinator", coordinator), ("num_processes", num_processes), ("process_id", process_id))
-        if v is None
-    ]
+    given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+    missing = [name for name, value in given.items() if value is None]
     if missing:
         raise ValueError(
             f"Multi-process run is missing {', '.join(missing)}. Set EGGROLL_COORDINATOR=host:port, "
@@ -227,14 +215,12 @@ def init_distributed(
         raise ValueError(f"process_id={process_id} must be in [0, {num_processes}).")
     if cpu_collectives is not None:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    if peer_timeout_s is None:
-        peer_timeout_s = float(os.environ.get("EGGROLL_PEER_TIMEOUT", 60))
+    peer_timeout_s = float(os.environ.get("EGGROLL_PEER_TIMEOUT", 60)) if peer_timeout_s is None else peer_timeout_s
     if not peer_timeout_s > 0:
         raise ValueError(f"the peer timeout must be a positive number of seconds, got {peer_timeout_s}")
     others = f"the other {num_processes - 1} process{'es' if num_processes > 2 else ''}"
-    waiting = threading.Timer(
-        3.0, lambda: _say(f"process {process_id}: waiting for {others} at {coordinator} (up to {timeout_s} s)...")
-    )
+    message = f"process {process_id}: waiting for {others} at {coordinator} (up to {timeout_s} s)..."
+    waiting = threading.Timer(3.0, lambda: print(message, file=sys.stderr, flush=True))
     waiting.daemon = True
     waiting.start()
     try:
@@ -252,11 +238,6 @@ def init_distributed(
     return True
 
 
-def _say(line: str) -> None:
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
-
-
 class _PeerWatch(threading.Thread):
     """Every second: publish this process's heartbeat in JAX's key-value store and read the others'.
 
@@ -269,7 +250,7 @@ class _PeerWatch(threading.Thread):
         super().__init__(name="eggroll-peer-watch", daemon=True)
         from jax._src import distributed
 
-        self.client, self.me, self.n, self.timeout = distributed.global_state.client, process_id, num_processes, timeout
+        self.client, self.me, self.timeout = distributed.global_state.client, process_id, timeout
         self.stop = threading.Event()
         self.seen = {p: ("", time.monotonic()) for p in range(num_processes) if p != process_id}  # last beat, when
         atexit.register(self.finish)  # runs before JAX's own shutdown (registered earlier)
@@ -320,10 +301,12 @@ class _PeerWatch(threading.Thread):
     def _fail(self, peer: int, why: str) -> None:
         if self.stop.is_set():
             return
-        _say(
+        print(
             f"error: {why} (killed, or its host is gone); process {self.me} stops too. Restart every process "
             "with the same command plus --resume: the newest checkpoint is kept. (EGGROLL_PEER_TIMEOUT sets the "
-            "seconds to wait.)"
+            "seconds to wait.)",
+            file=sys.stderr,
+            flush=True,
         )
         os._exit(1)
 
@@ -338,8 +321,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
     def put(x):
         if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            impl = jax.random.key_impl(x)
-            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=impl)
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
@@ -369,10 +351,6 @@ def to_host(tree: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- population layout
-
-
-def _antithetic(es: Strategy) -> bool:
-    return bool(getattr(es, "antithetic", False))
 
 
 def check_population_size(population_size: int, num_devices: int, *, antithetic: bool) -> None:
@@ -434,19 +412,8 @@ def _population_specs(population: Any, axis: str) -> Any:
     return jax.tree.map(lambda _: P(axis), population)
 
 
-def _population_sharding(population: Any, mesh: Mesh, axis: str) -> Any:
-    """Shardings for a population pytree (see :func:`_population_specs`)."""
-    specs = _population_specs(population, axis)
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, P))
-
-
-def _constrain(tree: Any, shardings: Any) -> Any:
-    return jax.tree.map(jax.lax.with_sharding_constraint, tree, shardings)
-
-
 def _replicated(tree: Any, mesh: Mesh) -> Any:
-    rep = NamedSharding(mesh, P())
-    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, rep), tree)
+    return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, P()))  # one sharding: a prefix of the tree
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -551,16 +518,15 @@ def replicated_tell(es: Strategy, mesh: Mesh, key, population, fitness, state, p
     and forms the same update, so nothing of the size of the parameters crosses
     devices and the result is exactly the single-device one.
     """
+    population = _population_for_tell(es, population)
+    return jax.shard_map(es.tell, mesh=mesh, in_specs=P(), out_specs=P())(key, population, fitness, state, params)
 
-    def local(key, population, fitness, state, params):
-        return es.tell(key, population, fitness, state, params)
 
-    if getattr(es, "regenerates", False) and not isinstance(population, pop_lib.LowRankPopulation):
-        population = None  # regenerate rather than gather stacked members onto every device (see `sharded`)
-    args = (key, population, fitness, state, params)
-    specs = jax.tree.map(lambda _: P(), args)
-    out = jax.eval_shape(local, *args)
-    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=jax.tree.map(lambda _: P(), out))(*args)
+def _population_for_tell(es: Strategy, population: Any) -> Any:
+    """``None`` where ``es.tell`` regenerates a stacked population: every device then rebuilds the noise instead
+    of gathering parameter-sized members (a low-rank population is counters and factors: it is kept)."""
+    regenerate = getattr(es, "regenerates", False) and not isinstance(population, pop_lib.LowRankPopulation)
+    return None if regenerate else population
 
 
 # ----------------------------------------------------------------------------- sharded strategy
@@ -594,35 +560,27 @@ def sharded(es: Strategy, mesh: Mesh, axis_name: str | None = None) -> Strategy:
     """
     mesh = _auto_mesh(mesh)
     axis = _axis(mesh, axis_name)
-    check_population_size(es.population_size, mesh.shape[axis], antithetic=_antithetic(es))
-    rep = NamedSharding(mesh, P())
+    check_population_size(es.population_size, mesh.shape[axis], antithetic=bool(getattr(es, "antithetic", False)))
 
     def ask(key, state, params):
         population, state = es.ask(key, state, params)
-        return _constrain(population, _population_sharding(population, mesh, axis)), _replicated(state, mesh)
+        specs = _population_specs(population, axis)
+        sharding = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, P))
+        return jax.lax.with_sharding_constraint(population, sharding), _replicated(state, mesh)
 
     def tell(key, population, fitness, state, params):
-        fitness = jax.lax.with_sharding_constraint(jnp.asarray(fitness), rep)  # the all-gather: N floats
-        if getattr(es, "regenerates", False) and not isinstance(population, pop_lib.LowRankPopulation):
-            population = None  # regenerate the noise on every device: reading stacked members would gather them
-        state, metrics = es.tell(key, population, fitness, state, params)
-        return _replicated(state, mesh), _replicated(metrics, mesh)
+        fitness = _replicated(jnp.asarray(fitness), mesh)  # the all-gather: N floats
+        return _replicated(es.tell(key, _population_for_tell(es, population), fitness, state, params), mesh)
 
     def materialize(population):
-        stacked = es.materialize(population)
-        return _constrain(stacked, jax.tree.map(lambda _: NamedSharding(mesh, P(axis)), stacked))
+        return jax.lax.with_sharding_constraint(es.materialize(population), NamedSharding(mesh, P(axis)))
 
-    return Strategy(
+    return es._replace(  # the same strategy (params, size, flags, get_mean) with sharded functions
         init=jax.jit(lambda key, mean, params: _replicated(es.init(key, mean, params), mesh)),
         ask=jax.jit(ask),
         tell=jax.jit(tell),
-        default_params=es.default_params,
-        population_size=es.population_size,
         name=f"{es.name}[sharded x{mesh.shape[axis]}]",
-        get_mean=es.get_mean,
         materialize=jax.jit(materialize),
-        antithetic=es.antithetic,
-        regenerates=getattr(es, "regenerates", False),
     )
 
 
@@ -655,36 +613,25 @@ def generation_step(
         ``key`` is the evaluation key of this generation (shared by all
         members), ``metrics`` is what ``tell`` returned.
     """
-    if mesh is None:
-        ask, tell = es.ask, es.tell
-
-        def score(key, population, fn_state, args):
-            if population_level:
-                return fitness_fn(key, population, fn_state, *args)
-            return pop_lib.evaluate(fitness_fn, population, key, *args), fn_state
-
-        out_shardings = None
-    else:
+    if mesh is not None:
         mesh = _auto_mesh(mesh)
-        axis = _axis(mesh, axis_name)
-        ses = sharded(es, mesh, axis)
-        ask, tell = ses.ask, ses.tell
+        es = sharded(es, mesh, axis_name)
 
-        def score(key, population, fn_state, args):
-            if population_level:
-                fitness, fn_state = fitness_fn(key, population, fn_state, *args)
-                return fitness, _replicated(fn_state, mesh)
-            return evaluate(fitness_fn, population, key, *args, mesh=mesh, axis_name=axis), fn_state
-
-        out_shardings = NamedSharding(mesh, P())
+    def score(key, population, fn_state, args):
+        if population_level:
+            fitness, fn_state = fitness_fn(key, population, fn_state, *args)
+            return fitness, fn_state if mesh is None else _replicated(fn_state, mesh)
+        if mesh is None:
+            return pop_lib.evaluate(fitness_fn, population, key, *args), fn_state
+        return evaluate(fitness_fn, population, key, *args, mesh=mesh, axis_name=axis_name), fn_state
 
     def step(key, state, params, fn_state=None, *args):
-        population, state = ask(key, state, params)
+        population, state = es.ask(key, state, params)
         fitness, fn_state = score(key, population, fn_state, args)
-        state, metrics = tell(key, population, fitness, state, params)
+        state, metrics = es.tell(key, population, fitness, state, params)
         return state, fn_state, metrics
 
-    return jax.jit(step, out_shardings=out_shardings)
+    return jax.jit(step, out_shardings=None if mesh is None else NamedSharding(mesh, P()))
 
 
 # ----------------------------------------------------------------------------- HLO inspection
@@ -739,16 +686,12 @@ def collectives(hlo_text: str) -> list[Collective]:
         One :class:`Collective` per collective instruction (async pairs counted once).
     """
     out = []
-    for line in hlo_text.splitlines():
-        m = _OP_RE.match(line)
-        if not m:
-            continue
-        shape = m.group("shape")
-        arrays = _ARRAY_RE.findall(shape)
+    for m in filter(None, map(_OP_RE.match, hlo_text.splitlines())):
+        arrays = _ARRAY_RE.findall(m.group("shape"))
         if m.group("start"):  # async start: the result tuple holds (operand, result); keep the result
             arrays = arrays[-1:]
         shapes = tuple(tuple(int(d) for d in dims.split(",") if d) for _, dims in arrays)
         dtypes = tuple(dt for dt, _ in arrays)
         nbytes = sum(math.prod(s) * _DTYPE_BYTES.get(dt, 4) for s, dt in zip(shapes, dtypes, strict=True))
-        out.append(Collective(m.group("op"), shapes, dtypes, nbytes, line.strip()))
+        out.append(Collective(m.group("op"), shapes, dtypes, nbytes, m.string.strip()))
     return out

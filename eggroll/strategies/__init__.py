@@ -55,10 +55,6 @@ def make(name: str, population_size: int, solution: Any, **options: Any) -> Stra
     """
     if name.startswith("evosax:") and name not in REGISTRY:
         return _from_evosax.from_evosax(name.split(":", 1)[1], population_size, solution, **options)
-    try:
-        factory = REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown strategy {name!r}; choose one of {', '.join(sorted(REGISTRY))} or evosax:<Class>"
-        ) from None
-    return factory(population_size, solution, **options)
+    if name not in REGISTRY:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(sorted(REGISTRY))} or evosax:<Class>")
+    return REGISTRY[name](population_size, solution, **options)

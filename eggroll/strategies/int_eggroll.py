@@ -41,6 +41,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Sequence
@@ -161,18 +162,20 @@ def _offset(seed, leaf: int, counter, pair, need: int, table_size: int) -> jax.A
     return (h % jnp.uint32(table_size - need + 1)).astype(jnp.int32)
 
 
+def _need(shape: tuple[int, ...], rank: int) -> int:
+    """Table entries one member reads for a leaf: ``(m + n) r`` for a matrix, ``2 n`` for a vector."""
+    return (shape[0] + shape[1]) * rank if len(shape) == 2 else 2 * shape[0]
+
+
 def _leaf_noise(table, seed, leaf: int, shape, rank: int, counter, pair):
     """``(A, B)`` (``int8``) for a matrix leaf, or ``e`` (``int32``) for a vector leaf."""
+    need = _need(shape, rank)
+    seg = jax.lax.dynamic_slice_in_dim(table, _offset(seed, leaf, counter, pair, need, table.size), need)
     if len(shape) == 2:
-        m, n = shape
-        need = (m + n) * rank
-        seg = jax.lax.dynamic_slice_in_dim(table, _offset(seed, leaf, counter, pair, need, table.size), need)
-        seg = seg.reshape(m + n, rank)
-        return seg[:m], seg[m:]
-    (n,) = shape
-    seg = jax.lax.dynamic_slice_in_dim(table, _offset(seed, leaf, counter, pair, 2 * n, table.size), 2 * n)
+        seg = seg.reshape(shape[0] + shape[1], rank)
+        return seg[: shape[0]], seg[shape[0] :]
     seg = seg.astype(jnp.int32)
-    return seg[:n] * seg[n:]
+    return seg[: shape[0]] * seg[shape[0] :]
 
 
 def member(population: IntPopulation, i: jax.Array, rank: int = 1) -> PyTree:
@@ -253,18 +256,15 @@ def int_eggroll(
         raise ValueError(f"rank must be between 1 and 8, got {rank}.")
     if sigma_shift < 0:
         raise ValueError(f"sigma_shift must be >= 0 (sigma = 2**-sigma_shift), got {sigma_shift}.")
-    if noise_reuse < 1:
-        raise ValueError(f"noise_reuse must be >= 1, got {noise_reuse}.")
     pairs = population_size // 2
     if pairs * rank * QMAX**2 >= 2**31:
         raise ValueError(f"population {population_size} x rank {rank} could overflow the int32 update sum.")
     _check_solution(solution, rank)
     shapes = [tuple(w.shape) for w in jax.tree.leaves(solution)]
-    need = max((s[0] + s[1]) * rank if len(s) == 2 else 2 * s[0] for s in shapes)
+    need = max(_need(s, rank) for s in shapes)
     if table_size < 2 * need:
         raise ValueError(f"table_size {table_size} is too small: a leaf needs {need} entries; use >= {4 * need}.")
-    if z_thresholds is None:
-        z_thresholds = z_threshold_schedule(1000)
+    z_thresholds = z_threshold_schedule(1000) if z_thresholds is None else z_thresholds
     thresholds = jnp.atleast_1d(jnp.asarray(z_thresholds, jnp.int32))
     # null standard deviation of Z per leaf: 256 sqrt(K r) (vectors: r = 1), a Python constant
     null_sd = [round(256 * math.sqrt(pairs * (rank if len(s) == 2 else 1))) for s in shapes]
@@ -306,13 +306,10 @@ def int_eggroll(
         z16 = jnp.asarray(params.z_thresholds, jnp.int32)[gen]
         pair_ids = jnp.arange(pairs, dtype=jnp.int32)
         leaves, treedef = jax.tree.flatten(population.mean)
+        table, seed, counter = population.table, population.seed, population.counter
         new, moved = [], jnp.int32(0)
         for leaf, w in enumerate(leaves):
-            noise = jax.vmap(
-                lambda k, leaf=leaf, w=w: _leaf_noise(
-                    population.table, population.seed, leaf, w.shape, rank, population.counter, k
-                )
-            )(pair_ids)
+            noise = jax.vmap(functools.partial(_leaf_noise, table, seed, leaf, w.shape, rank, counter))(pair_ids)
             if w.ndim == 2:
                 a, b = noise  # (K, m, r), (K, n, r)
                 fa = a * score.reshape(pairs, 1, 1)  # stays int8: score is -1, 0 or 1
@@ -348,32 +345,21 @@ def int_eggroll(
         """
 
         def one(i):
-            view = member(population, i, rank)
-            return jax.tree.map(
-                lambda v: (
-                    v.base.astype(jnp.float32)
-                    + (v.a.astype(jnp.float32) @ v.b.astype(jnp.float32).T) / 2.0 ** v.shift.astype(jnp.float32)
-                    if isinstance(v, IntLowRank)
-                    else v
-                ),
-                view,
-                is_leaf=lambda v: isinstance(v, IntLowRank),
-            )
+            return jax.tree.map(_dense, member(population, i, rank), is_leaf=lambda v: isinstance(v, IntLowRank))
 
         return jax.vmap(one)(population.index)
 
     params = IntEggrollParams(sigma_shift=jnp.int32(sigma_shift), z_thresholds=thresholds)
-    return Strategy(
-        init=init,
-        ask=ask,
-        tell=tell,
-        default_params=params,
-        population_size=population_size,
-        name="IntEGGROLL",
-        get_mean=get_mean,
-        materialize=materialize,
-        antithetic=True,
-    )
+    # Strategy's fields in order (init, ask, tell, default_params, population_size, name, get_mean, materialize)
+    return Strategy(init, ask, tell, params, population_size, "IntEGGROLL", get_mean, materialize, antithetic=True)
+
+
+def _dense(v: Any) -> Any:
+    """An :class:`IntLowRank` as float32 ``W + A B^T / 2**shift``; a vector leaf as it is."""
+    if not isinstance(v, IntLowRank):
+        return v
+    a, b = v.a.astype(jnp.float32), v.b.astype(jnp.float32)
+    return v.base.astype(jnp.float32) + (a @ b.T) / 2.0 ** v.shift.astype(jnp.float32)
 
 
 _MOVED = {"check_devices", "map_members", "replicated_tell"}  # to eggroll.parallel: this file holds the strategy only
@@ -388,9 +374,7 @@ def __getattr__(name: str):
 
     warnings.warn(f"int_eggroll.{name} moved to eggroll.parallel", DeprecationWarning, stacklevel=2)
     if name == "check_devices":
-        return lambda population_size, num_devices: parallel.check_population_size(
-            population_size, num_devices, antithetic=True
-        )
+        return functools.partial(parallel.check_population_size, antithetic=True)
     if name == "map_members":
         return lambda fn, pop, *args, rank=1, **kw: parallel.map_members(
             fn, pop, *args, member=lambda p, i: member(p, i, rank), **kw
