@@ -82,7 +82,13 @@ def from_evosax(
             state, metrics = es.tell(key, population, sign * fitness, state, params)
         return state, {k: sign * v if k in _SIGNED_METRICS else v for k, v in metrics.items()}
 
-    # Strategy's fields in order; materialize is the identity: evosax populations are stacked solutions already
     return Strategy(
-        es.init, ask, tell, params, int(population_size), f"evosax:{cls.__name__}", es.get_mean, lambda pop: pop
+        init=es.init,
+        ask=ask,
+        tell=tell,
+        default_params=params,
+        population_size=int(population_size),
+        name=f"evosax:{cls.__name__}",
+        get_mean=es.get_mean,
+        materialize=lambda population: population,  # evosax populations are stacked solutions already
     )

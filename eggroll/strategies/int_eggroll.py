@@ -350,8 +350,17 @@ def int_eggroll(
         return jax.vmap(one)(population.index)
 
     params = IntEggrollParams(sigma_shift=jnp.int32(sigma_shift), z_thresholds=thresholds)
-    # Strategy's fields in order (init, ask, tell, default_params, population_size, name, get_mean, materialize)
-    return Strategy(init, ask, tell, params, population_size, "IntEGGROLL", get_mean, materialize, antithetic=True)
+    return Strategy(
+        init=init,
+        ask=ask,
+        tell=tell,
+        default_params=params,
+        population_size=population_size,
+        name="IntEGGROLL",
+        get_mean=get_mean,
+        materialize=materialize,
+        antithetic=True,
+    )
 
 
 def _dense(v: Any) -> Any:
