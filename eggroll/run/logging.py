@@ -182,8 +182,7 @@ class MetricsLogger:
         if self.jsonl_path.exists():
             rows = [r for r in read_jsonl(self.jsonl_path) if r.get("generation", -1) < generation]
             with open(self.jsonl_path, "w") as f:
-                for r in rows:
-                    f.write(json.dumps(r) + "\n")
+                f.writelines(json.dumps(r) + "\n" for r in rows)
         if self.csv_path.exists():
             with open(self.csv_path, newline="") as f:
                 table = list(csv.reader(f))
