@@ -214,12 +214,11 @@ def execute_result(run_it: Callable[[], Any]):
         fail(f"the computation failed on the device: {err}")
 
 
-def finish(result: Any, files: dict[str, Any] | None = None) -> None:
+def finish(result: Any) -> None:
     """Report where the files are and end the command with the run's exit status (0, 130, 143)."""
     if result.resumed_from is not None:
         console.print(f"resumed from generation {result.resumed_from} ({result.checkpoint_dir})")
-    files = files if files is not None else result.record.get("files", {})
-    for name, path in files.items():  # paths in the record may be relative to --out
+    for name, path in result.record.get("files", {}).items():  # paths in the record may be relative to --out
         console.print(f"  {name:10s} {Path(result.out or '.') / path}")
     if result.out is not None:
         console.print(f"  {'result':10s} {Path(result.out) / 'result.json'}")
