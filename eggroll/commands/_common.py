@@ -28,28 +28,6 @@ from typer.core import TyperGroup
 
 from eggroll.run.progress import console
 
-__all__ = [
-    "CHECKPOINT_EVERY",
-    "DEVICES",
-    "OneLineErrors",
-    "QUIET",
-    "RESUME",
-    "RESUME_FROM",
-    "SEED",
-    "TIME_BUDGET",
-    "execute",
-    "execute_result",
-    "check_values",
-    "fail",
-    "from_options",
-    "finish",
-    "generations_option",
-    "options",
-    "out_option",
-    "population_option",
-]
-
-
 _click = getattr(typer.core, "_click", click)  # typer >= 0.24 raises its own copy of click's exceptions
 _NoArgsIsHelp = getattr(_click.exceptions, "NoArgsIsHelpError", type("NoArgsIsHelpError", (Exception,), {}))
 
