@@ -152,9 +152,8 @@ def options(values: Mapping[str, Any] = {}, /, **kwargs: Any):
     from eggroll.run.loop import RunOptions
 
     check_values({**values, **kwargs})
-    kwargs = {**{k: v for k, v in values.items() if k not in kwargs}, "started": STARTED, **kwargs}
     try:
-        return from_options(RunOptions, kwargs).validate()
+        return from_options(RunOptions, {**values, "started": STARTED, **kwargs}).validate()
     except ValueError as err:
         fail(err)
 
