@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from eggroll.run.loop import write_json
+
 __all__ = [
     "CHECKSUM_FILE",
     "CheckpointError",
@@ -285,9 +287,7 @@ class Checkpointer:
         for step in steps:
             folder = self.directory / str(step)
             if folder.is_dir() and not self.sealed(step):
-                tmp = folder / (CHECKSUM_FILE + ".tmp")
-                tmp.write_text(json.dumps({"step": step, "sha256": step_checksums(folder)}, indent=1))
-                tmp.replace(folder / CHECKSUM_FILE)
+                write_json(folder / CHECKSUM_FILE, {"step": step, "sha256": step_checksums(folder)})  # atomically
         keep = [s for s in steps if self.sealed(s)][-self.max_to_keep :]
         for step in steps:
             if keep and step < keep[0]:
