@@ -8,7 +8,6 @@ imported when the CLI starts; heavy libraries are imported inside commands.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 
 import typer
@@ -32,8 +31,7 @@ SUBCOMMANDS = {
 }
 
 for _name, _help in SUBCOMMANDS.items():
-    if importlib.util.find_spec(f"eggroll.commands.{_name}") is not None:
-        app.add_typer(importlib.import_module(f"eggroll.commands.{_name}").app, name=_name, help=_help)
+    app.add_typer(importlib.import_module(f"eggroll.commands.{_name}").app, name=_name, help=_help)
 
 
 @app.callback()

@@ -28,28 +28,6 @@ from typer.core import TyperGroup
 
 from eggroll.run.progress import console
 
-__all__ = [
-    "CHECKPOINT_EVERY",
-    "DEVICES",
-    "OneLineErrors",
-    "QUIET",
-    "RESUME",
-    "RESUME_FROM",
-    "SEED",
-    "TIME_BUDGET",
-    "execute",
-    "execute_result",
-    "check_values",
-    "fail",
-    "from_options",
-    "finish",
-    "generations_option",
-    "options",
-    "out_option",
-    "population_option",
-]
-
-
 _click = getattr(typer.core, "_click", click)  # typer >= 0.24 raises its own copy of click's exceptions
 _NoArgsIsHelp = getattr(_click.exceptions, "NoArgsIsHelpError", type("NoArgsIsHelpError", (Exception,), {}))
 
@@ -174,9 +152,8 @@ def options(values: Mapping[str, Any] = {}, /, **kwargs: Any):
     from eggroll.run.loop import RunOptions
 
     check_values({**values, **kwargs})
-    kwargs = {**{k: v for k, v in values.items() if k not in kwargs}, "started": STARTED, **kwargs}
     try:
-        return from_options(RunOptions, kwargs).validate()
+        return from_options(RunOptions, {**values, "started": STARTED, **kwargs}).validate()
     except ValueError as err:
         fail(err)
 
@@ -214,12 +191,11 @@ def execute_result(run_it: Callable[[], Any]):
         fail(f"the computation failed on the device: {err}")
 
 
-def finish(result: Any, files: dict[str, Any] | None = None) -> None:
+def finish(result: Any) -> None:
     """Report where the files are and end the command with the run's exit status (0, 130, 143)."""
     if result.resumed_from is not None:
         console.print(f"resumed from generation {result.resumed_from} ({result.checkpoint_dir})")
-    files = files if files is not None else result.record.get("files", {})
-    for name, path in files.items():  # paths in the record may be relative to --out
+    for name, path in result.record.get("files", {}).items():  # paths in the record may be relative to --out
         console.print(f"  {name:10s} {Path(result.out or '.') / path}")
     if result.out is not None:
         console.print(f"  {'result':10s} {Path(result.out) / 'result.json'}")

@@ -13,7 +13,6 @@ Examples::
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import typer
 
@@ -83,31 +82,14 @@ def bbob(
         _common.fail(ValueError(f"unknown --suite {suite!r}: use one of {', '.join(SUITE_DIMENSIONS)}"))
     if dims is None:
         dims = {"bbob-largescale": "20", "bbob-mixint": "5,10"}.get(suite, "2,10")
-    run_options = _common.options(locals(), quiet=quiet or progress is False)
+    run_options, given = _common.options(locals(), quiet=quiet or progress is False), locals()
+    renamed = {"dims": "dimensions", "budget": "budget_multiplier", "coco": "coco_observer", "out": "out_dir"}
     with jax.enable_x64(True) if x64 else contextlib.nullcontext():
-        try:
-            refuse_coco_resume(coco, resume)
-            task = BBOBTask(
-                strategies,
-                functions,
-                dims,
-                instances,
-                budget,
-                suite=suite,
-                population=population,
-                seed=seed,
-                x0=x0,
-                chunk_generations=chunk_generations,
-                coco_observer=coco,
-                out_dir=out,
-                x64=x64,
-            )
-        except ValueError as err:
-            _common.fail(err)
-        result = _common.execute(lambda: task, run_options)
+        _common.execute_result(lambda: refuse_coco_resume(coco, resume))
+        result = _common.execute(lambda: _common.from_options(BBOBTask, given, renamed), run_options)
     if result.record.get("stopped_at"):
         console.print(f"stopped at {result.record['stopped_at']}")
     if coco and not result.exit_code:
         reference = " bbob/2009/BFGS_ros_noiseless" if suite == "bbob" else ""
         console.print(f"compare with the COCO archive: python -m cocopp {out}/coco/*{reference}")
-    _common.finish(result, {k: Path(out) / v for k, v in result.record.get("files", {}).items()})
+    _common.finish(result)

@@ -88,12 +88,8 @@ def finetune(
     runner = common.execute_result(lambda: FinetuneTask(cfg, mesh=mesh))  # the model and the task: bad ones exit 2
     if not quiet:
         where = f" on {mesh.size} devices" if mesh is not None else ""
-        name = (
-            f"EGGROLL fine-tuning[/] task={task} N={population} r={rank}"
-            if strategy == "eggroll"
-            else (f"OpenAI-ES fine-tuning[/] task={task} N={population} (full rank)")
-        )
-        console.print(f"[bold]{name} sigma={sigma}{where} -> {out}")
+        name, kind = ("EGGROLL", f"r={rank}") if strategy == "eggroll" else ("OpenAI-ES", "(full rank)")
+        console.print(f"[bold]{name} fine-tuning[/] task={task} N={population} {kind} sigma={sigma}{where} -> {out}")
 
     def num(x):  # a NaN reward is logged as null
         return float("nan") if x is None else x

@@ -119,7 +119,7 @@ def train(
     ))  # fmt: skip
     run_options = _common.options(locals(), generations=task.config.generations, stop_after=stop_at, max_to_keep=3)
     result = _common.execute(lambda: task, run_options)
-    _common.finish(result, files={k: out / v for k, v in result.record.get("files", {}).items()})
+    _common.finish(result)
 
 
 @app.command()

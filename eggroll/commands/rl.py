@@ -121,10 +121,6 @@ def replay(
     """Replay a saved policy for one episode and write it to a file (GIF for gymnax, HTML for Brax)."""
     from eggroll.apps.rl import replay_policy
 
-    try:
-        path = replay_policy(
-            policy, out or (policy if policy.is_dir() else policy.parent) / "replay", seed, console.print
-        )
-    except (FileNotFoundError, ValueError) as err:
-        common.fail(err)
+    target = out or (policy if policy.is_dir() else policy.parent) / "replay"
+    path = common.execute_result(lambda: replay_policy(policy, target, seed, console.print))
     console.print(f"wrote {path}")

@@ -9,14 +9,4 @@
 from eggroll.run.loop import RunOptions, RunResult, Task, is_wall_clock, run
 from eggroll.run.train import StrategyTask, TrainResult, mean_of, train
 
-__all__ = [
-    "RunOptions",
-    "RunResult",
-    "StrategyTask",
-    "Task",
-    "TrainResult",
-    "is_wall_clock",
-    "mean_of",
-    "run",
-    "train",
-]
+__all__ = ["RunOptions", "RunResult", "StrategyTask", "Task", "TrainResult", "is_wall_clock", "mean_of", "run", "train"]

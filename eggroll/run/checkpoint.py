@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from eggroll.run.loop import write_json
+
 __all__ = [
     "CHECKSUM_FILE",
     "CheckpointError",
@@ -55,11 +57,8 @@ CHECKSUM_FILE = "eggroll-checksum.json"
 
 
 def _digest(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def step_checksums(step_dir: str | os.PathLike) -> dict[str, str]:
@@ -220,26 +219,20 @@ class Checkpointer:
         Raises:
             ValueError: the directory holds steps and ``resume`` is false; nothing is overwritten.
         """
-        if resume or not self.steps():
-            return
         steps = self.steps()
+        if resume or not steps:
+            return
         self.close()
         raise ValueError(
             f"{self.directory} already holds checkpoints of {what} (steps {steps}); pass --resume (resume=True) "
             "to continue it, or choose another --out to start a new run"
         )
 
-    def check_settings(
-        self,
-        saved: Mapping[str, Any] | None,
-        wanted: Mapping[str, Any],
-        *,
-        may_change: str = "",
-        names: Mapping[str, str] | None = None,
-    ) -> None:
-        """:func:`check_settings` for this directory; closes the checkpointer before raising."""
+    def check_settings(self, saved: Mapping[str, Any] | None, wanted: Mapping[str, Any], **options: Any) -> None:
+        """:func:`check_settings` for this directory (``options``: its ``may_change`` and ``names``); closes the
+        checkpointer before raising."""
         try:
-            check_settings(saved, wanted, self.directory, may_change=may_change, names=names)
+            check_settings(saved, wanted, self.directory, **options)
         except ValueError:
             self.close()
             raise
@@ -294,9 +287,7 @@ class Checkpointer:
         for step in steps:
             folder = self.directory / str(step)
             if folder.is_dir() and not self.sealed(step):
-                tmp = folder / (CHECKSUM_FILE + ".tmp")
-                tmp.write_text(json.dumps({"step": step, "sha256": step_checksums(folder)}, indent=1))
-                tmp.replace(folder / CHECKSUM_FILE)
+                write_json(folder / CHECKSUM_FILE, {"step": step, "sha256": step_checksums(folder)})  # atomically
         keep = [s for s in steps if self.sealed(s)][-self.max_to_keep :]
         for step in steps:
             if keep and step < keep[0]:
@@ -319,11 +310,7 @@ class Checkpointer:
     def read_meta(self, step: int | None = None) -> dict[str, Any]:
         """The JSON record of ``step`` (default: the newest)."""
         step = self._step_or_latest(step)
-        try:
-            out = self._manager.restore(step, args=self._ocp.args.Composite(meta=self._ocp.args.JsonRestore()))
-        except Exception as e:  # noqa: BLE001 - any read failure is a corrupt checkpoint to the user
-            raise self._corrupt(step, e) from e
-        return dict(out["meta"])
+        return dict(self._read(step, meta=self._ocp.args.JsonRestore())["meta"])
 
     def restore(self, template: dict[str, Any], step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """Restore ``step`` (default: the newest) into the structure of ``template``.
@@ -346,11 +333,7 @@ class Checkpointer:
         self._check_intact(step)
         meta = self.read_meta(step)
         self._check_match(step, meta.get("fingerprint"), fingerprint(template))
-        args = self._ocp.args.Composite(items=self._ocp.args.StandardRestore(_abstract(_encode(template))))
-        try:
-            out = self._manager.restore(step, args=args)
-        except Exception as e:  # noqa: BLE001
-            raise self._corrupt(step, e) from e
+        out = self._read(step, items=self._ocp.args.StandardRestore(_abstract(_encode(template))))
         return _decode(out["items"], template), meta
 
     def __enter__(self) -> Checkpointer:
@@ -394,18 +377,22 @@ class Checkpointer:
         )
         raise CheckpointError(f"Checkpoint step {step} in {self.directory} is damaged: {damage}. {then}")
 
-    def _corrupt(self, step: int, error: Exception) -> CheckpointError:
-        older = [s for s in self.steps() if s < step]
-        fallback = (
-            f"continue from the step before it with --resume --resume-from {older[-1]} (resume_from={older[-1]} "
-            "in Python)"
-            if older
-            else "start the run again in a new --out"
-        )
-        return CheckpointError(
-            f"Checkpoint step {step} in {self.directory} could not be read ({type(error).__name__}); it is corrupt "
-            f"or incomplete. To go on, {fallback}."
-        )
+    def _read(self, step: int, **args: Any) -> Any:
+        """Restore the items ``args`` names from ``step``; a failure is named, with the step to fall back to."""
+        try:
+            return self._manager.restore(step, args=self._ocp.args.Composite(**args))
+        except Exception as error:  # noqa: BLE001 - any read failure is a corrupt checkpoint to the user
+            older = [s for s in self.steps() if s < step]
+            fallback = (
+                f"continue from the step before it with --resume --resume-from {older[-1]} (resume_from={older[-1]} "
+                "in Python)"
+                if older
+                else "start the run again in a new --out"
+            )
+            raise CheckpointError(
+                f"Checkpoint step {step} in {self.directory} could not be read ({type(error).__name__}); it is corrupt "
+                f"or incomplete. To go on, {fallback}."
+            ) from error
 
     def _check_match(self, step: int, saved: dict[str, Any] | None, expected: dict[str, Any]) -> None:
         where = self.directory / str(step)

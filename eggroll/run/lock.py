@@ -9,6 +9,7 @@ file to delete if that machine is gone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -80,10 +81,8 @@ class RunLock:
 
     def release(self) -> None:
         """Remove the lock file if this process still holds it (and the folder, if the run left it empty)."""
-        try:
+        with contextlib.suppress(OSError, ValueError):
             if json.loads(self.path.read_text()).get("pid") == os.getpid():
                 self.path.unlink()
             if self.created and not any(self.path.parent.iterdir()):
                 self.path.parent.rmdir()
-        except (OSError, ValueError):
-            pass

@@ -44,15 +44,12 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float | int]:
     for k, v in metrics.items():
         if isinstance(v, (bool, int, float, np.number)):
             out[k] = v.item() if isinstance(v, np.number) else v
-            continue
-        shape = getattr(v, "shape", None)
-        if shape is None or math.prod(shape) != 1 or not hasattr(v, "dtype"):
-            continue
-        x = np.asarray(v).reshape(())
-        if np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.bool_):
-            out[k] = int(x)
-        elif np.issubdtype(x.dtype, np.floating):
-            out[k] = float(x)
+        elif getattr(v, "shape", None) is not None and math.prod(v.shape) == 1 and hasattr(v, "dtype"):
+            x = np.asarray(v).reshape(())
+            if np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.bool_):
+                out[k] = int(x)
+            elif np.issubdtype(x.dtype, np.floating):
+                out[k] = float(x)
     return out
 
 
@@ -182,8 +179,7 @@ class MetricsLogger:
         if self.jsonl_path.exists():
             rows = [r for r in read_jsonl(self.jsonl_path) if r.get("generation", -1) < generation]
             with open(self.jsonl_path, "w") as f:
-                for r in rows:
-                    f.write(json.dumps(r) + "\n")
+                f.writelines(json.dumps(r) + "\n" for r in rows)
         if self.csv_path.exists():
             with open(self.csv_path, newline="") as f:
                 table = list(csv.reader(f))

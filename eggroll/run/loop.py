@@ -146,14 +146,11 @@ class RunOptions:
 
     def validate(self) -> RunOptions:
         """Raise ``ValueError`` naming the option that is wrong and what to pass instead."""
-        bad = isinstance(self.generations, bool) or not isinstance(self.generations, int) or self.generations < 1
-        if self.generations is not None and bad:
-            raise ValueError(f"--generations must be a whole number >= 1, got {self.generations!r}")
         if self.resume_from is not None and not self.resume:
             raise ValueError("--resume-from continues a run: give --resume too")
-        for name in ("checkpoint_every", "eval_every", "stop_after", "log_every", "resume_from"):
+        for name in ("generations", "checkpoint_every", "eval_every", "stop_after", "log_every", "resume_from"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
         if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
             raise ValueError(f"--time-budget must be a positive number of seconds, got {self.time_budget!r}")
@@ -362,14 +359,6 @@ def _clean(row: Mapping[str, Any]) -> dict[str, Any]:
 _REASONS = ("", "generations", "stop_after", "target", "time_budget", "SIGINT", "SIGTERM")
 
 
-def _agree(reason: str) -> str:
-    """The stop reason every process adopts: the strongest any of them has (a collective over processes)."""
-    from jax.experimental import multihost_utils
-
-    codes = multihost_utils.process_allgather(np.int32(_REASONS.index(reason)))
-    return _REASONS[int(np.max(codes))]
-
-
 def run(
     task: Task,
     options: RunOptions,
@@ -397,21 +386,17 @@ def run(
         eggroll.run.checkpoint.CheckpointError: no usable checkpoint to resume from.
         GenerationFailed: a generation raised in a run that keeps checkpoints (the last finished one is saved).
     """
+    from eggroll.run.checkpoint import Checkpointer, GracefulInterrupt
     from eggroll.run.lock import RunLock
+    from eggroll.run.logging import MetricsLogger
+    from eggroll.run.progress import ProgressBar, console
 
     options.validate()
-    lock = contextlib.nullcontext()
-    if options.out is not None and jax.process_index() == 0:
-        lock = RunLock(options.out, task.name)
-        if lock.stale_note:
-            from eggroll.run.progress import console
-
-            console.print(f"[yellow]note:[/] {lock.stale_note}")
-    with lock:
-        from eggroll.run.checkpoint import Checkpointer, GracefulInterrupt
-        from eggroll.run.logging import MetricsLogger
-        from eggroll.run.progress import ProgressBar
-
+    with contextlib.ExitStack() as stack:
+        if options.out is not None and jax.process_index() == 0:
+            lock = stack.enter_context(RunLock(options.out, task.name))
+            if lock.stale_note:
+                console.print(f"[yellow]note:[/] {lock.stale_note}")
         t_start = time.perf_counter() if options.started is None else options.started
         generations = min(options.generations or task.total or 0, task.total or options.generations or 0)
         if generations < 1:
@@ -461,6 +446,9 @@ def run(
                 config={"eggroll_task": task.name, **settings},
             )
             logger.truncate(start + 1 if resumed_from is not None else 0)
+        for opened in (ckpt, logger):  # from here on closed however the run ends: the metrics first
+            if opened is not None:
+                stack.push(opened)
 
         last_logged = [start, time.perf_counter()]
 
@@ -501,81 +489,79 @@ def run(
             return time.perf_counter() - t_start + typical + next_eval > options.time_budget
 
         def agree(reason: str, generation: int) -> str:
+            """The stop reason every process adopts: the strongest any of them has (a collective over processes)."""
+            if jax.process_count() == 1:
+                return reason
+            from jax.experimental import multihost_utils
+
             try:
-                return _agree(reason)
+                codes = multihost_utils.process_allgather(np.int32(_REASONS.index(reason)))
             except Exception as err:  # the collective failed: another process is gone
                 saved = None if ckpt is None else ckpt.latest_step()
                 raise GenerationFailed(generation, saved, "" if ckpt is None else str(ckpt.directory), err) from err
+            return _REASONS[int(np.max(codes))]
 
-        label = task.label or task.name
-        try:
-            progress = ProgressBar(label, generations, start, enabled=main and not options.quiet)
-            with progress as bar, GracefulInterrupt() as signals:
-                if resumed_from is None:
-                    row0 = {"generation": 0}
-                    evaluate(row0)
-                    if len(row0) > 1:
-                        record(row0)
-                    if signals.requested is not None:  # stopped during the initial evaluation: resume skips it
-                        stopped_by = signals.signal_name
-                    if jax.process_count() > 1:
-                        stopped_by = agree(stopped_by, 0)
-                while gen < generations and not stopped_by:
-                    t0 = time.perf_counter()
-                    try:
-                        carry, metrics = task.step(carry, gen + 1)
-                    except Exception as err:
-                        if ckpt is None:
-                            raise
-                        if gen > start:  # keep the last finished generation: --resume continues from it
-                            save(gen)
-                        raise GenerationFailed(gen + 1, gen or None, str(ckpt.directory), err) from err
-                    gen += 1
-                    step_times.append(time.perf_counter() - t0)
-                    row = {"generation": gen, **metrics, "seconds": step_times[-1]}
-                    if signals.requested is not None:
-                        stopped_by = signals.signal_name
-                    elif gen >= generations:
-                        stopped_by = "generations"
-                    elif options.stop_after is not None and gen >= options.stop_after:
-                        stopped_by = "stop_after"
-                    elif over_budget():
-                        stopped_by = "time_budget"
-                    if jax.process_count() > 1:  # every process stops at the same generation, for any one's reason
-                        stopped_by = agree(stopped_by, gen)
-                    last = stopped_by in ("generations", "time_budget")
-                    scheduled = options.eval_every is not None and gen % options.eval_every == 0
-                    if scheduled or last:
-                        evaluate(row)
-                    if not stopped_by and task.done(row):
-                        stopped_by = "target"
-                        if not scheduled:
-                            evaluate(row)
-                    if stopped_by or scheduled or gen % options.log_every == 0:
-                        record(row)
-                    if not stopped_by and ckpt is not None and (ckpt.should_save(gen) or task.should_checkpoint(gen)):
+        progress = ProgressBar(task.label or task.name, generations, start, enabled=main and not options.quiet)
+        with progress as bar, GracefulInterrupt() as signals:
+            if resumed_from is None:
+                row0 = {"generation": 0}
+                evaluate(row0)
+                if len(row0) > 1:
+                    record(row0)
+                if signals.requested is not None:  # stopped during the initial evaluation: resume skips it
+                    stopped_by = signals.signal_name
+                stopped_by = agree(stopped_by, 0)
+            while gen < generations and not stopped_by:
+                t0 = time.perf_counter()
+                try:
+                    carry, metrics = task.step(carry, gen + 1)
+                except Exception as err:
+                    if ckpt is None:
+                        raise
+                    if gen > start:  # keep the last finished generation: --resume continues from it
                         save(gen)
-                    if signals.requested is not None and not stopped_by and jax.process_count() == 1:
-                        stopped_by = signals.signal_name  # (several processes: the next generation agrees on it)
-            save(gen)
-            result = RunResult(carry, gen, history, stopped_by or "generations", resumed_from, out)
-            result.checkpoint_dir = None if ckpt is None else str(ckpt.directory)
-            if out is not None and main:
-                extra = task.finish(carry, result)
-                result.record = {
-                    "command": task.name,
-                    "settings": settings,
-                    "generation": gen,
-                    "generations": generations,
-                    "stopped_by": result.stopped_by,
-                    "final": {k: v for k, v in (history[-1] if history else {}).items() if not is_wall_clock(k)},
-                    **extra,
-                    "seconds": time.perf_counter() - t_start,
-                }
-                write_json(out / "result.json", result.record)
-            return result
-        finally:
-            if logger is not None:
-                logger.close()
-            if ckpt is not None:
-                ckpt.close()
+                    raise GenerationFailed(gen + 1, gen or None, str(ckpt.directory), err) from err
+                gen += 1
+                step_times.append(time.perf_counter() - t0)
+                row = {"generation": gen, **metrics, "seconds": step_times[-1]}
+                if signals.requested is not None:
+                    stopped_by = signals.signal_name
+                elif gen >= generations:
+                    stopped_by = "generations"
+                elif options.stop_after is not None and gen >= options.stop_after:
+                    stopped_by = "stop_after"
+                elif over_budget():
+                    stopped_by = "time_budget"
+                # several processes: every one stops at the same generation, for any one's reason
+                stopped_by = agree(stopped_by, gen)
+                last = stopped_by in ("generations", "time_budget")
+                scheduled = options.eval_every is not None and gen % options.eval_every == 0
+                if scheduled or last:
+                    evaluate(row)
+                if not stopped_by and task.done(row):
+                    stopped_by = "target"
+                    if not scheduled:
+                        evaluate(row)
+                if stopped_by or scheduled or gen % options.log_every == 0:
+                    record(row)
+                if not stopped_by and ckpt is not None and (ckpt.should_save(gen) or task.should_checkpoint(gen)):
+                    save(gen)
+                if signals.requested is not None and not stopped_by and jax.process_count() == 1:
+                    stopped_by = signals.signal_name  # (several processes: the next generation agrees on it)
+        save(gen)
+        result = RunResult(carry, gen, history, stopped_by or "generations", resumed_from, out)
+        result.checkpoint_dir = None if ckpt is None else str(ckpt.directory)
+        if out is not None and main:
+            extra = task.finish(carry, result)
+            result.record = {
+                "command": task.name,
+                "settings": settings,
+                "generation": gen,
+                "generations": generations,
+                "stopped_by": result.stopped_by,
+                "final": {k: v for k, v in (history[-1] if history else {}).items() if not is_wall_clock(k)},
+                **extra,
+                "seconds": time.perf_counter() - t_start,
+            }
+            write_json(out / "result.json", result.record)
+        return result

@@ -38,10 +38,6 @@ def _finite(row: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def _options(spec: bool | Mapping[str, Any]) -> dict[str, Any]:
-    return {} if spec is True else dict(spec)
-
-
 class WandbTracker:
     """Log rows to a Weights & Biases run.
 
@@ -139,8 +135,9 @@ def make_tracker(
     ``True`` one with default options, a mapping its options (see each class)."""
     if spec is None or spec is False:
         return None
+    options = {} if spec is True else dict(spec)
     if kind == "wandb":
-        return WandbTracker(directory, _options(spec), config)
+        return WandbTracker(directory, options, config)
     if kind == "mlflow":
-        return MlflowTracker(_options(spec), config)
+        return MlflowTracker(options, config)
     raise ValueError(f"unknown tracker {kind!r}: 'wandb' or 'mlflow'")

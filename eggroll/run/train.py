@@ -41,15 +41,13 @@ from eggroll.types import Strategy
 __all__ = ["StrategyTask", "TrainResult", "mean_of", "train"]
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_step(es: Strategy, fitness_fn: Callable, mesh: Any, population_level: bool) -> Callable:
-    return parallel.generation_step(es, fitness_fn, mesh=mesh, population_level=population_level)
+_cached_step = functools.lru_cache(maxsize=8)(parallel.generation_step)
 
 
 def _step(es: Strategy, fitness_fn: Callable, mesh: Any, population_level: bool) -> Callable:
     """The jitted generation, reused across ``train`` calls on the same strategy (no recompilation on resume)."""
     try:
-        return _cached_step(es, fitness_fn, mesh, population_level)
+        return _cached_step(es, fitness_fn, mesh=mesh, population_level=population_level)
     except TypeError:  # unhashable params inside the strategy
         return parallel.generation_step(es, fitness_fn, mesh=mesh, population_level=population_level)
 
