@@ -3,30 +3,12 @@
 Eight fake CPU devices are requested before JAX is imported, so the sharding
 tests can build real meshes on this CPU-only machine (equinox and optax do
 the same). Rank promotion raises, to catch silent broadcasting mistakes.
-
-One persistent compilation cache serves the whole session, this process and
-every command a test starts (they inherit the environment): the CLI tests run
-the same commands again and again (a run, its resume, the uninterrupted run to
-compare with), and each process would otherwise compile the same functions
-anew. The cache starts empty in a temporary folder and is removed at the end,
-so no test depends on an earlier session; a cached executable is the one XLA
-compiled, so results are unchanged. Set ``JAX_COMPILATION_CACHE_DIR`` yourself
-to choose the folder (it is then kept).
 """
 
-import atexit
 import os
-import shutil
-import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("MPLBACKEND", "Agg")
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _cache = tempfile.mkdtemp(prefix="eggroll-tests-jax-cache-")
-    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
