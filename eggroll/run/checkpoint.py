@@ -39,8 +39,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eggroll.run.loop import write_json
-
 __all__ = [
     "CHECKSUM_FILE",
     "CheckpointError",
@@ -54,6 +52,23 @@ __all__ = [
 
 _TMP_MARK = ".orbax-checkpoint-tmp"
 CHECKSUM_FILE = "eggroll-checksum.json"
+
+
+def write_json(path: Path, record: Any) -> Path:
+    """Write JSON atomically (a killed process leaves the old file, never half of one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=_json_default))
+    tmp.replace(path)
+    return path
+
+
+def _json_default(x: Any) -> Any:
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"{type(x).__name__} is not JSON")
 
 
 def _digest(path: Path) -> str:

@@ -54,6 +54,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from eggroll.run.checkpoint import Checkpointer, GracefulInterrupt, _json_default, write_json
+
 __all__ = [
     "GenerationFailed",
     "RunInterrupted",
@@ -329,23 +331,6 @@ class GenerationFailed(RuntimeError):
         super().__init__(f"generation {generation} failed: {self.cause}{end} {saved}.")
 
 
-def write_json(path: Path, record: Any) -> Path:
-    """Write JSON atomically (a killed process leaves the old file, never half of one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=_json_default))
-    tmp.replace(path)
-    return path
-
-
-def _json_default(x: Any) -> Any:
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"{type(x).__name__} is not JSON")
-
-
 def _clean(row: Mapping[str, Any]) -> dict[str, Any]:
     from eggroll.parallel import to_host
 
@@ -386,7 +371,6 @@ def run(
         eggroll.run.checkpoint.CheckpointError: no usable checkpoint to resume from.
         GenerationFailed: a generation raised in a run that keeps checkpoints (the last finished one is saved).
     """
-    from eggroll.run.checkpoint import Checkpointer, GracefulInterrupt
     from eggroll.run.lock import RunLock
     from eggroll.run.logging import MetricsLogger
     from eggroll.run.progress import ProgressBar, console
