@@ -29,27 +29,26 @@ def test_doctests(module):
 
 
 def test_cli_demo_runs_and_saves_plot(tmp_path):
+    """Run with a relative --out, the demo prints where its files are (once: no folder twice) and they are there."""
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "eggroll.cli",
-            "demo",
-            "--out",
-            str(tmp_path),
-            "--generations",
-            "40",
-            "--population",
-            "64",
-        ],
+        [sys.executable, "-m", "eggroll.cli", "demo", "--out", "run", "--generations", "40", "--population", "64"],
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=tmp_path,
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    printed = dict(line.split() for line in r.stdout.splitlines() if line.startswith("  ") and len(line.split()) == 2)
+    assert set(printed) == {"plot", "summary", "result"}, r.stdout
+    assert all((tmp_path / path).is_file() for path in printed.values()), printed
     import json
 
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["files"] == {
+        "plot": "demo.png",
+        "summary": "demo.json",
+    }  # relative to the run's folder
+    tmp_path = tmp_path / "run"
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert all(v < summary["initial_mse"] for v in summary["final_mse"].values())
     # Without --checkpoint-every the demo keeps no checkpoints, so running it again into the same folder works.

@@ -331,6 +331,15 @@ class GenerationFailed(RuntimeError):
         super().__init__(f"generation {generation} failed: {self.cause}{end} {saved}.")
 
 
+def _within(out: Path, path: str | Path) -> str:
+    """``path`` relative to ``out`` when it lies inside it (however either is spelled), else as given."""
+    path = Path(path)
+    for inner, outer in ((path, out), (path.absolute(), out.absolute())):
+        if inner.is_relative_to(outer):
+            return str(inner.relative_to(outer))
+    return str(path)
+
+
 def _clean(row: Mapping[str, Any]) -> dict[str, Any]:
     from eggroll.parallel import to_host
 
@@ -537,6 +546,8 @@ def run(
         result.checkpoint_dir = None if ckpt is None else str(ckpt.directory)
         if out is not None and main:
             extra = task.finish(carry, result)
+            if isinstance(extra.get("files"), Mapping):  # recorded relative to the run's folder, as it moves with it
+                extra = {**extra, "files": {k: _within(out, v) for k, v in extra["files"].items()}}
             result.record = {
                 "command": task.name,
                 "settings": settings,
