@@ -215,3 +215,21 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path: Path):
     trained = [r["generation"] for r in rows if r.get("train_bpb") is not None]
     assert trained == list(range(1, stopped + 3))  # eggroll.logging: each generation once across the stop
     assert rows[0]["generation"] == 0 and rows[0]["valid_bpb"] > 0 and rows[0].get("train_bpb") is None
+
+
+def test_time_budget_bounds_the_whole_command(tmp_path: Path):
+    """`eggroll lm --time-budget 20`, a real process timed from outside: it ends within the 20 s, its sample text,
+    plot, files and exit included (the sampler compiles before the loop; 2 s are kept for the plot and exit)."""
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "eggroll.cli", "lm", *TINY, "--generations", "100000", "--time-budget", "20"]
+    args += ["--sample-length", "40", "--out", str(tmp_path / "run")]
+    start = time.monotonic()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    elapsed = time.monotonic() - start
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert record["stopped_by"] == "time_budget" and record["generation"] > 1 and record["sample"].startswith("The ")
+    assert elapsed < 20 + 0.5, f"the command took {elapsed:.1f} s of its 20 s budget"  # 0.5 s: process start-up

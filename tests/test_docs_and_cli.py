@@ -152,3 +152,17 @@ def test_cli_joins_a_two_process_run_from_its_options():
     for i, (p, (out, err)) in enumerate(zip(procs, outs, strict=True)):
         assert p.returncode == 0, err[-2000:]
         assert f"process {i} of 2" in out and "2 local / 4 global devices" in out, out
+
+
+def test_cli_demo_time_budget_stops_both_strategies_at_the_same_generation(tmp_path):
+    """The strategies advance together, so a --time-budget stop compares them at equal generations (a stop
+    before OpenAI-ES had started crashed the demo when they ran one after the other). That a command ends within
+    its budget is timed in tests/test_apps_lm.py (the demo's first step, both compiles, takes most of a short one)."""
+    import json
+
+    args = [sys.executable, "-m", "eggroll.cli", "demo", "--generations", "100000", "--population", "16"]
+    done = subprocess.run([*args, "--time-budget", "15", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "time budget reached" in done.stdout, done.stdout[-1000:]
+    lengths = {len(curve) for curve in json.loads((tmp_path / "demo.json").read_text())["curves"].values()}
+    assert len(lengths) == 1 and 0 < lengths.pop() < 100000

@@ -6,13 +6,16 @@ through :func:`eggroll.apply_flax` (no per-member weight matrix is formed).
 For comparison the same budget is spent by full-rank OpenAI-ES. Generations run
 in jitted chunks of ``lax.scan``, each a step of the one run loop
 (:class:`DemoTask`); the progress display reports the loss. A plot of both
-learning curves and of the fitted curve is saved. (``eggroll.demo`` is the old
+learning curves and of the fitted curve is saved. The strategies advance together (a loop
+step runs one chunk of each), so a run stopped early, by ``--time-budget`` or a signal, has
+given both the same number of generations. (``eggroll.demo`` is the old
 name of this module.)
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -58,16 +61,18 @@ def target(x: jax.Array) -> jax.Array:
 
 
 class DemoTask(Task):
-    """The demo as a :class:`eggroll.run.loop.Task`: EGGROLL, then OpenAI-ES, in chunks of ``cfg.chunk`` generations.
+    """The demo as a :class:`eggroll.run.loop.Task`: EGGROLL and OpenAI-ES side by side, in chunks of generations.
 
-    One loop step is one jitted chunk of one strategy (``lax.scan`` over
-    ``cfg.chunk`` generations); the loss curves of both strategies are kept
-    with the checkpoint, so a resumed demo draws the same curves.
+    One loop step runs one jitted chunk (``lax.scan`` over ``cfg.chunk``
+    generations) of each strategy, so both have had the same generations
+    wherever the run stops; the loss curves are kept with the checkpoint, so a
+    resumed demo draws the same curves.
     """
 
     name = "demo"
     label = "evolving"
-    columns = ("generation", "strategy", "mse", "seconds", "generations_per_s", "evaluations_per_s")
+    columns = ("generation", "eggroll_mse", "open_es_mse", "eggroll_seconds", "open_es_seconds", "seconds")
+    columns += ("generations_per_s", "evaluations_per_s")
     may_change = "--checkpoint-every, --time-budget and --quiet"
 
     def __init__(self, cfg: DemoConfig):
@@ -77,7 +82,7 @@ class DemoTask(Task):
                 f"{cfg.population_size}"
             )
         self.cfg = cfg
-        self.population_size = cfg.population_size * cfg.chunk
+        self.population_size = cfg.population_size * cfg.chunk * 2  # members evaluated per step: both strategies
         self.x = jnp.linspace(-2, 2, 128)[:, None]
         self.y = target(self.x)
         self.model = MLP(width=cfg.width)
@@ -90,6 +95,7 @@ class DemoTask(Task):
             "OpenAI-ES": eggroll.open_es(population_size=cfg.population_size, solution=self.variables, optimizer=opt),
         }
         self.labels = list(self.strategies)
+        self.keys_of = dict(zip(self.labels, ("eggroll", "open_es"), strict=True))  # metric-name prefixes
         self.chunks = -(-cfg.generations // cfg.chunk)
         self.curves: dict[str, list[float]] = {label: [] for label in self.labels}
         self._chunk = {label: _chunk_fn(es, self.model, self.x, self.y, cfg) for label, es in self.strategies.items()}
@@ -97,11 +103,12 @@ class DemoTask(Task):
 
     @property
     def total(self) -> int:
-        """Loop steps: chunks of every strategy."""
-        return self.chunks * len(self.labels)
+        """Loop steps: chunks (each runs every strategy)."""
+        return self.chunks
 
     def settings(self) -> dict[str, Any]:
-        return asdict(self.cfg)
+        # "steps": refuses, by name, checkpoints of demos that ran the strategies one after the other
+        return {**asdict(self.cfg), "steps": "a chunk of every strategy"}
 
     def init(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -115,15 +122,19 @@ class DemoTask(Task):
         }
 
     def step(self, carry, generation):
-        index, chunk = divmod(generation - 1, self.chunks)
-        label = self.labels[index]
-        start = chunk * self.cfg.chunk
-        state, losses = self._chunk[label](carry[label], self.keys[start : start + self.cfg.chunk])
-        self.curves[label] = self.curves[label][:start] + [float(v) for v in losses]
-        return {**carry, label: state}, {"strategy": index, "mse": self.curves[label][-1]}
+        start = (generation - 1) * self.cfg.chunk
+        row: dict[str, Any] = {}
+        for label in self.labels:
+            t0 = time.perf_counter()
+            state, losses = self._chunk[label](carry[label], self.keys[start : start + self.cfg.chunk])
+            self.curves[label] = self.curves[label][:start] + [float(v) for v in losses]
+            carry = {**carry, label: state}
+            row[f"{self.keys_of[label]}_mse"] = self.curves[label][-1]
+            row[f"{self.keys_of[label]}_seconds"] = time.perf_counter() - t0
+        return carry, row
 
     def describe(self, row) -> str:
-        return f"{self.labels[row['strategy']]}: mse {row['mse']:.4f}"
+        return "  ".join(f"{label.split()[0]} mse {row[f'{key}_mse']:.4f}" for label, key in self.keys_of.items())
 
     def save_extra(self) -> dict[str, Any]:
         return {"curves": self.curves}
@@ -137,10 +148,10 @@ class DemoTask(Task):
         out = Path(result.out)
         x, y, model = self.x, self.y, self.model
         fits = {label: model.apply(self.strategies[label].get_mean(carry[label]), x) for label in self.labels}
-        seconds = {label: 0.0 for label in self.labels}
-        for row in result.history:
-            if row.get("seconds") is not None:
-                seconds[self.labels[row["strategy"]]] += row["seconds"]
+        seconds = {
+            label: sum(row.get(f"{key}_seconds") or 0.0 for row in result.history)
+            for label, key in self.keys_of.items()
+        }
         start_loss = float(jnp.mean((model.apply(self.variables, x) - y) ** 2))
         summary = {
             "config": asdict(self.cfg),

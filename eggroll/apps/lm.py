@@ -129,7 +129,14 @@ class LMTrainTask(Task):
         self._t0 = time.perf_counter()
         if self.verbose:
             self._announce()
-        return self.problem.init() if self._start is None else self._start
+        carry = self.problem.init() if self._start is None else self._start
+        if self.sample_length > 0:  # compile the sampler now: at the end its compile would overrun --time-budget
+            self._sample(carry)
+        return carry
+
+    def _sample(self, carry: text.Carry) -> str:
+        got = egg.generate(carry.es_state.mean, b"The ", self.sample_length, jax.random.key(self.config.seed), 0.8)
+        return "The " + got.decode("utf-8", errors="replace")
 
     def step(self, carry: text.Carry, generation: int) -> tuple[text.Carry, dict[str, Any]]:
         p = self.problem
@@ -185,8 +192,7 @@ class LMTrainTask(Task):
             "params": egg.num_params(carry.es_state.mean),
         }
         if self.sample_length > 0 and result.stopped_by not in ("SIGTERM", "SIGINT"):
-            got = egg.generate(carry.es_state.mean, b"The ", self.sample_length, jax.random.key(c.seed), 0.8)
-            record["sample"] = "The " + got.decode("utf-8", errors="replace")
+            record["sample"] = self._sample(carry)
         if self.verbose:
             console.print(
                 f"[bold green]done[/] generation {result.generation}: valid {valid[-1]:.3f} bits/byte (start "

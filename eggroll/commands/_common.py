@@ -86,8 +86,14 @@ DEVICES = typer.Option(
     "auto", "--devices", help="Split the population over devices: a number, 'all', or 'auto' (1; all if multi-process)."
 )
 TIME_BUDGET = typer.Option(
-    None, "--time-budget", help="Seconds: stop early enough that the run (last evaluation included) ends within them."
+    None,
+    "--time-budget",
+    help="Seconds: stop early enough that the whole command (last evaluation, files and exit included) ends "
+    "within them.",
 )
+END_RESERVE = 2.0
+"""Seconds a ``--time-budget`` keeps free after the last generation: the plot and files, and the process's exit
+(about 1-1.5 s on the 2-core CPU; the loop cannot time them in advance)."""
 QUIET = typer.Option(False, "--quiet", help="No progress display.")
 
 
@@ -153,7 +159,7 @@ def options(values: Mapping[str, Any] = {}, /, **kwargs: Any):
 
     check_values({**values, **kwargs})
     try:
-        return from_options(RunOptions, {**values, "started": STARTED, **kwargs}).validate()
+        return from_options(RunOptions, {**values, "started": STARTED, "end_reserve": END_RESERVE, **kwargs}).validate()
     except ValueError as err:
         fail(err)
 
@@ -162,7 +168,23 @@ def execute(build: Callable[[], Any], run_options: Any, **run_kwargs: Any):
     """Build the task and run it through the one loop; bad input (settings, files, checkpoints) exits 2."""
     from eggroll.run.loop import run
 
-    return execute_result(lambda: run(build(), run_options, **run_kwargs))
+    def build_and_run():
+        task = build()
+        if run_options.time_budget is not None:
+            _warm_up_plotting()  # before the loop's estimate, not after the last generation
+        return run(task, run_options, **run_kwargs)
+
+    return execute_result(build_and_run)
+
+
+def _warm_up_plotting() -> None:
+    """Import matplotlib and draw once (fonts, backend): every command ends with a plot, and --time-budget's
+    estimate counts generations and evaluations only, so a first plot's second at the end would overrun it."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    Figure(figsize=(2, 2)).subplots().plot([0, 1]).pop().figure.savefig(io.BytesIO(), format="png")
 
 
 def execute_result(run_it: Callable[[], Any]):
@@ -195,10 +217,12 @@ def finish(result: Any) -> None:
     """Report where the files are and end the command with the run's exit status (0, 130, 143)."""
     if result.resumed_from is not None:
         console.print(f"resumed from generation {result.resumed_from} ({result.checkpoint_dir})")
-    for name, path in result.record.get("files", {}).items():  # paths in the record may be relative to --out
-        console.print(f"  {name:10s} {Path(result.out or '.') / path}")
+    files = dict(result.record.get("files", {}))  # relative to --out (the loop records them so)
     if result.out is not None:
-        console.print(f"  {'result':10s} {Path(result.out) / 'result.json'}")
+        files["result"] = "result.json"
+    width = max(map(len, files), default=0)
+    for name, path in files.items():
+        console.print(f"  {name:{width}s} {Path(result.out or '.') / path}")
     if result.stopped_by in ("SIGTERM", "SIGINT") and result.checkpoint_dir is None:
         console.print(
             f"[yellow]stopped by {result.stopped_by} after generation {result.generation}[/] (this run kept no "

@@ -126,6 +126,9 @@ class RunOptions:
         started: the ``time.perf_counter()`` reading ``time_budget`` counts from
             (default: when :func:`run` starts; the CLI passes its process's start,
             so the whole command, imports and model loading included, fits the budget).
+        end_reserve: with ``time_budget``, seconds kept free after the last generation for what the
+            loop cannot time in advance: the task's files (plots, exports) and the process's exit
+            (the CLI keeps 2 s).
     """
 
     out: str | Path | None = None
@@ -145,6 +148,7 @@ class RunOptions:
     mlflow: bool | Mapping[str, Any] | None = None
     stop_after: int | None = None
     started: float | None = None
+    end_reserve: float = 0.0
 
     def validate(self) -> RunOptions:
         """Raise ``ValueError`` naming the option that is wrong and what to pass instead."""
@@ -156,6 +160,8 @@ class RunOptions:
                 raise ValueError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
         if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
             raise ValueError(f"--time-budget must be a positive number of seconds, got {self.time_budget!r}")
+        if not (math.isfinite(self.end_reserve) and self.end_reserve >= 0):
+            raise ValueError(f"end_reserve must be a number of seconds >= 0, got {self.end_reserve!r}")
         if self.max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1, got {self.max_to_keep}")
         return self
@@ -479,7 +485,7 @@ def run(
                 return False
             typical = statistics.median(step_times[1:] or step_times)
             next_eval = max(eval_times) if eval_times else 0.0
-            return time.perf_counter() - t_start + typical + next_eval > options.time_budget
+            return time.perf_counter() - t_start + typical + next_eval + options.end_reserve > options.time_budget
 
         def agree(reason: str, generation: int) -> str:
             """The stop reason every process adopts: the strongest any of them has (a collective over processes)."""
