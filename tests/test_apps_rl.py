@@ -61,7 +61,7 @@ def test_rl_command_rejects_bad_input_with_a_clear_message(tmp_path):
     bad_env = runner.invoke(app, ["--env", "CartPole-v9", "--out", str(tmp_path / "x")])
     assert bad_env.exit_code == 2 and "unknown environment 'CartPole-v9'" in bad_env.output
     bad_pop = runner.invoke(app, ["--population", "15", "--out", str(tmp_path / "y")])
-    assert bad_pop.exit_code == 2 and "population_size must be even" in bad_pop.output
+    assert bad_pop.exit_code == 2 and "population_size (--population) must be even" in bad_pop.output
     bad_hidden = runner.invoke(app, ["--hidden", "32,abc"])
     assert bad_hidden.exit_code == 2 and "--hidden takes widths" in bad_hidden.output
     missing = runner.invoke(app, ["replay", str(tmp_path / "nothing")])

@@ -74,7 +74,7 @@ def test_unknown_names_and_bad_settings_say_what_to_do():
         make_env("CartPole-v1", env_params={"gravityy": 1.0})
     with pytest.raises(ValueError, match="num_rollouts must be >= 1"):
         rl_fitness("CartPole-v1", num_rollouts=0)
-    with pytest.raises(ValueError, match="population_size must be even"):
+    with pytest.raises(ValueError, match=r"population_size \(--population\) must be even"):
         RLConfig(population_size=7).validate()
     with pytest.raises(ValueError, match="unknown strategy"):
         RLConfig(strategy="cma").validate()

@@ -98,7 +98,10 @@ class RLConfig:
         if self.strategy not in STRATEGIES and not self.strategy.startswith("evosax:"):
             raise ValueError(f"unknown strategy {self.strategy!r}; use one of {STRATEGIES} or evosax:<Class>")
         if self.population_size < 2 or self.population_size % 2:
-            raise ValueError(f"population_size must be even and >= 2 (antithetic pairs), got {self.population_size}")
+            raise ValueError(
+                f"population_size (--population) must be even and >= 2 (antithetic pairs), got "
+                f"{self.population_size}: use {max(2, self.population_size + 1)}"
+            )
         if self.population_size * self.num_rollouts >= 2**31:  # member and episode ids are int32
             raise ValueError(
                 f"population_size x num_rollouts must be below 2^31 (int32 ids), got {self.population_size} x "
