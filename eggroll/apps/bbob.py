@@ -667,7 +667,7 @@ class BBOBTask(Task):
     def finish(self, carry: Any, result: RunResult) -> dict[str, Any]:
         bench = self.result(result, result.out)
         record: dict[str, Any] = {
-            "files": {k: str(Path(v).relative_to(result.out)) for k, v in bench.files.items()},
+            "files": {k: str(v) for k, v in bench.files.items()},  # the loop records them relative to --out
             "runs_finished": len(bench.seconds),
             "runs": len(self.runs),
             "run_seconds": {f"{name} {d}-D": s for (name, d), s in bench.seconds.items()},

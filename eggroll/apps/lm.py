@@ -184,7 +184,7 @@ class LMTrainTask(Task):
         text.plot_learning_curve(result.history, self.baselines, plot, title=title)
         valid = [r["valid_bpb"] for r in result.history if r.get("valid_bpb") is not None] or [float("nan")]
         record: dict[str, Any] = {
-            "files": {"plot": str(plot.relative_to(out)) if plot.is_relative_to(out) else str(plot)},
+            "files": {"plot": str(plot)},  # the loop records it relative to --out when it lies there
             "valid_bpb": valid[-1],
             "valid_bpb_start": valid[0],
             "baselines": self.baselines,
