@@ -21,6 +21,7 @@ BAD_INT = ["0", "-3", "abc", "2.5"]
 BAD_FLOAT = ["nan", "inf", "-inf", "abc"]
 BAD_COUNT = BAD_INT  # whole numbers >= 1
 HUGE = "100000000000"
+FILE_CASES = ["UNWRITABLE", "FILE/sub", "."]  # a file to write: in a folder it cannot write to, under a file, a folder
 
 COMMON = {
     "--generations": BAD_COUNT,
@@ -76,6 +77,7 @@ TABLE: dict[str, dict[str, list[str]]] = {
         "--eval-every": BAD_COUNT,
         "--sample-length": ["-1", "abc"],
         "--corpus": ["/nonexistent/corpus.txt"],
+        "--plot": FILE_CASES,
     },
     "finetune": {
         **COMMON,
@@ -109,6 +111,8 @@ TABLE: dict[str, dict[str, list[str]]] = {
         "--api": ["foo"],
         "--base-url": ["ftp://x/v1", "not a url"],
         "--model-path": ["/nonexistent/model.gguf", "NOT_A_MODEL"],
+        "--plot": FILE_CASES,  # refused before the model loads, not after the run when the plot is saved
+        "--cache": FILE_CASES,
     },
 }
 

@@ -133,23 +133,32 @@ def from_options(cls: Callable[..., Any], values: Mapping[str, Any], /, renamed:
 
 
 def check_values(values: Mapping[str, Any]) -> None:
-    """Exit 2 (one line) for a NaN or infinite number among the command's option ``values``, or an ``out``
-    folder that cannot be created; checked before anything is written."""
+    """Exit 2 (one line) for a NaN or infinite number among the command's option ``values``, an ``out``
+    folder that cannot be created, or a ``plot`` / ``cache`` file that cannot be written; checked before
+    anything is written or loaded (a run must not end in a file it cannot save)."""
     for name, value in values.items():
         if isinstance(value, float) and not math.isfinite(value):
             fail(f"--{name.replace('_', '-')} must be a finite number, got {value}")
-    out = values.get("out")
-    if out is None:
-        return
-    parent = Path(out).absolute()
+    for name in ("out", "plot", "cache"):
+        if values.get(name) is not None:
+            _check_writable(name, Path(values[name]), folder=name == "out")
+
+
+def _check_writable(name: str, path: Path, folder: bool) -> None:
+    """Exit 2 unless ``path`` (a folder, or a file) can be created where it is, or written if it exists."""
+    option = f"--{name} {path}"
+    if not folder and path.is_dir():
+        fail(f"{option} is a folder: give a file name")
+    parent = path.absolute() if folder else path.absolute().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        fail(f"--out {out}: {parent} is a file, not a folder; choose another --out")
+        fail(f"{option}: {parent} is a file, not a folder; choose another --{name}")
     try:  # a probe, removed at once: os.access alone misses read-only file systems when run as root
         os.rmdir(tempfile.mkdtemp(prefix=".eggroll-probe-", dir=parent))
     except OSError as err:
-        fail(f"--out {out}: cannot create a folder in {parent} ({err.strerror}); choose a folder you can write to")
+        what = "folder" if folder else "file"
+        fail(f"{option}: cannot create a {what} in {parent} ({err.strerror}); choose a folder you can write to")
 
 
 def options(values: Mapping[str, Any] = {}, /, **kwargs: Any):
