@@ -120,7 +120,14 @@ def mesh_from_option(devices: str | int | None, *, axis_name: str = DEFAULT_AXIS
             raise ValueError(f"--devices takes a number of devices, 'all' or 'auto'; got {devices!r}.") from None
         if n < 1:
             raise ValueError(f"--devices must be >= 1, got {n}.")
-    mesh = make_mesh(n, axis_name=axis_name)  # raises the explanatory error for more devices than exist
+    available = len(jax.devices())
+    if n is not None and n > available:
+        raise ValueError(
+            f"--devices {n}: only {available} device(s) are available ({jax.devices()[0].platform}); use "
+            f"--devices {available} or all. On CPU, fake devices come from "
+            "XLA_FLAGS=--xla_force_host_platform_device_count=8 set before JAX is imported."
+        )
+    mesh = make_mesh(n, axis_name=axis_name)
     return None if mesh.size == 1 and jax.process_count() == 1 else mesh
 
 

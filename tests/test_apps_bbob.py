@@ -215,7 +215,7 @@ def test_cli_common_options_generations_cap_population_and_old_names(tmp_path: P
         rows = list(csv.DictReader(fh))
     assert [(r["strategy"], r["population_size"], r["evaluations"]) for r in rows] == [("SNES", "4", "80")]
     rest = CliRunner().invoke(app, [*base, "--out", str(out), "--resume"])
-    assert rest.exit_code == 0 and "resumed from generation 6" in " ".join(rest.output.split()), rest.output
+    assert rest.exit_code == 0 and "resumed from chunk 6" in " ".join(rest.output.split()), rest.output
     with (out / "bbob_results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["strategy"], r["population_size"]) for r in rows] == [("SNES", "4"), ("cma_es", "4")]

@@ -114,7 +114,7 @@ def test_resume_gives_results_identical_to_an_uninterrupted_run(legs) -> None:
     assert legs["reference"].exit_code == 0, legs["reference"].output
     assert legs["resumed"].exit_code == 0, legs["resumed"].output
     stopped = legs["stopped_rows"][-1]["generation"]
-    assert f"resumed from generation {stopped}" in _text(legs["resumed"])
+    assert f"resumed from chunk {stopped}" in _text(legs["resumed"])
     split, whole = legs["split"], legs["whole"]
     csv = (split / "bbob_results.csv").read_bytes()
     assert csv == (whole / "bbob_results.csv").read_bytes()

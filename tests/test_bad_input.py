@@ -166,3 +166,24 @@ def test_bad_value_is_one_line_exit_2_and_leaves_nothing(command, args, tmp_path
     assert len(lines) == 1 and lines[0].startswith("error: "), (args, result.output[-2000:])
     assert "Traceback" not in result.output
     assert sorted(os.listdir(work)) == [], (args, os.listdir(work))
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "says"),
+    [
+        ("lm", ["--population", "6", "--group-pairs", "2"], "(--population)"),
+        ("rl", ["--population", "7"], "(--population)"),
+        ("rl", ["--devices", "1000"], "--devices 1000: only"),
+    ],
+)
+def test_refusal_names_the_option_and_a_value_that_works(command, args, says, tmp_path):
+    """The one line names the command's option (not only the Python field) and, where one exists, a value that
+    is accepted: the value it suggests passes that check when given."""
+    result = CliRunner().invoke(app, [command, *args, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and says in result.output, result.output
+    if command == "lm":
+        from eggroll.problems.text import LMConfig
+
+        suggested = int(result.output.split("use ")[-1].split(".")[0])
+        assert suggested == 8
+        LMConfig(population=suggested, group_pairs=2).validate()

@@ -94,7 +94,7 @@ def test_cli_demo_sigterm_refusals_then_resume(tmp_path):
     assert other.returncode == 2 and "seed: 0 in the checkpoint, 1 now" in other.stderr
     resumed = subprocess.run([*args, "--out", str(out), "--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    assert "resumed from generation" in resumed.stdout
+    assert "resumed from chunk" in resumed.stdout
     curves = json.loads((out / "demo.json").read_text())["curves"]
     assert [len(c) for c in curves.values()] == [300, 300]
 

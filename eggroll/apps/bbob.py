@@ -467,6 +467,7 @@ class BBOBTask(Task):
     """
 
     name = "bbob"
+    unit = "chunk"
     columns = (
         "generation",
         "run",

@@ -70,6 +70,7 @@ class DemoTask(Task):
     """
 
     name = "demo"
+    unit = "chunk"
     label = "evolving"
     columns = ("generation", "eggroll_mse", "open_es_mse", "eggroll_seconds", "open_es_seconds", "seconds")
     columns += ("generations_per_s", "evaluations_per_s")

@@ -225,7 +225,7 @@ def execute_result(run_it: Callable[[], Any]):
 def finish(result: Any) -> None:
     """Report where the files are and end the command with the run's exit status (0, 130, 143)."""
     if result.resumed_from is not None:
-        console.print(f"resumed from generation {result.resumed_from} ({result.checkpoint_dir})")
+        console.print(f"resumed from {result.unit} {result.resumed_from} ({result.checkpoint_dir})")
     files = dict(result.record.get("files", {}))  # relative to --out (the loop records them so)
     if result.out is not None:
         files["result"] = "result.json"
@@ -234,15 +234,15 @@ def finish(result: Any) -> None:
         console.print(f"  {name:{width}s} {Path(result.out or '.') / path}")
     if result.stopped_by in ("SIGTERM", "SIGINT") and result.checkpoint_dir is None:
         console.print(
-            f"[yellow]stopped by {result.stopped_by} after generation {result.generation}[/] (this run kept no "
+            f"[yellow]stopped by {result.stopped_by} after {result.unit} {result.generation}[/] (this run kept no "
             "checkpoint: add --checkpoint-every K to make it resumable)"
         )
     elif result.stopped_by in ("SIGTERM", "SIGINT"):
         console.print(
-            f"[yellow]stopped by {result.stopped_by} after generation {result.generation}[/]; checkpoint saved, "
+            f"[yellow]stopped by {result.stopped_by} after {result.unit} {result.generation}[/]; checkpoint saved, "
             "continue with the same command plus --resume"
         )
     elif result.stopped_by in ("time_budget", "target"):
-        console.print(f"stopped after generation {result.generation}: {result.stopped_by.replace('_', ' ')} reached")
+        console.print(f"stopped after {result.unit} {result.generation}: {result.stopped_by.replace('_', ' ')} reached")
     if result.exit_code:
         raise typer.Exit(result.exit_code)

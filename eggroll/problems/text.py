@@ -179,9 +179,10 @@ class LMConfig:
         if not 0 <= self.sigma_shift <= 10:  # int8 products reach 2^14: a larger shift rounds every perturbation to 0
             raise ValueError(f"sigma_shift must be in 0..10 (sigma = 2^-sigma_shift), got {self.sigma_shift}.")
         if self.population < 2 or self.population % (2 * self.group_pairs):
+            pairs = 2 * self.group_pairs
             raise ValueError(
-                f"population ({self.population}) must be a positive multiple of 2 * group_pairs "
-                f"({2 * self.group_pairs})."
+                f"population (--population) must be a positive multiple of 2 * group_pairs (--group-pairs), "
+                f"{pairs}; got {self.population}: use {max(pairs, -(-self.population // pairs) * pairs)}."
             )
         return self
 

@@ -185,11 +185,14 @@ class Task:
             ``evaluations_per_s`` metric).
         total: the task's whole length in generations when it has one (the demo's and
             BBOB's chunks): the default and the most a run goes to.
+        unit: what one of the loop's generations is, in the command's closing lines (``"chunk"``
+            for the demo and BBOB).
     """
 
     population_size: int | None = None
     total: int | None = None
     name: str = "run"
+    unit: str = "generation"
     label: str = ""
     columns: tuple[str, ...] | None = None
     may_change: str = "--generations, --time-budget, --eval-every, --checkpoint-every and --quiet"
@@ -253,6 +256,7 @@ class RunResult:
         out: the run's folder.
         record: what was written to ``result.json``.
         checkpoint_dir: where the checkpoints are (``None``: none).
+        unit: the task's :attr:`Task.unit`.
     """
 
     carry: Any
@@ -263,6 +267,7 @@ class RunResult:
     out: Path | None = None
     record: dict[str, Any] = field(default_factory=dict)
     checkpoint_dir: str | None = None
+    unit: str = "generation"
 
     @property
     def interrupted(self) -> str:
@@ -549,7 +554,7 @@ def run(
                     stopped_by = signals.signal_name  # (several processes: the next generation agrees on it)
         save(gen)
         result = RunResult(carry, gen, history, stopped_by or "generations", resumed_from, out)
-        result.checkpoint_dir = None if ckpt is None else str(ckpt.directory)
+        result.checkpoint_dir, result.unit = None if ckpt is None else str(ckpt.directory), task.unit
         if out is not None and main:
             extra = task.finish(carry, result)
             if isinstance(extra.get("files"), Mapping):  # recorded relative to the run's folder, as it moves with it
