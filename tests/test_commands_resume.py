@@ -136,6 +136,9 @@ def test_sigterm_and_resume_leave_every_file_equal(tmp_path, command):
         assert _read(got[name], split) == _read(want[name], whole), f"{command}: {name} differs after the resume"
     record = json.loads((split / "result.json").read_text())
     assert record["command"] == command and record["stopped_by"] == "generations"
+    # every file the command wrote is named in result.json (and so in its closing lines)
+    named = {Path(path).parts[0] for path in record["files"].values()} | {"result.json", "metrics", *SKIP}
+    assert {Path(name).parts[0] for name in want} <= named, (command, sorted(want), record["files"])
 
 
 def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(tmp_path):

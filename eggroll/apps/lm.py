@@ -281,9 +281,9 @@ def _open(out: Path):
     directory = Path(out) / "checkpoints"
     if not directory.is_dir():
         raise CheckpointError(
-            f"{str(directory)!r} does not exist: {str(out)!r} holds no `eggroll lm` run; train first with `eggroll "
-            "lm --out DIR` (or start without --resume). A run of an older `eggroll lm` (before the one run loop, "
-            "steps directly in its folder) must be re-run, or sampled with the previous release."
+            f"{str(directory)!r} does not exist: {str(out)!r} holds no `eggroll lm` run; train one first with "
+            "`eggroll lm --out DIR` (a fresh run: without --resume). A run of an older `eggroll lm` (before the one "
+            "run loop, steps directly in its folder) must be re-run, or sampled with the previous release."
         )
     return Checkpointer(directory, max_to_keep=3, async_save=False)
 

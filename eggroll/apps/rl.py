@@ -491,6 +491,7 @@ def save_run(result: RLResult, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"policy": save_policy(out / "policy.msgpack", result.config, result.best_params, result.best_obs_stats)}
+    files["policy_settings"] = files["policy"].with_suffix(".json")  # `eggroll rl replay` needs both
     summary = {
         "config": dataclasses.asdict(result.config),
         "best_eval_return": result.best_eval_return,
