@@ -15,13 +15,20 @@ from eggroll.rl_train import build, load_policy
 runner = CliRunner()
 
 
-def test_rl_command_trains_saves_plots_and_replays(tmp_path):
+def test_rl_command_trains_saves_plots_and_replays(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
     args = ["--env", "CartPole-v1", "--generations", "3", "--population", "16", "--horizon", "60"]
     args += ["--rollouts", "1", "--eval-every", "1", "--eval-episodes", "2", "--hidden", "8", "--quiet"]
-    result = runner.invoke(app, [*args, "--out", str(out), "--render"])
+    result = runner.invoke(app, [*args, "--out", "run", "--render"])  # a relative --out
     assert result.exit_code == 0, result.output
     assert "best evaluated return" in result.output
+    # every file is printed once under --out (the replay was printed as run/run/replay.gif) and is in result.json
+    printed = dict(
+        line.split() for line in result.output.splitlines() if line.startswith("  ") and len(line.split()) == 2
+    )
+    assert printed["replay"] == "run/replay.gif" and all((tmp_path / p).is_file() for p in printed.values()), printed
+    assert json.loads((out / "result.json").read_text())["files"]["replay"] == "replay.gif"
     for name in ("policy.msgpack", "policy.json", "history.json", "learning_curve.png", "replay.gif"):
         assert (out / name).stat().st_size > 0, name
 

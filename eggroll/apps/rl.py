@@ -212,14 +212,16 @@ class RLTask(Task):
             all-gathered and the update is computed replicated; the result
             matches a one-device run to float tolerance, and a checkpoint may
             be resumed on a different number of devices.
+        render: also write one episode of the best policy (``replay.gif`` / ``replay.html``) at the end of a
+            run that was not stopped by a signal (the command's ``--render``).
     """
 
     name = "rl"
     columns = _COLUMNS
     may_change = "--generations, --eval-every, --eval-episodes, --target, --time-budget, --devices and --quiet"
 
-    def __init__(self, config: RLConfig, mesh: Any = None):
-        self.config, self.mesh = config.validate(), mesh
+    def __init__(self, config: RLConfig, mesh: Any = None, render: bool = False):
+        self.config, self.mesh, self.render = config.validate(), mesh, render
         if mesh is not None and config.strategy.startswith("evosax:"):
             raise ValueError(
                 f"{config.strategy} runs on one device: leave out --devices (evosax has no sharded ask/tell)"
@@ -340,6 +342,10 @@ class RLTask(Task):
 
     def finish(self, carry, run) -> dict[str, Any]:
         files = save_run(self.result(run), run.out)
+        if self.render and not run.exit_code:
+            from eggroll.run.progress import console
+
+            files["replay"] = replay_policy(files["policy"], run.out / "replay", self.config.seed, console.print)
         return {"best_eval_return": self.best_return, "files": {k: str(v) for k, v in files.items()}}
 
 

@@ -94,7 +94,7 @@ def rl(
         common.fail(err)
     if mesh is not None:
         console.print(f"population split over {mesh.size} devices ({jax.process_count()} process(es))")
-    result = common.execute(lambda: RLTask(config, mesh), run_options)
+    result = common.execute(lambda: RLTask(config, mesh, render), run_options)
     if jax.process_index() != 0:  # multi-process: process 0 writes the files and reports
         raise typer.Exit(result.exit_code)
     rows = [r for r in result.history if r["generation"] > 0 and r.get("seconds") is not None]
@@ -104,11 +104,6 @@ def rl(
         f"[green]{result.record.get('best_eval_return', float('nan')):.2f}[/], "
         f"{1000 * (times[len(times) // 2] if times else float('nan')):.0f} ms/generation"
     )
-    if render and not result.exit_code:
-        from eggroll.apps.rl import replay_policy
-
-        path = replay_policy(out / "policy.msgpack", out / "replay", seed, console.print)
-        result.record.setdefault("files", {})["replay"] = str(path)
     common.finish(result)
 
 
