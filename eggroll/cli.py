@@ -98,6 +98,9 @@ def version() -> None:
 
 
 def main() -> None:
+    from eggroll.run.checkpoint import interrupt_early
+
+    interrupt_early()
     app()
 
 

@@ -147,6 +147,76 @@ def test_sigterm_finishes_the_generation_saves_and_exits_143(tmp_path):
     assert rest.resumed_from == 3 and [r["generation"] for r in rest.history] == list(range(10))
 
 
+def test_ctrl_c_before_the_loop_stops_the_run_before_anything_runs(tmp_path):
+    """A Ctrl-C while a command still loads (interrupt_early's flag) stops the run before the initial evaluation:
+    nothing saved or written, fresh or resumed, and the next run (fresh, or the resume) is the same as without it.
+    (Python's own handler raised KeyboardInterrupt wherever the program was: in JAX's gc callback the interrupt was
+    lost and the run went on to its end, as found by hand.)"""
+    from eggroll.run import checkpoint
+
+    checkpoint._EARLY["signal"] = signal.SIGINT
+    task = Count()
+    stopped = run(task, RunOptions(out=tmp_path, generations=3, eval_every=1, quiet=True))
+    assert (stopped.began, stopped.stopped_by, stopped.exit_code, stopped.generation) == (False, "SIGINT", 130, 0)
+    assert task.evaluated == [] and stopped.checkpoint_dir is None and not (tmp_path / "result.json").exists()
+    assert checkpoint._EARLY["signal"] is None  # taken by the loop: the next run is not stopped by it
+    first = run(Count(), RunOptions(out=tmp_path, generations=3, eval_every=1, quiet=True))  # not refused
+    assert first.began and first.generation == 3 and (tmp_path / "result.json").exists()
+
+    checkpoint._EARLY["signal"] = signal.SIGINT  # the same, for a resume: its checkpoint is left as it was
+    record = (tmp_path / "result.json").read_text()
+    again = run(Count(), RunOptions(out=tmp_path, generations=6, eval_every=1, resume=True, quiet=True))
+    assert not again.began and again.resumed_from == 3 and again.checkpoint_dir is not None
+    assert (tmp_path / "result.json").read_text() == record
+    rest = run(Count(), RunOptions(out=tmp_path, generations=6, eval_every=1, resume=True, quiet=True))
+    assert rest.resumed_from == 3 and [r["generation"] for r in rest.history] == list(range(7))
+
+
+def test_ctrl_c_while_a_command_loads_exits_130_and_saves_nothing(tmp_path):
+    """`eggroll rl` with Ctrl-C arriving while its task is built (as while a model loads): one press stops it
+    before the first generation (exit 130, nothing written); two presses stop it at once (exit 130, one line)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    def command(presses: int, out) -> subprocess.CompletedProcess:
+        code = textwrap.dedent(
+            f"""
+            import os, signal, sys
+            import eggroll.apps.rl as rl
+            build = rl.RLTask.__init__
+            def loading(self, *args, **kwargs):
+                for _ in range({presses}):
+                    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the command loads
+                build(self, *args, **kwargs)
+            rl.RLTask.__init__ = loading
+            sys.argv = ["eggroll", "rl", "--generations", "2", "--population", "8", "--hidden", "4"]
+            sys.argv += ["--out", {str(out)!r}]
+            from eggroll.cli import main
+            main()
+            """
+        )
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, start_new_session=True
+        )
+
+    once = command(1, tmp_path / "once")
+    text = " ".join((once.stdout + once.stderr).split())
+    assert once.returncode == 130, text[-2000:]
+    assert "Ctrl-C: the run stops before its first generation" in text, text[-2000:]
+    assert "stopped by SIGINT before the run began: nothing was saved" in text and "Traceback" not in text
+    assert not (tmp_path / "once" / "result.json").exists()
+    assert not any((tmp_path / "once" / "checkpoints").iterdir())
+
+    twice = command(2, tmp_path / "twice")
+    lines = [line for line in twice.stderr.splitlines() if line.strip() and not line.startswith("Ctrl-C")]
+    assert twice.returncode == 130 and "Traceback" not in twice.stderr, twice.stderr[-2000:]
+    assert lines == [
+        "stopped by Ctrl-C (SIGINT); what was saved before it is kept (a checkpoint: continue with "
+        "the same command plus --resume)"
+    ], twice.stderr[-2000:]
+
+
 def test_log_every_keeps_every_kth_row_and_the_last(tmp_path):
     result = run(Count(), RunOptions(out=tmp_path, generations=7, log_every=3, quiet=True))
     assert [r["generation"] for r in result.history] == [0, 3, 6, 7]

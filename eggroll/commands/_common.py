@@ -56,6 +56,18 @@ class OneLineErrors(TyperGroup):
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # Ctrl-C outside the loop's care (before it, or a second one): say so, exit 130
+            typer.secho(
+                "stopped by Ctrl-C (SIGINT); what was saved before it is kept (a checkpoint: continue with the same "
+                "command plus --resume)",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
+            raise typer.Exit(130) from None
+
 
 def out_option(default: str | None) -> Any:
     return typer.Option(default, "--out", help="The run's folder: result.json, metrics/, checkpoints/ and the plot.")
@@ -183,7 +195,10 @@ def execute(build: Callable[[], Any], run_options: Any, **run_kwargs: Any):
             _warm_up_plotting()  # before the loop's estimate, not after the last generation
         return run(task, run_options, **run_kwargs)
 
-    return execute_result(build_and_run)
+    result = execute_result(build_and_run)
+    if not result.began:  # a Ctrl-C before the loop began: nothing ran, so the command has nothing to report
+        finish(result)
+    return result
 
 
 def _warm_up_plotting() -> None:
@@ -227,12 +242,15 @@ def finish(result: Any) -> None:
     if result.resumed_from is not None:
         console.print(f"resumed from {result.unit} {result.resumed_from} ({result.checkpoint_dir})")
     files = dict(result.record.get("files", {}))  # relative to --out (the loop records them so)
-    if result.out is not None:
+    if result.out is not None and result.began:
         files["result"] = "result.json"
     width = max(map(len, files), default=0)
     for name, path in files.items():
         console.print(f"  {name:{width}s} {Path(result.out or '.') / path}")
-    if result.stopped_by in ("SIGTERM", "SIGINT") and result.checkpoint_dir is None:
+    if not result.began:  # a Ctrl-C before the loop began
+        kept = f"its checkpoint of {result.unit} {result.resumed_from} is unchanged" if result.resumed_from else ""
+        console.print(f"[yellow]stopped by {result.stopped_by} before the run began[/]: {kept or 'nothing was saved'}")
+    elif result.stopped_by in ("SIGTERM", "SIGINT") and result.checkpoint_dir is None:
         console.print(
             f"[yellow]stopped by {result.stopped_by} after {result.unit} {result.generation}[/] (this run kept no "
             "checkpoint: add --checkpoint-every K to make it resumable)"

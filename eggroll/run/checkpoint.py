@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,6 +45,7 @@ __all__ = [
     "CheckpointError",
     "Checkpointer",
     "GracefulInterrupt",
+    "interrupt_early",
     "check_settings",
     "fingerprint",
     "step_checksums",
@@ -433,6 +435,32 @@ class Checkpointer:
             raise CheckpointError(f"Checkpoint {where} does not match this run: {detail}. {advice}")
 
 
+_EARLY: dict[str, int | None] = {"signal": None}
+
+
+def _early_handler(signum, frame):
+    if _EARLY["signal"] is not None:
+        raise KeyboardInterrupt
+    _EARLY["signal"] = signum
+    sys.stderr.write("\nCtrl-C: the run stops before its first generation (Ctrl-C again: at once)\n")
+
+
+def interrupt_early() -> None:
+    """Ctrl-C before a run's loop begins (imports, model loading, compiling) is kept for the loop, as during it.
+
+    Python's own handler raises :class:`KeyboardInterrupt` wherever the program is: inside a callback whose
+    exceptions are only printed (JAX's garbage-collection callback is one) the interrupt was lost and the run
+    went on to its end; inside a native module's import it became an ``ImportError``; inside XLA it could
+    crash the process. With this handler (the commands install it at their start) the first Ctrl-C is a flag
+    that :class:`GracefulInterrupt` takes as its own, so the loop stops before the first generation; a second
+    raises :class:`KeyboardInterrupt` at once. A handler of the program's own is left in place; an ignored
+    SIGINT (a background job's) is replaced, as the loop's :class:`GracefulInterrupt` replaces it.
+    """
+    ours = signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_IGN, signal.SIG_DFL)
+    if ours and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _early_handler)
+
+
 class GracefulInterrupt:
     """Turn SIGTERM and the first Ctrl-C into a flag the training loop polls.
 
@@ -460,6 +488,8 @@ class GracefulInterrupt:
         return signal.Signals(self.requested).name if self.requested is not None else ""
 
     def __enter__(self) -> GracefulInterrupt:
+        if _EARLY["signal"] is not None:  # a Ctrl-C before the loop that a library swallowed
+            self.requested, _EARLY["signal"] = _EARLY["signal"], None
         if threading.current_thread() is threading.main_thread():
             for s in self.signals:
                 self._old[s] = signal.signal(s, self._handler)

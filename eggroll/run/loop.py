@@ -257,6 +257,8 @@ class RunResult:
         record: what was written to ``result.json``.
         checkpoint_dir: where the checkpoints are (``None``: none).
         unit: the task's :attr:`Task.unit`.
+        began: ``False`` when a Ctrl-C before the loop (:func:`eggroll.run.checkpoint.interrupt_early`) stopped
+            the run before anything ran: nothing was saved or written.
     """
 
     carry: Any
@@ -268,6 +270,7 @@ class RunResult:
     record: dict[str, Any] = field(default_factory=dict)
     checkpoint_dir: str | None = None
     unit: str = "generation"
+    began: bool = True
 
     @property
     def interrupted(self) -> str:
@@ -507,7 +510,12 @@ def run(
 
         progress = ProgressBar(task.label or task.name, generations, start, enabled=main and not options.quiet)
         with progress as bar, GracefulInterrupt() as signals:
-            if resumed_from is None:
+            # Ctrl-C before the loop began (eggroll.run.checkpoint.interrupt_early): stop before anything runs.
+            # (Several processes: they agree after the initial evaluation or the first generation, as always.)
+            before = signals.requested is not None and jax.process_count() == 1
+            if before:
+                stopped_by = signals.signal_name
+            elif resumed_from is None:
                 row0 = {"generation": 0}
                 evaluate(row0)
                 if len(row0) > 1:
@@ -552,10 +560,17 @@ def run(
                     save(gen)
                 if signals.requested is not None and not stopped_by and jax.process_count() == 1:
                     stopped_by = signals.signal_name  # (several processes: the next generation agrees on it)
-        save(gen)
+        if not before:
+            save(gen)
         result = RunResult(carry, gen, history, stopped_by or "generations", resumed_from, out)
-        result.checkpoint_dir, result.unit = None if ckpt is None else str(ckpt.directory), task.unit
-        if out is not None and main:
+        result.checkpoint_dir, result.unit, result.began = (
+            None if ckpt is None else str(ckpt.directory),
+            task.unit,
+            not before,
+        )
+        if before and ckpt is not None and ckpt.latest_step() is None:
+            result.checkpoint_dir = None  # nothing was saved: a fresh run stopped before it began
+        if out is not None and main and not before:
             extra = task.finish(carry, result)
             if isinstance(extra.get("files"), Mapping):  # recorded relative to the run's folder, as it moves with it
                 extra = {**extra, "files": {k: _within(out, v) for k, v in extra["files"].items()}}
