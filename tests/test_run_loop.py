@@ -172,6 +172,23 @@ def test_ctrl_c_before_the_loop_stops_the_run_before_anything_runs(tmp_path):
     assert rest.resumed_from == 3 and [r["generation"] for r in rest.history] == list(range(7))
 
 
+def test_ctrl_c_outside_a_run_command_is_pythons_own():
+    """Unarmed (`eggroll evollm serve`, `lm sample`, a run's last files) the CLI's handler raises KeyboardInterrupt at
+    once, as Python's does: the server stops at the first Ctrl-C instead of waiting for a loop that never comes."""
+    from eggroll.run import checkpoint
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        checkpoint.interrupt_early()
+        assert signal.getsignal(signal.SIGINT) is checkpoint._early_handler
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        assert checkpoint._EARLY["signal"] is None
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_ctrl_c_while_a_command_loads_exits_130_and_saves_nothing(tmp_path):
     """`eggroll rl` with Ctrl-C arriving while its task is built (as while a model loads): one press stops it
     before the first generation (exit 130, nothing written); two presses stop it at once (exit 130, one line)."""

@@ -147,7 +147,11 @@ def from_options(cls: Callable[..., Any], values: Mapping[str, Any], /, renamed:
 def check_values(values: Mapping[str, Any]) -> None:
     """Exit 2 (one line) for a NaN or infinite number among the command's option ``values``, an ``out``
     folder that cannot be created, or a ``plot`` / ``cache`` file that cannot be written; checked before
-    anything is written or loaded (a run must not end in a file it cannot save)."""
+    anything is written or loaded (a run must not end in a file it cannot save). Every run command calls
+    this first; from here on a Ctrl-C waits for the run's loop (:func:`eggroll.run.checkpoint.defer_interrupts`)."""
+    from eggroll.run.checkpoint import defer_interrupts
+
+    defer_interrupts()
     for name, value in values.items():
         if isinstance(value, float) and not math.isfinite(value):
             fail(f"--{name.replace('_', '-')} must be a finite number, got {value}")

@@ -45,6 +45,7 @@ __all__ = [
     "CheckpointError",
     "Checkpointer",
     "GracefulInterrupt",
+    "defer_interrupts",
     "interrupt_early",
     "check_settings",
     "fingerprint",
@@ -435,11 +436,11 @@ class Checkpointer:
             raise CheckpointError(f"Checkpoint {where} does not match this run: {detail}. {advice}")
 
 
-_EARLY: dict[str, int | None] = {"signal": None}
+_EARLY: dict[str, Any] = {"signal": None, "armed": False}
 
 
 def _early_handler(signum, frame):
-    if _EARLY["signal"] is not None:
+    if not _EARLY["armed"] or _EARLY["signal"] is not None:
         raise KeyboardInterrupt
     _EARLY["signal"] = signum
     sys.stderr.write("\nCtrl-C: the run stops before its first generation (Ctrl-C again: at once)\n")
@@ -451,14 +452,22 @@ def interrupt_early() -> None:
     Python's own handler raises :class:`KeyboardInterrupt` wherever the program is: inside a callback whose
     exceptions are only printed (JAX's garbage-collection callback is one) the interrupt was lost and the run
     went on to its end; inside a native module's import it became an ``ImportError``; inside XLA it could
-    crash the process. With this handler (the commands install it at their start) the first Ctrl-C is a flag
-    that :class:`GracefulInterrupt` takes as its own, so the loop stops before the first generation; a second
-    raises :class:`KeyboardInterrupt` at once. A handler of the program's own is left in place; an ignored
-    SIGINT (a background job's) is replaced, as the loop's :class:`GracefulInterrupt` replaces it.
+    crash the process. With this handler (the CLI installs it at its start, and a run command arms it with
+    :func:`defer_interrupts` once its options are checked) the first Ctrl-C is a flag that
+    :class:`GracefulInterrupt` takes as its own, so the loop stops before the first generation; a second
+    raises :class:`KeyboardInterrupt` at once. Unarmed (``eggroll evollm serve``, ``lm sample``, after the
+    loop) it raises :class:`KeyboardInterrupt` as Python's own handler does. A handler of the program's own
+    is left in place; an ignored SIGINT (a background job's) is replaced, as :class:`GracefulInterrupt`
+    replaces it.
     """
     ours = signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_IGN, signal.SIG_DFL)
     if ours and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _early_handler)
+
+
+def defer_interrupts() -> None:
+    """Arm :func:`interrupt_early`'s handler: a run is about to be built, so a Ctrl-C now waits for its loop."""
+    _EARLY["armed"] = True
 
 
 class GracefulInterrupt:
@@ -488,8 +497,9 @@ class GracefulInterrupt:
         return signal.Signals(self.requested).name if self.requested is not None else ""
 
     def __enter__(self) -> GracefulInterrupt:
-        if _EARLY["signal"] is not None:  # a Ctrl-C before the loop that a library swallowed
+        if _EARLY["signal"] is not None:  # a Ctrl-C before the loop (interrupt_early)
             self.requested, _EARLY["signal"] = _EARLY["signal"], None
+        _EARLY["armed"] = False  # after this run, a Ctrl-C (in the command's last files) stops at once
         if threading.current_thread() is threading.main_thread():
             for s in self.signals:
                 self._old[s] = signal.signal(s, self._handler)
