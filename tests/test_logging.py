@@ -83,6 +83,33 @@ def test_truncate_drops_rows_past_a_resume_point_and_appending_continues(tmp_pat
     assert table[0] == ["generation", "x"] and [r[0] for r in table[1:]] == ["0", "1", "2", "3"]
 
 
+def test_truncate_after_a_kill_mid_row_drops_the_cut_row_and_names_a_damaged_one(tmp_path):
+    """A process killed while writing a row (kill -9, a preempted machine) leaves it cut short, without its newline;
+    the resume dropped nothing and failed on it with a bare JSON error. Now the cut row goes (it is past every
+    checkpoint: rows are written before their checkpoint), even one cut inside a number ("16" of 160); a row damaged
+    elsewhere is named, with what to do."""
+    with MetricsLogger(tmp_path, tensorboard=False) as log:
+        for g in range(5):
+            log.log(g, {"x": float(g)})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"generation": 160, "x": 1')
+    with open(tmp_path / "metrics.csv", "a", newline="") as f:
+        f.write("1")  # the row of generation 160, cut after one character: it would read as generation 1
+    with MetricsLogger(tmp_path, tensorboard=False) as log:
+        log.truncate(3)
+        log.log(3, {"x": 30.0})
+    assert [r["generation"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2, 3]
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        table = list(csv.reader(f))
+    assert [r[0] for r in table[1:]] == ["0", "1", "2", "3"] and table[-1] == ["3", "30.0"]
+
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    lines[1] = lines[1][:-5]  # damaged in the middle: not a cut last row
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with MetricsLogger(tmp_path, tensorboard=False) as log, pytest.raises(ValueError, match=r"line 2 is not a JSON"):
+        log.truncate(3)
+
+
 def test_truncate_purges_tensorboard_events_past_the_resume_point(tmp_path):
     """A resumed log hides the first run's TensorBoard events from the resume step on (TensorBoard's purge rule)."""
     from tensorboardX.proto import event_pb2

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -58,6 +59,13 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """All rows of a ``metrics.jsonl`` file."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def _complete_rows(path: Path) -> str:
+    """The file's text without a last row cut short (no newline: a process killed while writing it)."""
+    with open(path, newline="") as f:
+        text = f.read()
+    return text[: text.rfind("\n") + 1]
 
 
 def _json_value(v: Any) -> Any:
@@ -198,12 +206,21 @@ class MetricsLogger:
             self._tb.close()
             self._tb = self._writer(_summary_writer(), purge_step=int(generation))
         if self.jsonl_path.exists():
-            rows = [r for r in read_jsonl(self.jsonl_path) if r.get("generation", -1) < generation]
+            rows = []
+            for n, line in enumerate(_complete_rows(self.jsonl_path).split("\n"), 1):
+                try:
+                    if line.strip():
+                        rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(
+                        f"{self.jsonl_path} line {n} is not a JSON row ({err}): the file was changed after the run "
+                        f"wrote it. Restore it, or move {self.directory} away to resume without the earlier rows"
+                    ) from None
+            rows = [r for r in rows if r.get("generation", -1) < generation]
             with open(self.jsonl_path, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
         if self.csv_path.exists():
-            with open(self.csv_path, newline="") as f:
-                table = list(csv.reader(f))
+            table = list(csv.reader(io.StringIO(_complete_rows(self.csv_path), newline="")))
             if table:
                 head, body = table[0], table[1:]
                 gi = head.index("generation") if "generation" in head else None
