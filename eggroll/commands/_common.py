@@ -266,5 +266,7 @@ def finish(result: Any) -> None:
         )
     elif result.stopped_by in ("time_budget", "target"):
         console.print(f"stopped after {result.unit} {result.generation}: {result.stopped_by.replace('_', ' ')} reached")
+    if result.note:
+        console.print(f"[yellow]note:[/] {result.note}")
     if result.exit_code:
         raise typer.Exit(result.exit_code)

@@ -259,6 +259,7 @@ class RunResult:
         unit: the task's :attr:`Task.unit`.
         began: ``False`` when a Ctrl-C before the loop (:func:`eggroll.run.checkpoint.interrupt_early`) stopped
             the run before anything ran: nothing was saved or written.
+        note: a line for the user about how the run ended (e.g. a time budget spent by the start-up), or ``""``.
     """
 
     carry: Any
@@ -271,6 +272,7 @@ class RunResult:
     checkpoint_dir: str | None = None
     unit: str = "generation"
     began: bool = True
+    note: str = ""
 
     @property
     def interrupted(self) -> str:
@@ -568,6 +570,12 @@ def run(
             task.unit,
             not before,
         )
+        if result.stopped_by == "time_budget" and gen == start + 1:
+            result.note = (
+                f"the {options.time_budget:g} s time budget was spent before a second {task.unit} could run "
+                f"({time.perf_counter() - t_start:.1f} s so far: imports, loading, compiling and the first "
+                f"{task.unit}); a run does at least one"
+            )
         if before and ckpt is not None and ckpt.latest_step() is None:
             result.checkpoint_dir = None  # nothing was saved: a fresh run stopped before it began
         if out is not None and main and not before:
