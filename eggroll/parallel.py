@@ -65,6 +65,10 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- mesh
 
+_FAKE_DEVICES = (
+    "On CPU, fake devices come from XLA_FLAGS=--xla_force_host_platform_device_count=8 set before JAX is imported."
+)
+
 
 def make_mesh(
     num_devices: int | None = None, *, axis_name: str = DEFAULT_AXIS, devices: Sequence[Any] | None = None
@@ -87,9 +91,8 @@ def make_mesh(
     n = len(devices) if num_devices is None else num_devices
     if not 1 <= n <= len(devices):
         raise ValueError(
-            f"num_devices={num_devices} but {len(devices)} device(s) are available "
-            f"({devices[0].platform}). On CPU, fake devices come from "
-            "XLA_FLAGS=--xla_force_host_platform_device_count=8 set before JAX is imported."
+            f"num_devices={num_devices} but {len(devices)} device(s) are available ({devices[0].platform}). "
+            + _FAKE_DEVICES
         )
     return Mesh(np.array(devices[:n]), (axis_name,), axis_types=(jax.sharding.AxisType.Auto,))
 
@@ -120,12 +123,11 @@ def mesh_from_option(devices: str | int | None, *, axis_name: str = DEFAULT_AXIS
             raise ValueError(f"--devices takes a number of devices, 'all' or 'auto'; got {devices!r}.") from None
         if n < 1:
             raise ValueError(f"--devices must be >= 1, got {n}.")
-    available = len(jax.devices())
-    if n is not None and n > available:
+    available = jax.devices()
+    if n is not None and n > len(available):  # make_mesh's check, in the option's words
         raise ValueError(
-            f"--devices {n}: only {available} device(s) are available ({jax.devices()[0].platform}); use "
-            f"--devices {available} or all. On CPU, fake devices come from "
-            "XLA_FLAGS=--xla_force_host_platform_device_count=8 set before JAX is imported."
+            f"--devices {n}: only {len(available)} device(s) are available ({available[0].platform}); use "
+            f"--devices {len(available)} or all. " + _FAKE_DEVICES
         )
     mesh = make_mesh(n, axis_name=axis_name)
     return None if mesh.size == 1 and jax.process_count() == 1 else mesh

@@ -56,12 +56,25 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float | int]:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All rows of a ``metrics.jsonl`` file."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """All rows of a ``metrics.jsonl`` file; a last row cut short (no newline: its writer was killed) is not one.
+
+    Raises:
+        ValueError: a line that is not JSON (named by its number: the file was changed after it was written).
+    """
+    rows = []
+    for n, line in enumerate(_complete_rows(path).split("\n"), 1):
+        try:
+            if line.strip():
+                rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{path} line {n} is not a JSON row ({err}): the file was changed after the run wrote it. Restore "
+                f"it, or move {Path(path).parent} away to resume without the earlier rows"
+            ) from None
+    return rows
 
 
-def _complete_rows(path: Path) -> str:
+def _complete_rows(path: str | os.PathLike) -> str:
     """The file's text without a last row cut short (no newline: a process killed while writing it)."""
     with open(path, newline="") as f:
         text = f.read()
@@ -206,17 +219,7 @@ class MetricsLogger:
             self._tb.close()
             self._tb = self._writer(_summary_writer(), purge_step=int(generation))
         if self.jsonl_path.exists():
-            rows = []
-            for n, line in enumerate(_complete_rows(self.jsonl_path).split("\n"), 1):
-                try:
-                    if line.strip():
-                        rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(
-                        f"{self.jsonl_path} line {n} is not a JSON row ({err}): the file was changed after the run "
-                        f"wrote it. Restore it, or move {self.directory} away to resume without the earlier rows"
-                    ) from None
-            rows = [r for r in rows if r.get("generation", -1) < generation]
+            rows = [r for r in read_jsonl(self.jsonl_path) if r.get("generation", -1) < generation]
             with open(self.jsonl_path, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
         if self.csv_path.exists():

@@ -564,20 +564,15 @@ def run(
                     stopped_by = signals.signal_name  # (several processes: the next generation agrees on it)
         if not before:
             save(gen)
-        result = RunResult(carry, gen, history, stopped_by or "generations", resumed_from, out)
-        result.checkpoint_dir, result.unit, result.began = (
-            None if ckpt is None else str(ckpt.directory),
-            task.unit,
-            not before,
-        )
+        saved = ckpt is not None and not (before and ckpt.latest_step() is None)  # (a fresh run stopped before)
+        result = RunResult(carry, gen, history, stopped_by or "generations", resumed_from, out, unit=task.unit)
+        result.checkpoint_dir, result.began = str(ckpt.directory) if saved else None, not before
         if result.stopped_by == "time_budget" and gen == start + 1:
             result.note = (
                 f"the {options.time_budget:g} s time budget was spent before a second {task.unit} could run "
                 f"({time.perf_counter() - t_start:.1f} s so far: imports, loading, compiling and the first "
                 f"{task.unit}); a run does at least one"
             )
-        if before and ckpt is not None and ckpt.latest_step() is None:
-            result.checkpoint_dir = None  # nothing was saved: a fresh run stopped before it began
         if out is not None and main and not before:
             extra = task.finish(carry, result)
             if isinstance(extra.get("files"), Mapping):  # recorded relative to the run's folder, as it moves with it
