@@ -175,6 +175,89 @@ def test_stop_and_resume_in_process_and_graceful_interrupt(tmp_path):
     assert signal.getsignal(signal.SIGINT) is before  # the handler installed before comes back
 
 
+def test_train_refuses_a_resume_with_other_settings_and_names_each(tmp_path):
+    """A resume with another strategy, population, params, fitness function or key used to run silently."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import eggroll
+    from eggroll import run
+
+    sol = jnp.zeros(6)
+
+    def sphere(x, key):
+        return jnp.sum((x - 1.0) ** 2)
+
+    def other(x, key):
+        return jnp.sum(x**2)
+
+    def train_(es, fn=sphere, seed=0, **kw):
+        return run.train(es, fn, sol, key=jax.random.key(seed), checkpoint_dir=tmp_path, progress=False, **kw)
+
+    es = eggroll.open_es(population_size=8, solution=sol, optimizer=optax.sgd(0.05))
+    train_(es, num_generations=3)
+    for changed, named in [
+        (dict(es=eggroll.open_es(population_size=16, solution=sol, optimizer=optax.sgd(0.05))), "population_size: 8"),
+        (dict(es=eggroll.open_es(population_size=8, solution=sol, sigma_init=0.5)), "sigma_init: "),
+        (dict(es=eggroll.eggroll(population_size=8, solution=sol, optimizer=optax.sgd(0.05))), "strategy: 'open_es'"),
+        (dict(fn=other), "fitness_fn: '.*<locals>.sphere' in the checkpoint, '.*<locals>.other' now"),
+        (dict(seed=1), "key: "),
+    ]:
+        kw = {"es": es, **changed}
+        with pytest.raises(ValueError, match=f"other settings \\({named}"):
+            train_(kw.pop("es"), num_generations=6, resume=True, **kw)
+    assert train_(es, num_generations=6, resume=True).resumed_from == 3  # the same settings resume
+    with pytest.raises(ValueError, match="num_generations=0 with resume=True"):
+        train_(es, num_generations=0, resume=True)
+
+
+def test_train_runs_an_evosax_strategy_and_holds_its_folders(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from eggroll import run
+    from eggroll.run.lock import RunLock
+    from eggroll.strategies import make
+
+    sol = jnp.zeros(4)
+    es = make("evosax:SNES", 8, sol)  # its tell's metrics hold arrays (mean, best_solution_in_generation)
+
+    def train_(**kw):
+        fn = lambda x, key: jnp.sum((x - 1.0) ** 2)  # noqa: E731
+        return run.train(es, fn, sol, key=jax.random.key(0), progress=False, **kw)
+
+    result = train_(num_generations=3, checkpoint_dir=tmp_path / "ck")
+    assert result.generation == 3 and isinstance(result.history[-1]["best_fitness"], float)
+    assert "mean" not in result.history[-1]
+    with RunLock(tmp_path / "ck", "another"), pytest.raises(ValueError, match=r"in use by another run .*another"):
+        train_(num_generations=6, checkpoint_dir=tmp_path / "ck", resume=True)  # one run per folder, from Python too
+    with pytest.raises(ValueError, match=r"already holds the metrics of another run \(3 rows"):
+        train_(num_generations=2, checkpoint_dir=tmp_path / "new", log_dir=tmp_path / "ck")  # its rows are kept
+    assert len((tmp_path / "ck" / "metrics.jsonl").read_text().splitlines()) == 3
+    assert train_(num_generations=5, checkpoint_dir=tmp_path / "ck", resume=True).generation == 5
+
+
+def test_train_resume_from_an_older_step(tmp_path):
+    """The damaged-checkpoint message tells Python users to pass resume_from=...; train() now takes it."""
+    _, first = train(tmp_path, total=6)
+    assert _steps(tmp_path) == [3, 6]
+    es, again = train(tmp_path, total=9, resume=True, resume_from=3)
+    _, straight = train(tmp_path / "straight", total=9)
+    assert again.resumed_from == 3 and again.generation == 9
+    assert_trees_equal(again.state, straight.state)
+
+
+def test_checkpointer_save_turns_numpy_meta_into_json_at_once(tmp_path):
+    from eggroll.checkpoint import Checkpointer
+
+    with Checkpointer(tmp_path, async_save=False) as ck:
+        assert ck.save(1, {"t": _small_tree()}, {"best": np.float32(1.5), "xs": np.arange(2)})
+        with pytest.raises(TypeError, match="object is not JSON"):
+            ck.save(2, {"t": _small_tree()}, {"bad": object()})  # refused here, not in orbax's background thread
+        assert ck.read_meta(1)["best"] == 1.5 and ck.read_meta(1)["xs"] == [0, 1] and ck.steps() == [1]
+
+
 def _restore(d, template, step=None):
     """Open, restore and close (managers left open keep orbax threads alive)."""
     from eggroll.checkpoint import Checkpointer

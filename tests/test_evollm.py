@@ -14,11 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eggroll.apps.evollm import run
+from eggroll.apps.evollm import GenerationFailed, run
 from eggroll.llm.base import FunctionBackend, LLMConnectionError
 from eggroll.strategies.evollm import (
     CHAT_FORMAT,
     PromptFormat,
+    backend_error,
     block_indices,
     build_prompt,
     decode,
@@ -206,14 +207,23 @@ def test_out_of_range_answer_is_clipped_to_bounds():
     assert bool(jnp.all((population >= -2.0) & (population <= 3.0)))
 
 
-def test_unreachable_backend_raises_clearly_or_falls_back():
+def test_unreachable_backend_raises_clearly_or_falls_back(tmp_path):
     def down(prompt, seed):
         raise LLMConnectionError("could not reach http://127.0.0.1:9/v1/completions")
 
     population = jnp.ones((4, 2))
     es = evollm(4, jnp.zeros(2), FunctionBackend(down))
-    with pytest.raises(Exception, match="could not reach http://127.0.0.1:9"):
+    with pytest.raises(jax.errors.JaxRuntimeError, match="could not reach http://127.0.0.1:9") as wrapped:
         jax.block_until_ready(_told(es, population, jnp.arange(4.0)))
+    original = backend_error(wrapped.value)  # XLA passes on the text only; the object is found again
+    assert isinstance(original, LLMConnectionError) and "127.0.0.1:9" in str(original)
+    assert backend_error(ValueError("unrelated")) is None
+    # the Python API raises the backend's own exception: GenerationFailed's cause, or (no checkpoints) itself
+    with pytest.raises(LLMConnectionError, match="could not reach"):
+        run(es, lambda x: jnp.sum(x**2), jax.random.key(0), 2)
+    with pytest.raises(GenerationFailed, match="generation 1 failed: LLMConnectionError: could not reach") as failed:
+        run(es, lambda x: jnp.sum(x**2), jax.random.key(0), 2, checkpoint_dir=tmp_path / "ck")
+    assert isinstance(failed.value.__cause__, LLMConnectionError)
     es = evollm(4, jnp.zeros(2), FunctionBackend(down), on_backend_error="fallback")
     state, metrics = _told(es, population, jnp.arange(4.0))
     np.testing.assert_array_equal(np.asarray(state.mean), [1.0, 1.0])

@@ -110,6 +110,23 @@ def test_truncate_after_a_kill_mid_row_drops_the_cut_row_and_names_a_damaged_one
         log.truncate(3)
 
 
+def test_truncate_skips_blank_csv_lines_and_names_a_cell_that_is_not_a_number(tmp_path):
+    """A CSV saved again by an editor or a spreadsheet may gain blank lines; resume failed on them with a bare
+    IndexError, and on a hand-edited generation cell with a bare ValueError."""
+    with MetricsLogger(tmp_path, tensorboard=False) as log:
+        for g in range(5):
+            log.log(g, {"x": float(g)})
+    text = (tmp_path / "metrics.csv").read_text()
+    (tmp_path / "metrics.csv").write_text(text.replace("\n2,", "\n\n2,") + "\n\n")
+    with MetricsLogger(tmp_path, tensorboard=False) as log:
+        log.truncate(3)
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        assert list(csv.reader(f)) == [["generation", "x"], ["0", "0.0"], ["1", "1.0"], ["2", "2.0"]]
+    (tmp_path / "metrics.csv").write_text("generation,x\n0,0.0\nabc,1.0\n")
+    with MetricsLogger(tmp_path, tensorboard=False) as log, pytest.raises(ValueError, match=r"line 3 is not a metrics"):
+        log.truncate(1)
+
+
 def test_truncate_purges_tensorboard_events_past_the_resume_point(tmp_path):
     """A resumed log hides the first run's TensorBoard events from the resume step on (TensorBoard's purge rule)."""
     from tensorboardX.proto import event_pb2

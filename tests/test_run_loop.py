@@ -246,8 +246,49 @@ def test_ctrl_c_while_a_command_loads_exits_130_and_saves_nothing(tmp_path):
 
 
 def test_log_every_keeps_every_kth_row_and_the_last(tmp_path):
-    result = run(Count(), RunOptions(out=tmp_path, generations=7, log_every=3, quiet=True))
+    result = run(Count(), RunOptions(out=tmp_path, generations=7, log_every=3, checkpoint_every=2, quiet=True))
     assert [r["generation"] for r in result.history] == [0, 3, 6, 7]
+
+    # a stop by stop_after (or a signal) off the schedule logs no extra row: the resumed run's rows are the same
+    opts = dict(generations=7, log_every=3, checkpoint_every=2, quiet=True)
+    run(Count(), RunOptions(out=tmp_path / "a", stop_after=4, **opts))
+    resumed = run(Count(), RunOptions(out=tmp_path / "a", resume=True, **opts))
+    assert [r["generation"] for r in resumed.history] == [0, 3, 6, 7]
+    rows = [_strip(read_jsonl(d / "metrics" / "metrics.jsonl")) for d in (tmp_path / "a", tmp_path)]
+    assert rows[0] == rows[1]
+
+
+def test_stop_after_reached_by_the_checkpoint_runs_nothing_more(tmp_path):
+    """A time-boxed job restarted with the same stop_after used to run one more generation per restart."""
+    opts = dict(out=tmp_path, generations=10, stop_after=4, quiet=True)
+    assert run(Count(), RunOptions(**opts)).generation == 4
+    again = run(Count(), RunOptions(resume=True, **opts))
+    assert again.generation == 4 and again.stopped_by == "stop_after" and _steps(tmp_path / "checkpoints") == [4]
+
+
+def test_a_callback_that_raises_keeps_the_finished_generation(tmp_path):
+    def callback(generation, row):
+        if generation == 5:
+            raise RuntimeError("the user's callback failed")
+
+    with pytest.raises(RuntimeError, match="the user's callback failed") as raised:
+        run(Count(), RunOptions(out=tmp_path, generations=9, checkpoint_every=3, quiet=True), callback=callback)
+    assert _steps(tmp_path / "checkpoints")[-1] == 5  # generation 5 finished: it is not computed again
+    assert "generation 5 finished before the callback raised; it is saved in" in "".join(raised.value.__notes__)
+    resumed = run(Count(), RunOptions(out=tmp_path, generations=9, resume=True, quiet=True))
+    assert resumed.resumed_from == 5 and float(resumed.carry["x"]) == 9.0
+
+
+def test_a_task_may_return_array_metrics_they_are_left_out_of_the_rows(tmp_path):
+    class WithArray(Count):
+        columns = None
+
+        def step(self, carry, generation):
+            carry, row = super().step(carry, generation)
+            return carry, {**row, "mean": jnp.ones(3), "one": jnp.ones(1)}  # e.g. evosax's tell metrics
+
+    result = run(WithArray(), RunOptions(out=tmp_path, generations=2, quiet=True))
+    assert "mean" not in result.history[-1] and result.history[-1]["one"] == 1.0
 
 
 def test_no_checkpoints_option_and_bad_options():
@@ -324,6 +365,12 @@ def test_a_damaged_checkpoint_is_refused_named_and_the_newest_good_one_is_kept(t
     assert without_wall_clock(resumed.history) == without_wall_clock(reference.history)
     assert _steps(tmp_path / "checkpoints.set-aside") == [9]  # the damaged step is kept aside, never read again
     assert _steps(ckpt) == [9, 12]  # generation 9 saved anew; 6 goes only once two newer steps are sealed
+
+    # damage in a step's record (its meta) is named by the checksum too, not read first as "could not be read"
+    meta = next(p for p in (ckpt / "12").rglob("*") if p.is_file() and "meta" in p.parts and p.stat().st_size > 2)
+    meta.write_text("{")
+    with pytest.raises(CheckpointError, match=r"step 12 in .* is damaged: .*meta.* newest step that verifies is 9"):
+        run(Count(), RunOptions(generations=15, resume=True, **opts))
 
 
 def test_a_step_is_deleted_only_when_newer_sealed_steps_replace_it(tmp_path):

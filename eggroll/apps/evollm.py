@@ -33,6 +33,8 @@ from eggroll.llm.local import LocalBackend
 from eggroll.run.loop import GenerationFailed, RunInterrupted, RunOptions, RunResult, Task, is_wall_clock
 from eggroll.run.loop import run as run_loop
 from eggroll.run.progress import console
+from eggroll.run.train import strategy_settings
+from eggroll.strategies.evollm import backend_error
 from eggroll.types import Strategy
 
 __all__ = ["FUNCTIONS", "BBOBTask", "EvoLLMTask", "GenerationFailed", "RunInterrupted", "run", "run_settings"]
@@ -40,13 +42,7 @@ __all__ = ["FUNCTIONS", "BBOBTask", "EvoLLMTask", "GenerationFailed", "RunInterr
 FUNCTIONS = {"sphere": 1, "ellipsoid": 2, "rastrigin": 3, "rosenbrock": 8}
 
 
-def run_settings(strategy: Strategy, params: Any, settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What a resumed run must share with its checkpoint (JSON): strategy, population, scalar params, ``settings``."""
-    out: dict[str, Any] = {"strategy": strategy.name, "population_size": int(strategy.population_size)}
-    scalars = params._asdict() if hasattr(params, "_asdict") else {}
-    out.update({name: float(np.asarray(value).reshape(())) for name, value in scalars.items() if np.size(value) == 1})
-    out.update(settings or {})
-    return out
+run_settings = strategy_settings  # what a resumed run must share with its checkpoint (its earlier name here)
 
 
 class EvoLLMTask(Task):
@@ -99,8 +95,14 @@ class EvoLLMTask(Task):
     def step(self, carry, generation):
         next_key, k_ask, k_tell = jax.random.split(carry["key"], 3)
         population, state = self._ask(k_ask, carry["state"], self.params)
-        state, metrics = self._tell(k_tell, population, self._evaluate(population), state, self.params)
-        metrics = jax.device_get(metrics)  # a model error in the host callback surfaces here, in this generation
+        try:
+            state, metrics = self._tell(k_tell, population, self._evaluate(population), state, self.params)
+            metrics = jax.device_get(metrics)  # a model error in the host callback surfaces by here, in this generation
+        except jax.errors.JaxRuntimeError as err:
+            original = backend_error(err)  # the backend's own exception (LLMConnectionError ...), not XLA's wrapper
+            if original is None:
+                raise
+            raise original from err
         row = {name: np.asarray(value).item() for name, value in metrics.items() if np.ndim(value) == 0}
         if hasattr(state, "llm_queries"):
             row["total_llm_queries"] = int(state.llm_queries)

@@ -144,7 +144,8 @@ def check_settings(
         ValueError: e.g. ``the checkpoint in runs/x was written with other settings (sigma: 0.05 in the
             checkpoint, 0.1 now); resume with the same settings ...``.
     """
-    saved = saved or {}
+    if not saved:  # a checkpoint that records no settings (eggroll.run.train wrote none before): nothing to compare
+        return
     names = names or {}
     diff = [(names.get(k, k), saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v]
     if diff:
@@ -213,6 +214,7 @@ class Checkpointer:
         self.every, self.max_to_keep = every, max_to_keep
         self._ocp = ocp
         self._closed = False
+        self._intact: set[int] = set()
         self._created = not self.directory.exists()  # removed again if it stays empty (a mistyped --resume path)
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -268,8 +270,10 @@ class Checkpointer:
         """
         if step in self._manager.all_steps():
             return False
+        # JSON now (NumPy scalars and arrays as numbers and lists): a value that is not fails here, not in orbax's
+        # background save
+        meta = json.loads(json.dumps(dict(meta or {}), default=_json_default))
         self._seal()  # the previous save is on disk by now: checksum it, prune what it replaces
-        meta = dict(meta or {})
         meta.setdefault("step", int(step))
         meta["fingerprint"] = fingerprint(items)
         args = self._ocp.args.Composite(
@@ -326,8 +330,9 @@ class Checkpointer:
         return moved
 
     def read_meta(self, step: int | None = None) -> dict[str, Any]:
-        """The JSON record of ``step`` (default: the newest)."""
+        """The JSON record of ``step`` (default: the newest), once the step verifies against its checksums."""
         step = self._step_or_latest(step)
+        self._check_intact(step)
         return dict(self._read(step, meta=self._ocp.args.JsonRestore())["meta"])
 
     def restore(self, template: dict[str, Any], step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -348,7 +353,6 @@ class Checkpointer:
                 names the directory and what to do.
         """
         step = self._step_or_latest(step)
-        self._check_intact(step)
         meta = self.read_meta(step)
         self._check_match(step, meta.get("fingerprint"), fingerprint(template))
         out = self._read(step, items=self._ocp.args.StandardRestore(_abstract(_encode(template))))
@@ -381,8 +385,11 @@ class Checkpointer:
 
     def _check_intact(self, step: int) -> None:
         """Raise naming the damage if ``step`` fails its checksum, and the newest older step that verifies."""
+        if step in self._intact:
+            return
         damage = verify_step(self.directory / str(step))
         if damage is None:
+            self._intact.add(step)  # (read_meta and restore both ask; the files are hashed once)
             return
         good = next(
             (s for s in reversed(self.steps()) if s < step and verify_step(self.directory / str(s)) is None), None

@@ -223,11 +223,23 @@ class MetricsLogger:
             with open(self.jsonl_path, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
         if self.csv_path.exists():
-            table = list(csv.reader(io.StringIO(_complete_rows(self.csv_path), newline="")))
-            if table:
-                head, body = table[0], table[1:]
+            reader = csv.reader(io.StringIO(_complete_rows(self.csv_path), newline=""))
+            head = next(reader, None)
+            if head:
                 gi = head.index("generation") if "generation" in head else None
-                keep = [r for r in body if gi is None or (r[gi] != "" and int(float(r[gi])) < generation)]
+                keep = []
+                for r in reader:
+                    if not r or (gi is not None and len(r) > gi and r[gi] == ""):
+                        continue  # a blank line (an editor's), or a row without a generation
+                    try:
+                        if gi is None or int(float(r[gi])) < generation:
+                            keep.append(r)
+                    except (ValueError, IndexError):
+                        raise ValueError(
+                            f"{self.csv_path} line {reader.line_num} is not a metrics row ({','.join(r)[:60]!r}): "
+                            f"the file was changed after the run wrote it. Restore it, or move {self.directory} away "
+                            "to resume without the earlier rows"
+                        ) from None
                 with open(self.csv_path, "w", newline="") as f:
                     csv.writer(f).writerows([head, *keep])
 

@@ -42,7 +42,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import statistics
 import time
@@ -54,7 +53,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from eggroll.run.checkpoint import Checkpointer, GracefulInterrupt, _json_default, write_json
+from eggroll.run.checkpoint import Checkpointer, GracefulInterrupt, write_json
 
 __all__ = [
     "GenerationFailed",
@@ -334,8 +333,10 @@ class GenerationFailed(RuntimeError):
 
     def __init__(self, generation: int, saved_generation: int | None, checkpoint_dir: str, error: BaseException):
         text = str(error)
-        lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(error).__name__]
-        cause = lines[-1] if "Traceback (most recent call last)" in text else lines[0]
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        cause = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+        if "Traceback (most recent call last)" in text:  # an XLA-wrapped host callback error: its last line
+            cause = lines[-1]
         self.generation, self.saved_generation, self.cause = generation, saved_generation, cause.rstrip(". ")
         saved = (
             f"Generation {saved_generation} is saved in {checkpoint_dir}; once the cause is fixed, continue with "
@@ -361,9 +362,25 @@ def _clean(row: Mapping[str, Any]) -> dict[str, Any]:
 
     out = {}
     for k, v in to_host(dict(row)).items():
+        if math.prod(getattr(v, "shape", ())) > 1:  # arrays (e.g. evosax's ``mean``) are not metrics rows' values
+            continue
         v = v.item() if hasattr(v, "item") else v
         out[k] = None if isinstance(v, float) and math.isnan(v) else v
     return out
+
+
+def _refuse_other_rows(metrics_dir: Path) -> None:
+    """A fresh run would truncate ``metrics_dir``'s rows: refuse when they are another run's."""
+    from eggroll.run.logging import read_jsonl
+
+    jsonl = metrics_dir / "metrics.jsonl"
+    rows = len(read_jsonl(jsonl)) if jsonl.is_file() else 0
+    if rows:
+        raise ValueError(
+            f"{metrics_dir} already holds the metrics of another run ({rows} rows in metrics.jsonl), which a fresh "
+            "run would delete: choose another metrics folder (log_dir=), move those files away, or continue that "
+            "run with resume=True and its checkpoint folder"
+        )
 
 
 _REASONS = ("", "generations", "stop_after", "target", "time_budget", "SIGINT", "SIGTERM")
@@ -402,8 +419,10 @@ def run(
 
     options.validate()
     with contextlib.ExitStack() as stack:
-        if options.out is not None and jax.process_index() == 0:
-            lock = stack.enter_context(RunLock(options.out, task.name))
+        # one run per folder: the run's --out, or (from Python) the checkpoint and metrics folders it was given
+        held = [options.out] if options.out is not None else [p for p in (checkpoint_dir, metrics_dir) if p]
+        for folder in dict.fromkeys(Path(p).absolute() for p in held) if jax.process_index() == 0 else ():
+            lock = stack.enter_context(RunLock(folder, task.name))
             if lock.stale_note:
                 console.print(f"[yellow]note:[/] {lock.stale_note}")
         t_start = time.perf_counter() if options.started is None else options.started
@@ -415,6 +434,7 @@ def run(
         settings = task.settings()
         if checkpoint_dir is None and out is not None and options.checkpoints:
             checkpoint_dir = out / "checkpoints"
+        own_metrics_dir = metrics_dir is not None  # given apart from --out: it may hold another run's rows
         metrics_dir = metrics_dir if metrics_dir is not None else None if out is None else out / "metrics"
         if options.resume and checkpoint_dir is None:
             raise ValueError("resuming needs the run's folder (--out; in Python out= or checkpoint_dir=)")
@@ -438,7 +458,7 @@ def run(
         def save(gen: int) -> None:
             if ckpt is not None:
                 meta = {"generation": gen, "settings": settings, "history": history, "extra": task.save_extra()}
-                ckpt.save(gen, {"carry": carry}, json.loads(json.dumps(meta, default=_json_default)))
+                ckpt.save(gen, {"carry": carry}, meta)
 
         logger = None
         if metrics_dir is not None:
@@ -446,6 +466,8 @@ def run(
             if task.columns:  # the loop's own columns follow the task's
                 extra = ["seconds", "generations_per_s"] + (["evaluations_per_s"] if task.population_size else [])
                 columns = [*task.columns, *(c for c in extra if c not in task.columns)]
+            if own_metrics_dir and resumed_from is None and main:
+                _refuse_other_rows(Path(metrics_dir))
             logger = MetricsLogger(
                 metrics_dir,
                 tensorboard=options.tensorboard,
@@ -475,7 +497,16 @@ def run(
                 logger.log(row["generation"], {k: v for k, v in row.items() if v is not None})
             bar.update(row["generation"], task.describe(row))
             if callback is not None:
-                callback(row["generation"], row)
+                try:
+                    callback(row["generation"], row)
+                except Exception as err:  # the generation itself finished: keep it, as for a failed generation
+                    if ckpt is not None and row["generation"] > start:
+                        save(row["generation"])
+                        err.add_note(
+                            f"eggroll: generation {row['generation']} finished before the callback raised; it is "
+                            f"saved in {ckpt.directory} (resume=True continues from it)"
+                        )
+                    raise
 
         gen, stopped_by = start, ""
         step_times: list[float] = []
@@ -525,6 +556,8 @@ def run(
                 if signals.requested is not None:  # stopped during the initial evaluation: resume skips it
                     stopped_by = signals.signal_name
                 stopped_by = agree(stopped_by, 0)
+            if not stopped_by and options.stop_after is not None and gen >= options.stop_after:
+                stopped_by = "stop_after"  # resumed at (or past) it: a restarted time-boxed job does not grow
             while gen < generations and not stopped_by:
                 t0 = time.perf_counter()
                 try:
@@ -556,7 +589,8 @@ def run(
                     stopped_by = "target"
                     if not scheduled:
                         evaluate(row)
-                if stopped_by or scheduled or gen % options.log_every == 0:
+                # no extra row at a stop by a signal or stop_after: the resumed run logs what an uninterrupted one does
+                if stopped_by in ("generations", "time_budget", "target") or scheduled or gen % options.log_every == 0:
                     record(row)
                 if not stopped_by and ckpt is not None and (ckpt.should_save(gen) or task.should_checkpoint(gen)):
                     save(gen)

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,12 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from eggroll import parallel
 from eggroll.run.loop import RunOptions, Task, run
 from eggroll.types import Strategy
 
-__all__ = ["StrategyTask", "TrainResult", "mean_of", "train"]
+__all__ = ["StrategyTask", "TrainResult", "mean_of", "strategy_settings", "train"]
 
 
 _cached_step = functools.lru_cache(maxsize=8)(parallel.generation_step)
@@ -50,6 +52,29 @@ def _step(es: Strategy, fitness_fn: Callable, mesh: Any, population_level: bool)
         return _cached_step(es, fitness_fn, mesh=mesh, population_level=population_level)
     except TypeError:  # unhashable params inside the strategy
         return parallel.generation_step(es, fitness_fn, mesh=mesh, population_level=population_level)
+
+
+def strategy_settings(es: Strategy, params: Any, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a resumed run must share with its checkpoint (JSON): the strategy's name, population size and
+    scalar params (``sigma_init``, ``lr_scale``, ...; evosax's too), then ``settings``."""
+    out: dict[str, Any] = {"strategy": es.name, "population_size": int(es.population_size)}
+    if hasattr(params, "_asdict"):  # eggroll's Params
+        leaves = list(params._asdict().items())
+    else:  # any pytree (evosax's params dataclass): its scalar leaves, named by their path
+        named = jax.tree_util.tree_flatten_with_path(params)[0]
+        leaves = [(".".join(str(getattr(k, "name", getattr(k, "key", k))) for k in path), v) for path, v in named]
+    for name, value in leaves:
+        if np.size(value) == 1:
+            x = float(np.asarray(value).reshape(()))
+            out[name] = x if math.isfinite(x) else str(x)  # (NaN never equals itself)
+    out.update(settings or {})
+    return out
+
+
+def _function_name(fn: Any) -> str:
+    """The function's qualified name, without its module (``__main__`` in a script, the file's name when imported)."""
+    fn = fn.func if isinstance(fn, functools.partial) else fn
+    return getattr(fn, "__qualname__", type(fn).__name__)
 
 
 @dataclass
@@ -80,15 +105,32 @@ class StrategyTask(Task):
     """A strategy on a fitness function as a :class:`eggroll.run.loop.Task` (what :func:`train` runs).
 
     The carry is ``{"state", "fn_state", "run_key"}``; generation ``g`` uses
-    ``fold_in(run_key, g - 1)``, so a resumed run draws the same keys.
+    ``fold_in(run_key, g - 1)``, so a resumed run draws the same keys. A resume must match
+    :meth:`settings`: :func:`strategy_settings`, the fitness function's name and the key (and ``settings``).
     """
 
     name = "train"
     label = "gen"
+    may_change = "num_generations, checkpoint_every, log_every, the loggers, progress, callback, stop_after and mesh"
 
-    def __init__(self, es, fitness_fn, mean, key, *, params=None, fn_state=None, population_level=False, mesh=None):
+    def __init__(
+        self,
+        es,
+        fitness_fn,
+        mean,
+        key,
+        *,
+        params=None,
+        fn_state=None,
+        population_level=False,
+        mesh=None,
+        settings: Mapping[str, Any] | None = None,
+    ):
         self.es, self.population_size = es, es.population_size
         self.params = es.default_params if params is None else params
+        raw = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+        own = {"fitness_fn": _function_name(fitness_fn), "key": np.asarray(raw).ravel().tolist()}
+        self._settings = strategy_settings(es, self.params, {**own, **(settings or {})})
         init_key, run_key = jax.random.split(key)
         if mesh is not None:
             placed = parallel.replicate((init_key, mean, self.params, run_key, fn_state), mesh)
@@ -96,6 +138,9 @@ class StrategyTask(Task):
         self._first = (init_key, mean, run_key, fn_state)
         self._es_init = es.init if mesh is None else parallel.sharded(es, mesh).init
         self._step = _step(es, fitness_fn, mesh, population_level)
+
+    def settings(self) -> dict[str, Any]:
+        return self._settings
 
     def init(self) -> dict[str, Any]:
         init_key, mean, run_key, fn_state = self._first
@@ -128,6 +173,8 @@ def train(
     checkpoint_every: int = 100,
     max_to_keep: int = 3,
     resume: bool = False,
+    resume_from: int | None = None,
+    settings: Mapping[str, Any] | None = None,
     log_dir: str | os.PathLike | None = None,
     log_every: int = 1,
     tensorboard: bool | None = None,
@@ -156,9 +203,19 @@ def train(
         max_to_keep: checkpoints kept.
         resume: continue from the newest checkpoint in ``checkpoint_dir`` (a
             fresh start if there is none yet). Without it, a ``checkpoint_dir``
-            that already holds checkpoints is an error (nothing is overwritten).
+            that already holds checkpoints is an error (nothing is overwritten). The
+            checkpoint must have the same :meth:`StrategyTask.settings`: strategy, population
+            size, scalar params, fitness function (by name) and ``key``; each difference is named.
+            (An optimizer's learning rate lives in the optax closure and is not compared.)
+        resume_from: with ``resume``, continue from this checkpoint step instead of the newest
+            (e.g. the newest one that verifies when a newer one is damaged; see
+            :attr:`eggroll.run.loop.RunOptions.resume_from`).
+        settings: extra JSON a resumed run must share with its checkpoint (e.g. a dataset's name).
         log_dir: write ``metrics.jsonl`` / ``metrics.csv`` / TensorBoard here
-            (default: ``checkpoint_dir``; ``None`` and no checkpoint dir: no files).
+            (default: ``checkpoint_dir``; ``None`` and no checkpoint dir: no files). A fresh
+            run refuses a folder that already holds another run's rows. The run holds
+            ``checkpoint_dir`` and ``log_dir`` (a lock file) while it runs: a second run into
+            them is refused.
         log_every: log (and sync with the device) every this many generations.
         tensorboard: see :class:`eggroll.run.logging.MetricsLogger`.
         wandb: also log to Weights & Biases (see :class:`eggroll.run.logging.MetricsLogger`).
@@ -181,8 +238,21 @@ def train(
         raise ValueError(f"log_every={log_every} must be >= 1.")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir (where the run to continue saved its checkpoints).")
+    if resume and num_generations == 0:
+        raise ValueError(
+            "num_generations=0 with resume=True: give the run's total generations (a number <= the checkpoint's "
+            "generation returns the checkpoint's state without running)"
+        )
     task = StrategyTask(
-        es, fitness_fn, mean, key, params=params, fn_state=fn_state, population_level=population_level, mesh=mesh
+        es,
+        fitness_fn,
+        mean,
+        key,
+        params=params,
+        fn_state=fn_state,
+        population_level=population_level,
+        mesh=mesh,
+        settings=settings,
     )
     if num_generations == 0:
         carry = task.init()
@@ -191,6 +261,7 @@ def train(
         generations=num_generations,
         checkpoint_every=checkpoint_every,
         resume=resume,
+        resume_from=resume_from,
         resume_missing_ok=True,
         quiet=not progress,
         log_every=log_every,

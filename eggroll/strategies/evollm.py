@@ -40,6 +40,7 @@ loop (progress display, checkpoints, bit-for-bit resume, metrics).
 
 from __future__ import annotations
 
+import collections
 import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -51,6 +52,26 @@ import numpy as np
 from jax.experimental import io_callback
 
 from eggroll.types import Strategy
+
+_RAISED: collections.deque[BaseException] = collections.deque(maxlen=8)  # the backends' recent errors (host side)
+
+
+def backend_error(error: BaseException) -> BaseException | None:
+    """The language model backend's own exception behind ``error``, or ``None``.
+
+    An exception raised on the host during ``tell`` (an unreachable endpoint:
+    :class:`~eggroll.llm.base.LLMConnectionError`) reaches the caller wrapped by XLA, as a
+    ``jax.errors.JaxRuntimeError`` whose message ends with the original's type and message; this
+    returns the original exception object.
+
+    Example:
+        >>> try:
+        ...     state, metrics = jax.jit(es.tell)(key, population, fitness, state, params)  # doctest: +SKIP
+        ... except jax.errors.JaxRuntimeError as err:
+        ...     raise (backend_error(err) or err) from err  # doctest: +SKIP
+    """
+    text = str(error)
+    return next((e for e in reversed(_RAISED) if e is error or f"{type(e).__name__}: {e}" in text), None)
 
 
 class PromptFormat(NamedTuple):
@@ -332,8 +353,9 @@ def evollm(
                     stats[e, 0] += 1
                     stats[e, 1] += answers[i] is None
                 pending = [i for i in pending if answers[i] is None]
-        except Exception:
+        except Exception as err:
             if on_backend_error == "raise":
+                _RAISED.append(err)  # XLA passes on only its text: backend_error() finds the object again
                 raise
             answers = [None] * len(jobs)  # every block keeps the best-so-far coordinates
         for i, (e, j) in enumerate(jobs):
