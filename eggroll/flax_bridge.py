@@ -88,6 +88,7 @@ def apply_flax(model: Any, variables: Any, *args: Any, method: Any = None, **kwa
             return next_fun(*args, **kwargs)
         used.add(key)
         y = next_fun(*args, **kwargs)
+        _check_seen(mod.get_variable("params", key[-1]), w, key)
         if embed:
             return _added(y, (_embed_delta if name == "__call__" else _attend_delta)(w, args[0]))
         x = args[0] if args else kwargs["inputs"]
@@ -97,6 +98,19 @@ def apply_flax(model: Any, variables: Any, *args: Any, method: Any = None, **kwa
         out = model.apply(lr.base_tree(variables), *args, method=method, **kwargs)
     _check_used(lows, used)
     return out
+
+
+def _check_seen(seen: Any, w: lr.LowRank, key: tuple) -> None:
+    """Refuse a layer that sees only part of its low-rank leaf (inside ``nn.scan`` / ``nn.vmap``, whose stacked
+    parameters the correction cannot slice)."""
+    full = tuple(w.a.shape[:-1]) + tuple(w.b.shape[:-1])
+    if seen is not None and tuple(seen.shape) != full:
+        raise ValueError(
+            f"{'/'.join(map(str, key[1:]))}: the layer uses a {tuple(seen.shape)} slice of a stacked {full} low-rank "
+            "leaf (a layer inside nn.scan or nn.vmap), which apply_flax cannot perturb. Build the strategy with "
+            "lowrank= returning False for the leaves of that layer stack (they get full-rank noise), or evaluate "
+            "dense members (dense_population=True, or es.materialize(population) and model.apply)"
+        )
 
 
 def _check_used(lows: dict, used: set) -> None:

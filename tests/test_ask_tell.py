@@ -226,6 +226,21 @@ def test_the_sharded_tell_regenerates_and_does_not_read_a_stacked_population():
 
 
 @pytest.mark.parametrize("name", FACTORIES)
+def test_an_array_sigma_a_non_key_a_lone_group_and_a_jax_int_noise_reuse(name):
+    """Found by a new-user audit: an array sigma and an int key passed init and failed later with XLA's words;
+    group_size=1 was accepted and never moved the mean; noise_reuse refused a 0-d JAX int the others accept."""
+    es = FACTORIES[name](population_size=8, solution=SOL, noise_reuse=jnp.array(2))
+    with pytest.raises(ValueError, match=r"params.sigma_init must be one number .* shape \(2,\)"):
+        es.init(jax.random.key(0), SOL, es.default_params.replace(sigma_init=jnp.array([0.1, 0.2])))
+    for bad in (0, jnp.zeros(3, jnp.uint32)):
+        with pytest.raises(ValueError, match=r"key must be a PRNG key such as jax.random.key\(0\)"):
+            es.init(bad, SOL, es.default_params)
+    assert es.init(jax.random.PRNGKey(0), SOL, es.default_params) is not None  # a raw key is a key
+    with pytest.raises(ValueError, match="group_size=1 centres each member's fitness on itself"):
+        FACTORIES[name](population_size=8, solution=SOL, antithetic=False, group_size=1)
+
+
+@pytest.mark.parametrize("name", FACTORIES)
 def test_sigma_zero_is_refused(name):
     with pytest.raises(ValueError, match="sigma_init must be a finite number > 0"):
         FACTORIES[name](population_size=8, solution=SOL, sigma_init=0.0)

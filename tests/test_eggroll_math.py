@@ -90,6 +90,37 @@ def test_nnx_lowrank_forward_equals_materialised():
     assert float(jnp.abs(dense[0] - dense[2]).max()) > 1e-2
 
 
+@pytest.mark.usefixtures("exact_matmuls")
+def test_a_layer_stack_under_nn_scan_is_refused_clearly_and_lowrank_false_runs_it():
+    """Scanned layers see one slice of a stacked kernel; apply_flax failed inside dot_general with XLA's words."""
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, h, _):
+            return jnp.tanh(nn.Dense(4)(h)), None
+
+    class Stack(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            layers = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=3)
+            return layers()(x, None)[0]
+
+    model, x = Stack(), jnp.ones((2, 4))
+    variables = model.init(jax.random.key(0), x)
+
+    def population(**kw):
+        es = eggroll.eggroll(population_size=4, solution=variables, sigma_init=0.3, **kw)
+        state = es.init(jax.random.key(0), variables, es.default_params)
+        return es, es.ask(jax.random.key(1), state, es.default_params)[0]
+
+    es, pop = population()
+    with pytest.raises(ValueError, match=r"Dense_0/kernel: the layer uses a \(4, 4\) slice of a stacked \(3, 4, 4\)"):
+        eggroll.evaluate(lambda m: eggroll.apply_flax(model, m, x), pop)
+    es, pop = population(lowrank=lambda path, leaf: False)  # the way out the message gives
+    low = eggroll.evaluate(lambda m: eggroll.apply_flax(model, m, x), pop)
+    np.testing.assert_allclose(low, jax.vmap(lambda v: model.apply(v, x))(es.materialize(pop)), rtol=1e-5, atol=1e-5)
+
+
 def test_unconsumed_lowrank_leaf_is_an_error():
     class Conv(nn.Module):
         @nn.compact

@@ -193,3 +193,37 @@ def test_threshold_schedule_and_bad_input():
         ie.z_threshold_schedule(3, 1.0, 0.0)
     with pytest.raises(ValueError, match="table_size"):
         ie.int_eggroll(8, tree, table_size=16)
+
+
+def test_nonfinite_fitness_ranks_worst_and_best_fitness_is_the_best_so_far():
+    """A NaN used to make ``state.best_fitness`` NaN for good, and ``metrics["best_fitness"]`` was the generation's
+    best only (eggroll's, open_es's and evosax's is the best so far)."""
+    es, tree, state, pop = _setup(n=8)
+    tell = jax.jit(es.tell)
+    params = es.default_params
+    nan_first = jnp.array([jnp.nan, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    s1, m1 = tell(None, pop, nan_first, state, params)
+    worst = jnp.array([9.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])  # the NaN member ranked as the worst value
+    s1_ref, _ = tell(None, pop, worst, state, params)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), s1.mean, s1_ref.mean))
+    assert float(m1["best_fitness"]) == 1.0 and int(m1["num_nonfinite"]) == 1 and int(m1["best_index"]) == 1
+    assert float(m1["mean_fitness"]) == 4.0  # of the finite values
+    s2, m2 = tell(None, pop, jnp.full(8, 50.0), s1, params)
+    assert float(m2["best_fitness"]) == 1.0 and float(m2["best_fitness_in_generation"]) == 50.0
+    assert float(s2.best_fitness) == 1.0
+    s3, m3 = tell(None, pop, jnp.full(8, jnp.inf), s2, params)  # nothing finite: no move, the best stays
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), s3.mean, s2.mean))
+    assert float(m3["best_fitness"]) == 1.0 and math.isnan(float(m3["mean_fitness"]))
+
+
+def test_tell_and_init_refuse_wrong_shapes_and_a_fractional_sigma_shift():
+    es, tree, state, pop = _setup(n=8)
+    for bad in (jnp.zeros(6), jnp.zeros((8, 1))):
+        with pytest.raises(ValueError, match=r"fitness must have shape \(8,\), one number per member"):
+            es.tell(None, pop, bad, state, es.default_params)
+    with pytest.raises(ValueError, match="must have the structure and shapes of the solution"):
+        es.init(jax.random.key(0), {"w": tree["w"][:4], "v": tree["v"]}, es.default_params)
+    with pytest.raises(ValueError, match="must have the structure and shapes of the solution"):
+        es.init(jax.random.key(0), {**tree, "u": tree["v"]}, es.default_params)
+    with pytest.raises(ValueError, match="sigma_shift must be an int >= 0, got 1.5"):
+        ie.int_eggroll(8, tree, sigma_shift=1.5)

@@ -85,8 +85,11 @@ def test_unknown_name_lists_the_known_ones():
         make("evosax:Nope", 8, jnp.zeros(2))
     with pytest.raises(ValueError, match=r"evosax CMA_ES takes no \['optimizer'\]"):
         make("evosax:CMA_ES", 8, jnp.zeros(2), optimizer=optax.adam(0.1))
-    with pytest.raises(ValueError, match="evosax SimpleGA has no initial step size"):
-        make("evosax:SimpleGA", 8, jnp.zeros(2), sigma_init=0.1)
+    with pytest.raises(ValueError, match="evosax SimulatedAnnealing has no initial step size"):
+        make("evosax:SimulatedAnnealing", 8, jnp.zeros(2), sigma_init=0.1)
+    for population_based in ("SimpleGA", "PSO", "DifferentialEvolution"):  # they keep no mean: refused, not a crash
+        with pytest.raises(ValueError, match=f"evosax {population_based} is not a distribution-based algorithm"):
+            make(f"evosax:{population_based}", 8, jnp.zeros(2))
 
 
 def test_any_evosax_algorithm_by_name_maximises_when_asked():

@@ -155,7 +155,7 @@ def make_competitor(
     * ``"cma_es"``: evosax ``CMA_ES`` (initial step size 2, default population
       ``4 + floor(3 ln D)``).
     * ``"evosax_open_es"``: evosax ``Open_ES`` with the same schedule as ``open_es``.
-    * ``"evosax:<Class>"``: any other evosax 0.3 algorithm with its defaults
+    * ``"evosax:<Class>"``: any other distribution-based evosax 0.3 algorithm with its defaults
       (e.g. ``"evosax:SNES"``).
 
     The OpenAI-ES-type methods use Adam with a learning rate and a noise scale that
@@ -198,6 +198,9 @@ def make_competitor(
     cls = getattr(algos, cls_name, None)
     if cls is None or not isinstance(cls, type):
         raise ValueError(f"Unknown evosax algorithm {name!r}: use a class of evosax.algorithms, e.g. 'evosax:SNES'.")
+    from eggroll.strategies.from_evosax import check_distribution_based
+
+    check_distribution_based(cls)
     n = population_size or 4 + int(3 * math.log(d))
     es = cls(population_size=n, solution=jnp.zeros(d))
     params = _jit_params(es)

@@ -33,8 +33,21 @@ def check_sigma(sigma: Any, name: str = "sigma_init") -> None:
     if isinstance(sigma, jax.core.Tracer):
         return  # traced (jit / vmap): tell skips a non-finite update instead
     values = np.asarray(sigma, dtype=np.float64)
+    if values.ndim:
+        raise ValueError(
+            f"{name} must be one number (every leaf shares it), got an array of shape {values.shape}; to sweep "
+            "several, vmap init / ask / tell over params."
+        )
     if not np.all(np.isfinite(values) & (values > 0)):
         raise ValueError(f"{name} must be a finite number > 0 (the update divides by sigma), got {sigma!r}.")
+
+
+def check_key(key: Any) -> None:
+    """Refuse what is not a PRNG key (a typed ``jax.random.key`` or a raw ``uint32[2]`` ``PRNGKey``)."""
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if dtype is not None and (jnp.issubdtype(dtype, jax.dtypes.prng_key) or (dtype == jnp.uint32 and shape == (2,))):
+        return
+    raise ValueError(f"key must be a PRNG key such as jax.random.key(0), got {key!r}.")
 
 
 def warn_rank_clipped(specs: tuple, rank: int) -> None:

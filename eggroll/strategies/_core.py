@@ -22,7 +22,6 @@ from ``state.key``, which is what the sharded ``tell`` does.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -138,11 +137,7 @@ def make_config(
             f"population_size=1 with fitness_shaping={fitness_shaping!r} gives the lone member weight 0, so the "
             "mean would never move; use population_size >= 2 or fitness_shaping='identity'."
         )
-    if not isinstance(noise_reuse, numbers.Integral) or isinstance(noise_reuse, bool) or noise_reuse < 1:
-        raise ValueError(
-            f"noise_reuse must be an int >= 1 (generations that share one draw of noise), got {noise_reuse!r}."
-        )
-    noise_reuse = int(noise_reuse)
+    noise_reuse = _checks.as_int("noise_reuse", noise_reuse, 1)  # (generations that share one draw of noise)
     rank = _checks.as_int("rank", rank, 1)
     if group_size is not None:
         group_size = _checks.as_int("group_size", group_size, 1)
@@ -150,6 +145,11 @@ def make_config(
             raise ValueError(f"group_size={group_size} must divide population_size={population_size}.")
         if antithetic and group_size % 2:
             raise ValueError(f"group_size={group_size} must be even so antithetic pairs share a group.")
+        if group_size == 1:
+            raise ValueError(
+                "group_size=1 centres each member's fitness on itself, so every weight is 0 and the mean would "
+                "never move; use group_size >= 2, or leave it out (one group: the whole population)."
+            )
     if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
         raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}.")
     if noise not in ("hash", "threefry"):
@@ -375,6 +375,7 @@ def build_strategy(
     jit_init = jax.jit(lambda key, mean, params: init(cfg, key, mean, params))
 
     def init_fn(key, mean, params):
+        _checks.check_key(key)
         _checks.check_sigma(params.sigma_init, "params.sigma_init")
         return jit_init(key, mean, params)
 

@@ -29,6 +29,19 @@ _STEP_SIZE_FIELDS = ("std_init", "sigma_init")  # what evosax 0.3 calls the init
 _SIGNED_METRICS = ("best_fitness", "best_fitness_in_generation")
 
 
+def check_distribution_based(cls: type) -> None:
+    """Refuse an evosax class that keeps a population instead of a mean (``SimpleGA``, ``PSO``,
+    ``DifferentialEvolution`` ...): its ``init`` takes a population and its fitness, not eggroll's mean."""
+    from evosax.algorithms.distribution_based.base import DistributionBasedAlgorithm
+
+    if not issubclass(cls, DistributionBasedAlgorithm):
+        raise ValueError(
+            f"evosax {cls.__name__} is not a distribution-based algorithm (it keeps a population, not a mean), so it "
+            "cannot run as an eggroll strategy; use a distribution-based one, e.g. 'SNES', 'CMA_ES', 'Open_ES', "
+            "'xNES', 'PGPE', or call evosax directly"
+        )
+
+
 def from_evosax(
     algorithm: str | type,
     population_size: int,
@@ -38,7 +51,8 @@ def from_evosax(
     sigma_init: float | None = None,
     **options: Any,
 ) -> Strategy:
-    """Wrap the evosax algorithm ``algorithm`` (a class of ``evosax.algorithms`` or its name, e.g. ``"SNES"``).
+    """Wrap the evosax algorithm ``algorithm`` (a distribution-based class of ``evosax.algorithms`` or its name,
+    e.g. ``"SNES"``).
 
     Args:
         algorithm: the evosax class, or its name in ``evosax.algorithms``.
@@ -52,14 +66,15 @@ def from_evosax(
             An option the class does not take is refused with the options it does take.
 
     Raises:
-        ValueError: an unknown algorithm, an option the class does not take, or ``sigma_init`` for an
-            algorithm without an initial step size.
+        ValueError: an unknown algorithm, a population-based one (``SimpleGA``, ``PSO``, ...: it has no mean),
+            an option the class does not take, or ``sigma_init`` for an algorithm without an initial step size.
     """
     import evosax.algorithms as algorithms
 
     cls = getattr(algorithms, algorithm, None) if isinstance(algorithm, str) else algorithm
     if not isinstance(cls, type):
         raise ValueError(f"unknown evosax algorithm {algorithm!r}: use a class of evosax.algorithms, e.g. 'SNES'")
+    check_distribution_based(cls)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "population_size", "solution"}
     unknown = sorted(set(options) - accepted)
     if unknown:

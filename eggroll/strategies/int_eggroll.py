@@ -50,6 +50,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from eggroll import shaping
 from eggroll.intops import QMAX, IntLowRank, int8_dot, saturate
 from eggroll.strategies._checks import as_int
 from eggroll.types import Strategy
@@ -250,6 +251,7 @@ def int_eggroll(
     rank = as_int("rank", rank, 1)
     noise_reuse = as_int("noise_reuse", noise_reuse, 1)
     table_size = as_int("table_size", table_size, 1)
+    sigma_shift = as_int("sigma_shift", sigma_shift, 0)  # (sigma = 2**-sigma_shift)
     if population_size < 2 or population_size % 2:
         raise ValueError(f"population_size must be an even number >= 2 (antithetic pairs), got {population_size}.")
     if not 1 <= rank <= 8:
@@ -261,6 +263,7 @@ def int_eggroll(
         raise ValueError(f"population {population_size} x rank {rank} could overflow the int32 update sum.")
     _check_solution(solution, rank)
     shapes = [tuple(w.shape) for w in jax.tree.leaves(solution)]
+    template = jax.tree.structure(solution)
     need = max(_need(s, rank) for s in shapes)
     if table_size < 2 * need:
         raise ValueError(f"table_size {table_size} is too small: a leaf needs {need} entries; use >= {4 * need}.")
@@ -271,6 +274,12 @@ def int_eggroll(
 
     def init(key, mean, params):
         _check_solution(mean, rank)
+        got = [tuple(w.shape) for w in jax.tree.leaves(mean)]
+        if jax.tree.structure(mean) != template or got != shapes:
+            raise ValueError(
+                f"init's mean must have the structure and shapes of the solution int_eggroll was built with "
+                f"({template}, shapes {shapes}); got {jax.tree.structure(mean)}, shapes {got}."
+            )
         table = jnp.clip(jnp.round(FIXED * jax.random.normal(jax.random.fold_in(key, 0), (table_size,))), -QMAX, QMAX)
         seed = jax.random.bits(jax.random.fold_in(key, 1), (), jnp.uint32)
         best = jnp.asarray(-jnp.inf if maximize else jnp.inf, jnp.float32)
@@ -299,9 +308,16 @@ def int_eggroll(
 
     def tell(key, population, fitness, state, params):
         del key
-        f = jnp.asarray(fitness).reshape(pairs, 2)
-        diff = f[:, 0] - f[:, 1] if maximize else f[:, 1] - f[:, 0]
-        score = jnp.sign(diff).astype(jnp.int8)
+        fitness = jnp.asarray(fitness)
+        if fitness.shape != (population_size,) or not jnp.issubdtype(fitness.dtype, jnp.number):
+            raise ValueError(
+                f"fitness must have shape ({population_size},), one number per member, got {fitness.dtype}"
+                f"{list(fitness.shape)}."
+            )
+        flat = fitness.astype(jnp.float32)
+        g = shaping.sanitize(-flat if maximize else flat)  # minimisation sign; NaN / inf rank worst, as in eggroll
+        pair = g.reshape(pairs, 2)
+        score = jnp.sign(pair[:, 1] - pair[:, 0]).astype(jnp.int8)  # +1: the + member of the pair did better
         gen = jnp.minimum(state.generation, params.z_thresholds.shape[0] - 1)
         z16 = jnp.asarray(params.z_thresholds, jnp.int32)[gen]
         pair_ids = jnp.arange(pairs, dtype=jnp.int32)
@@ -322,13 +338,19 @@ def int_eggroll(
             moved = moved + jnp.sum((updated != w).astype(jnp.int32))
             new.append(updated)
         mean = jax.tree.unflatten(treedef, new)
-        flat = f.reshape(-1)
-        best_gen = jnp.max(flat) if maximize else jnp.min(flat)
-        best = jnp.maximum(state.best_fitness, best_gen) if maximize else jnp.minimum(state.best_fitness, best_gen)
-        metrics = {
-            "best_fitness": best_gen,
-            "mean_fitness": jnp.mean(flat),
-            "best_index": (jnp.argmax(flat) if maximize else jnp.argmin(flat)).astype(jnp.int32),
+        best_index = jnp.argmin(g).astype(jnp.int32)
+        best_gen = flat[best_index]
+        sign = -1.0 if maximize else 1.0
+        improved = jnp.isfinite(best_gen) & (sign * best_gen < sign * state.best_fitness)
+        best = jnp.where(improved, best_gen, state.best_fitness)
+        finite = jnp.isfinite(flat)
+        n_finite = jnp.where(finite.any(), finite.sum(), jnp.nan)  # no finite value: NaN, not 0.0
+        metrics = {  # named as eggroll's and evosax's: best_fitness is the best so far
+            "best_fitness": best,
+            "best_fitness_in_generation": best_gen,
+            "mean_fitness": jnp.where(finite, flat, 0.0).sum() / n_finite,
+            "best_index": best_index,
+            "num_nonfinite": (~finite).sum(),
             "num_moved": moved,
             "z_threshold": z16,
         }
