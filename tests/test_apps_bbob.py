@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,22 @@ def test_runner_bad_input() -> None:
         runner.run_benchmark(["cma_es"], functions="1", dimensions=[2], checkpoint_dir="x", checkpoint_every=0)
     with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
         runner.run_benchmark(["cma_es"], functions="1", dimensions=[2], resume=True, progress=False)
+
+
+def test_strategies_that_do_not_fit_the_run_are_refused_in_one_line() -> None:
+    """Found by an audit: a sigma sweep of one built-in (two strategies named 'open_es') was merged into one column;
+    a Competitor built for another dimension or with a wrong population failed inside a reshape."""
+    sweep = [lambda d, b, s=s: runner.make_competitor("open_es", d, b, sigma=s) for s in (1.0, 0.01)]
+    with pytest.raises(ValueError, match=r"2 strategies are named 'open_es'.*dataclasses.replace"):
+        runner.run_benchmark(sweep, functions="1", dimensions=[2], instances="1", progress=False)
+    fixed = runner.make_competitor("cma_es", 2, 200)
+    with pytest.raises(ValueError, match="Competitor 'cma_es' has a 2-number template for a 5-D problem"):
+        runner.run_benchmark([fixed], functions="1", dimensions=[5], instances="1", progress=False)
+    more = dataclasses.replace(fixed, population_size=fixed.population_size + 2)
+    with pytest.raises(ValueError, match=r"to_points gives \(6, 2\) points, not \(population_size, D\) = \(8, 2\)"):
+        runner.run_benchmark([more], functions="1", dimensions=[2], instances="1", progress=False)
+    with pytest.raises(ValueError, match="dimension must be >= 1, got 0"):
+        runner.make_competitor("open_es", 0, 100)
 
 
 def test_resuming_a_finished_run_recomputes_nothing(tmp_path: Path) -> None:

@@ -238,6 +238,10 @@ def test_an_array_sigma_a_non_key_a_lone_group_and_a_jax_int_noise_reuse(name):
     assert es.init(jax.random.PRNGKey(0), SOL, es.default_params) is not None  # a raw key is a key
     with pytest.raises(ValueError, match="group_size=1 centres each member's fitness on itself"):
         FACTORIES[name](population_size=8, solution=SOL, antithetic=False, group_size=1)
+    state = es.init(jax.random.key(0), SOL, es.default_params)
+    pop, state = es.ask(jax.random.key(1), state, es.default_params)
+    with pytest.raises(ValueError, match="fitness must be real numbers, got dtype complex64"):  # was cast, one warning
+        es.tell(jax.random.key(2), pop, jnp.arange(8.0) + 1j, state, es.default_params)
 
 
 @pytest.mark.parametrize("name", FACTORIES)

@@ -30,6 +30,23 @@ def _points(rng: np.random.Generator, xopt: np.ndarray) -> np.ndarray:
     return np.concatenate([inside, outside, near, xopt[:, None, :]], axis=1)
 
 
+def test_a_point_holding_nan_is_nan_as_in_cocoex() -> None:
+    """Found by an audit: f2, f3, f5, f6, f10, f11 and f15 gave 0.0 (the optimum) at an all-NaN point, and the runner
+    credited a diverged strategy with solving them at its first evaluation; COCO gives NaN."""
+    d = 3
+    x = np.full(d, np.nan)
+    x_part = np.where(np.arange(d) == 1, np.nan, 0.5)  # one NaN coordinate
+    for fid in range(1, 25):
+        problem = cocoex.BareProblem("bbob", fid, d, 1)
+        assert np.isnan(problem(x)) and np.isnan(problem(x_part))
+    for points in (x, x_part):
+        values = bbob.BBOBSuite("1-24", "1", d).evaluate(jnp.broadcast_to(points, (24, d)), subtract_fopt=True)
+        assert np.all(np.isnan(np.asarray(values))), np.asarray(values)
+    data = jax.tree.map(jnp.asarray, bbob.BBOBSuite("1-24", "1", d).data)
+    traced = jax.vmap(bbob.evaluate, in_axes=(0, None))(data, jnp.asarray(x))  # lax.switch on a traced id
+    assert np.all(np.isnan(np.asarray(traced)))
+
+
 @pytest.mark.parametrize("dimension", DIMENSIONS)
 def test_matches_cocoex_all_functions_instances_1_to_15(dimension: int) -> None:
     rng = np.random.default_rng(dimension)

@@ -78,6 +78,18 @@ def test_unknown_names_and_bad_settings_say_what_to_do():
         RLConfig(population_size=7).validate()
     with pytest.raises(ValueError, match="unknown strategy"):
         RLConfig(strategy="cma").validate()
+    # found by an audit: a Brax --backend on a gymnax env crashed in gymnax's constructor; a horizon past the
+    # env's time limit was cut to it without a word; a negative weight decay and a NaN target were taken
+    with pytest.raises(ValueError, match="--backend applies to Brax environments; CartPole-v1 is a gymnax one"):
+        RLConfig(env="CartPole-v1", backend="spring").validate()
+    with pytest.raises(ValueError, match=r"horizon 300 is longer than Pendulum-v1's episodes \(200 steps"):
+        rl_fitness("Pendulum-v1", horizon=300)
+    longer = rl_fitness("Pendulum-v1", horizon=300, env_kwargs={"env_params": {"max_steps_in_episode": 300}})
+    assert longer.horizon == longer.env.max_steps == 300  # the way out the message gives
+    with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+        RLConfig(weight_decay=-1.0).validate()
+    with pytest.raises(ValueError, match="target_return must be a finite number"):
+        RLConfig(target_return=float("nan")).validate()
 
 
 # ---------------------------------------------------------------------------- reference rollouts

@@ -20,7 +20,7 @@ evaluation (counting members in population order) whose value reached it.
 Every reported ``f - fopt`` (runtimes, best values, CSV, tables, ECDF) comes from one
 float64 evaluation of the points the strategies proposed, after each chunk (inside
 ``jax.enable_x64``, also when the strategies run in float32): float32 evaluation has a
-noise floor of 1e-7..3e-4 on f16-19, f23 and f24, below the targets. COCO's observer
+noise floor of 1e-7..3e-4 on f16-20, f23 and f24, below the targets. COCO's observer
 evaluates the same points in float64, so its data and the CSV agree.
 
 Every (strategy, dimension, function, instance) problem draws its random numbers (initial
@@ -166,6 +166,8 @@ def make_competitor(
         ValueError: for an unknown name.
     """
     d = int(dimension)
+    if d < 1:
+        raise ValueError(f"dimension must be >= 1, got {dimension}")
     if name in ("open_es", "eggroll", "evosax_open_es"):
         import optax
 
@@ -425,6 +427,22 @@ def _resolve(strategy: StrategyArg | Competitor, d: int, budget: int, population
     comp = strategy(d, budget) if callable(strategy) else strategy
     if not isinstance(comp, Competitor):
         raise ValueError(f"A strategy is a name, a Competitor or a callable returning one; got {type(comp).__name__}.")
+    way_out = "pass a callable (dimension, budget) -> Competitor that builds it for each dimension"
+    if comp.template.size != d:
+        size = comp.template.size
+        raise ValueError(f"Competitor {comp.name!r} has a {size}-number template for a {d}-D problem: {way_out}.")
+
+    def points(key):
+        state = comp.strategy.init(key, comp.template, comp.params)
+        return comp.to_points(comp.strategy.ask(key, state, comp.params)[0])
+
+    with jax.numpy_rank_promotion("allow"):  # (evosax broadcasts implicitly)
+        shape = tuple(jax.eval_shape(points, jax.random.key(0)).shape)
+    if shape != (comp.population_size, d):
+        raise ValueError(
+            f"Competitor {comp.name!r}: to_points gives {shape} points, not (population_size, D) = "
+            f"({comp.population_size}, {d}): set population_size to the members ask returns, or {way_out}."
+        )
     return comp
 
 
@@ -557,8 +575,16 @@ class BBOBTask(Task):
         for d in dims:
             means = _initial_means(jax.random.fold_in(key, d), suites[d].problems, d, x0)
             budget = int(budget_multiplier * d)
-            for si, strategy in enumerate(strategies):
-                comp = _resolve(strategy, d, budget, population)
+            comps = [_resolve(strategy, d, budget, population) for strategy in strategies]
+            names = [comp.name for comp in comps]
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:  # results, tables and runtimes are keyed by the name
+                raise ValueError(
+                    f"{len(names) - len(set(names)) + 1} strategies are named {twice[0]!r}: results are kept by name, "
+                    f"so give each its own Competitor name, e.g. dataclasses.replace(make_competitor(...), "
+                    f"name='{twice[0]}_sigma0.1')"
+                )
+            for si, comp in enumerate(comps):
                 self.runs.append(_make_run(len(self.runs), si, comp, suites[d], means, key, budget, chunk_generations))
         self.data = {d: suite.device_data() for d, suite in suites.items()}
         with jax.enable_x64(True):  # the points are scored in float64, whatever the strategies compute in

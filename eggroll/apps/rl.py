@@ -114,6 +114,17 @@ class RLConfig:
             raise ValueError(f"sigma and learning_rate must be > 0, got {self.sigma} and {self.learning_rate}")
         if self.horizon is not None and self.horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {self.horizon}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.target_return is not None and not math.isfinite(self.target_return):
+            raise ValueError(f"target_return must be a finite number (or None), got {self.target_return}")
+        if self.backend is not None:
+            import gymnax
+
+            if self.env in gymnax.registered_envs:
+                raise ValueError(
+                    f"--backend applies to Brax environments; {self.env} is a gymnax one: leave --backend out"
+                )
         if any(int(w) < 1 for w in self.hidden):
             raise ValueError(f"hidden widths must be >= 1, got {self.hidden}")
         return self

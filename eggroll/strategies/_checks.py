@@ -101,8 +101,8 @@ def check_fitness(cfg: Any, fitness: jax.Array) -> jax.Array:
             f"fitness must have shape ({cfg.population_size},), one scalar per member, "
             f"got {fitness.shape}{hint if fitness.ndim > 1 else ''}."
         )
-    if not jnp.issubdtype(fitness.dtype, jnp.number):
-        raise ValueError(f"fitness must be numeric, got dtype {fitness.dtype}.")
+    if not jnp.issubdtype(fitness.dtype, jnp.number) or jnp.issubdtype(fitness.dtype, jnp.complexfloating):
+        raise ValueError(f"fitness must be real numbers, got dtype {fitness.dtype} (take .real or abs() first?).")
     return fitness.astype(jnp.float32)
 
 

@@ -85,7 +85,7 @@ def _delta_points(p: Any, x: jax.Array, fid: int | None, kind: str = "bbob") -> 
         vals = jax.vmap(_fn.delta, in_axes=(None, 0))(p, flat)
     else:
         vals = jax.vmap(functools.partial(_fn.delta_static, fid), in_axes=(None, 0))(p, flat)
-    return vals.reshape(x.shape[:-1])
+    return _fn.nan_if_nan(flat, vals).reshape(x.shape[:-1])  # (largescale and mixint too)
 
 
 def evaluate(instance: BBOBInstance, x: jax.Array, *, subtract_fopt: bool = False) -> jax.Array:

@@ -82,7 +82,7 @@ class RLFitness(NamedTuple):
         env: the :class:`~eggroll.problems.rl.envs.Env`.
         policy: the Flax policy module.
         num_rollouts: episodes per member.
-        horizon: maximum steps per episode.
+        horizon: maximum steps per episode (at most the environment's own time limit: a longer one is refused).
     """
 
     init: Callable[[jax.Array], RLFitnessState]
@@ -185,6 +185,12 @@ def rl_fitness(
     horizon = env.max_steps if horizon is None else int(horizon)
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
+    if horizon > env.max_steps:  # the environment's own time limit would end every episode before it
+        raise ValueError(
+            f"horizon {horizon} is longer than {env.name}'s episodes ({env.max_steps} steps, its time limit): use "
+            f"horizon <= {env.max_steps}, or raise the limit (gymnax: env_kwargs={{'env_params': "
+            f"{{'max_steps_in_episode': {horizon}}}}})"
+        )
     if policy is None:
         policy = make_policy(env, hidden, activation, stochastic)
 
