@@ -10,6 +10,7 @@ import json
 import socket
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -140,6 +141,62 @@ def test_timeout_is_an_error_not_a_stall():
         listener.close()
 
 
+@contextlib.contextmanager
+def raw_server(body: bytes, length: int | None = None, pause: float = 0.0):
+    """A local server answering every POST with ``body`` (announced as ``length`` bytes, sent one byte every
+    ``pause`` seconds when ``pause`` > 0); yields its /v1 URL and the list of requests it received."""
+    requests = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):  # noqa: N802 - http.server naming
+            requests.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body) if length is None else length))
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the client may hang up first
+                for piece in [body[i : i + 1] for i in range(len(body))] if pause else [body]:
+                    self.wfile.write(piece)
+                    self.wfile.flush()
+                    time.sleep(pause)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_trickling_answer_times_out_at_the_attempt_deadline():
+    body = b'{"choices": [{"text": "too late"}]}'  # 35 bytes, one every 0.2 s: 7 s in all
+    with raw_server(body, pause=0.2) as (url, requests):
+        client = OpenAIBackend(url, "m", timeout=0.5, max_retries=1, backoff=0.01)
+        start = time.monotonic()
+        with pytest.raises(LLMConnectionError, match="after 2 attempts.*TimeoutError: the answer was not complete"):
+            client.generate(["a"])
+        assert time.monotonic() - start < 2.5 and len(requests) == 2
+
+
+def test_malformed_answers_raise_llm_errors():
+    with raw_server(b'\xff\xfe{"choices": [{"text": "a"}]}') as (url, requests):
+        with pytest.raises(LLMError, match="did not answer with JSON.*utf-8"):
+            OpenAIBackend(url, "m", max_retries=1).generate(["a"])
+        assert len(requests) == 1  # not retried
+    with (
+        raw_server(b'{"choices": [{"text": null}]}') as (url, _),
+        pytest.raises(LLMError, match="without a completion"),
+    ):
+        OpenAIBackend(url, "m").generate(["a"])
+    with raw_server(b'{"choices": [{"text": "a"}]}', length=500) as (url, requests):  # cut short: retried
+        with pytest.raises(LLMConnectionError, match="after 2 attempts.*IncompleteRead"):
+            OpenAIBackend(url, "m", max_retries=1, backoff=0.01).generate(["a"])
+        assert len(requests) == 2
+
+
 def test_cache_memory_disk_and_keys(tmp_path):
     inner = FunctionBackend(echo)
     path = tmp_path / "cache.json"
@@ -157,6 +214,26 @@ def test_cache_memory_disk_and_keys(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         CachedBackend(inner, path)
+
+
+def test_a_partly_cached_batch_answers_as_the_uncached_backend():
+    inner = FunctionBackend(echo)
+    cached = CachedBackend(inner)
+    cached.generate(["b"], temperature=1.0, seed=11)
+    cached.generate(["e"], temperature=1.0, seed=14)
+    prompts = ["a", "b", "c", "d", "e", "f"]
+    uncached = FunctionBackend(echo).generate(prompts, temperature=1.0, seed=10)
+    assert cached.generate(prompts, temperature=1.0, seed=10) == uncached  # prompt i sampled with seed 10 + i
+    assert (cached.hits, inner.calls) == (2, 5)  # asked for a, then c + d, then f
+    assert cached.generate(prompts[::-1], seed=3) == FunctionBackend(echo).generate(prompts[::-1], seed=3)
+    assert inner.calls == 6  # greedy: the missing prompts go as one batch
+
+
+def test_a_cache_file_that_is_not_utf8_json_is_a_clear_error(tmp_path):
+    path = tmp_path / "cache.json"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match="cache.json is not valid JSON.*delete it"):
+        CachedBackend(FunctionBackend(echo), path)
 
 
 def test_client_rejects_bad_configuration():

@@ -10,7 +10,9 @@ max_tokens, stop strings, per-prompt seed). The seed only enters when
 ``temperature > 0`` (as ``seed + i`` for prompt ``i`` of a batch): a greedy
 answer does not depend on it. Repeating a run with the same seeds therefore
 costs no model calls, and a sampled retry (new seed) is never served a cached
-failure. Prompts not in the cache go to the wrapped backend as one batch.
+failure. Prompts not in the cache go to the wrapped backend: when greedy as one
+batch, when sampling one batch per contiguous run of them, started at that run's
+seed, so every answer equals what an uncached call would have given.
 
 The JSON file is read when the cache is created and rewritten atomically
 (temporary file + rename) after every batch that added answers.
@@ -19,6 +21,7 @@ The JSON file is read when the cache is created and rewritten atomically
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -58,7 +61,7 @@ class CachedBackend(Backend):
         if self.path is not None and self.path.exists():
             try:
                 loaded = json.loads(self.path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise ValueError(
                     f"the cache file {self.path} is not valid JSON ({err}); delete it or pass another path"
                 ) from err
@@ -75,13 +78,16 @@ class CachedBackend(Backend):
         missing = [i for i, k in enumerate(keys) if k not in self.entries]
         self.hits += len(prompts) - len(missing)
         self.misses += len(missing)
-        if missing:
-            asked = [prompts[i] for i in missing]
+        runs = [missing] if missing else []
+        if temperature > 0:  # prompt i is sampled with seed + i, so each contiguous run starts at its own seed
+            runs = [[i for _, i in run] for _, run in itertools.groupby(enumerate(missing), lambda t: t[1] - t[0])]
+        for run in runs:
             texts = self.backend.generate(
-                asked, temperature=temperature, max_tokens=max_tokens, stop=stop, seed=seed + missing[0]
+                [prompts[i] for i in run], temperature=temperature, max_tokens=max_tokens, stop=stop, seed=seed + run[0]
             )
-            for i, text in zip(missing, texts, strict=True):
+            for i, text in zip(run, texts, strict=True):
                 self.entries[keys[i]] = text
+        if missing:
             self.save()
         return [self.entries[k] for k in keys]
 

@@ -13,17 +13,22 @@ The API key is read from the environment variable named by ``api_key_env``
 (default ``OPENAI_API_KEY``); when it is unset no ``Authorization`` header is sent,
 which is what local servers expect.
 
-Failures: connection errors, timeouts, HTTP 408 / 409 / 429 and 5xx are retried
-``max_retries`` times with exponential backoff (``backoff * 2**attempt`` seconds,
-at most ``max_backoff``, or the server's ``Retry-After``). When the retries are
-spent, or for other HTTP errors (400, 401, 404 ...), :class:`LLMConnectionError`
-or :class:`LLMError` is raised with the URL, the status and what to check. The
-longest a single prompt can block is about ``(max_retries + 1) * timeout`` plus
-the backoff sleeps; it never waits forever.
+Failures: connection errors (also a dropped or cut-short answer), timeouts,
+HTTP 408 / 409 / 429 and 5xx are retried ``max_retries`` times with exponential
+backoff (``backoff * 2**attempt`` seconds, at most ``max_backoff``, or the
+server's ``Retry-After``). When the retries are spent, or for other HTTP errors
+(400, 401, 404 ...), :class:`LLMConnectionError` or :class:`LLMError` is raised
+with the URL, the status and what to check. An attempt whose whole answer has
+not arrived ``timeout`` seconds after it started is a timeout, even when the
+server keeps trickling bytes. The longest a single prompt can block is about
+``(max_retries + 1) * timeout`` plus the backoff sleeps (a socket read already
+waiting at an attempt's deadline can add at most one more ``timeout``); it never
+waits forever.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import time
@@ -47,7 +52,7 @@ class OpenAIBackend(Backend):
         api: ``"completions"`` (raw text continuation, best for EvoLLM's pattern
             prompts) or ``"chat"`` (each prompt sent as one user message).
         api_key_env: environment variable holding the key (unset -> no header).
-        timeout: seconds per HTTP request.
+        timeout: seconds per attempt (connecting, waiting and reading the whole answer).
         max_retries: retries after the first attempt for transient failures.
         backoff: first backoff sleep in seconds (doubles each retry).
         max_backoff: longest single sleep in seconds.
@@ -141,9 +146,10 @@ class OpenAIBackend(Backend):
         for attempt in range(self.max_retries + 1):
             request = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
             wait = min(self.backoff * 2**attempt, self.max_backoff)
+            deadline = time.monotonic() + self.timeout
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read().decode("utf-8"))
+                    return json.loads(self._read(response, deadline).decode("utf-8"))
             except urllib.error.HTTPError as err:
                 detail = _error_text(err)
                 if err.code not in _RETRY_STATUS:
@@ -152,10 +158,10 @@ class OpenAIBackend(Backend):
                 retry_after = err.headers.get("Retry-After") if err.headers else None
                 if retry_after and retry_after.replace(".", "", 1).isdigit():
                     wait = min(float(retry_after), self.max_backoff)
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as err:
                 reason = getattr(err, "reason", err)
                 last = f"{type(reason).__name__}: {reason}"
-            except json.JSONDecodeError as err:
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise LLMError(f"{self.url} did not answer with JSON ({err})") from err
             if attempt < self.max_retries:
                 time.sleep(wait)
@@ -165,14 +171,26 @@ class OpenAIBackend(Backend):
             "base_url right (it should end in /v1)?"
         )
 
+    def _read(self, response: http.client.HTTPResponse, deadline: float) -> bytes:
+        """The whole body, read piece by piece so that a trickling server cannot outlast ``deadline``."""
+        chunks = []
+        while chunk := response.read1(65536):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the answer was not complete after {self.timeout:g} s")
+            chunks.append(chunk)
+        if response.length:  # the server closed before sending its Content-Length
+            raise http.client.IncompleteRead(b"".join(chunks), response.length)
+        return b"".join(chunks)
+
     def _extract(self, response: dict[str, Any]) -> str:
         try:
             choice = response["choices"][0]
             text = choice["message"]["content"] if self.api == "chat" else choice["text"]
-        except (KeyError, IndexError, TypeError) as err:
-            snippet = json.dumps(response)[:300]
-            raise LLMError(f"{self.url} answered without a completion text: {snippet}") from err
-        return "" if text is None else str(text)
+        except (KeyError, IndexError, TypeError):
+            text = None
+        if text is None:
+            raise LLMError(f"{self.url} answered without a completion text: {json.dumps(response)[:300]}")
+        return str(text)
 
 
 def _error_text(err: urllib.error.HTTPError) -> str:
