@@ -11,6 +11,7 @@ random model starts near zero, and ES must raise it on held-out prompts.
 from __future__ import annotations
 
 import json
+import re
 
 import jax
 import numpy as np
@@ -150,6 +151,29 @@ def test_layer_selection_builds_segments_and_mask():
         FinetuneConfig(population=16, prompts_per_generation=4, group_size=3).resolved_group_size()
 
 
+@pytest.mark.parametrize(
+    ("option", "says"),
+    [
+        ({"prompts_per_generation": 0}, "--prompts (prompts_per_generation) must be >= 1, got 0"),
+        ({"eval_prompts": 0}, "--eval-prompts must be >= 1"),
+        ({"temperature": -1.0}, "--temperature must be >= 0"),
+    ],
+)
+def test_config_from_python_refuses_what_the_command_refuses(option, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        FinetuneConfig(**option).resolved_group_size()
+
+
+def test_reward_file_that_fails_to_import_exits_2_in_one_line(tmp_path):
+    """Refused before the model loads (none is named: the default one is never read)."""
+    broken = tmp_path / "broken.py"
+    broken.write_text("def f(completion, prompt):\n    return 1.0\nx = (\n")
+    refused = CliRunner().invoke(app, ["--task", "python", "--reward", f"{broken}:f", "--out", str(tmp_path / "o")])
+    text = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "failed to import: SyntaxError" in text, refused.output
+    assert "Traceback" not in refused.output and text.count("error: ") == 1
+
+
 def test_weights_saved_alone_restore_too(tmp_path):
     """restore_checkpoint also reads weights written by save_checkpoint (not a run's checkpoint)."""
     from eggroll.finetune import save_checkpoint
@@ -162,6 +186,33 @@ def test_weights_saved_alone_restore_too(tmp_path):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         restore_checkpoint(str(tmp_path / "nowhere"), params)
+
+
+def test_restore_checkpoint_refuses_other_shapes_and_unreadable_folders(tmp_path):
+    """Weights of another model size are refused naming a leaf; a folder that is no checkpoint is a CheckpointError."""
+    from eggroll.finetune import save_checkpoint
+    from eggroll.run.checkpoint import Checkpointer, CheckpointError
+
+    configs = [LlamaConfig(vocab_size=20, dim=d, n_layers=2, n_heads=2, n_kv_heads=1, hidden_dim=24) for d in (16, 32)]
+    params, wider = (init_params(config, jax.random.PRNGKey(1)) for config in configs)
+    saved = save_checkpoint(str(tmp_path / "weights"), 3, params)
+    run = Checkpointer(tmp_path / "run" / "checkpoints", async_save=False)  # a run's checkpoint holds the mean
+    run.save(1, {"carry": {"state": {"mean": params}}})
+    run.close()
+    step = tmp_path / "run" / "checkpoints" / "1"
+    np.testing.assert_array_equal(restore_checkpoint(str(step), params)["embed"], params["embed"])
+    for path in (str(step), saved):
+        with pytest.raises(ValueError, match=r"holds \['embed'\] of shape \(20, 16\), but `like` has \(20, 32\)"):
+            restore_checkpoint(path, wider)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*; point at a run's <out>/checkpoints/"):
+        restore_checkpoint(str(tmp_path / "run"), params)  # the run's folder, not one of its checkpoints
+    (step / "items" / "_METADATA").write_text('{"tree_metadata": {')  # truncated
+    with pytest.raises(CheckpointError, match="is damaged: items/_METADATA does not match its checksum"):
+        restore_checkpoint(str(step), params)
+    with open(f"{saved}/_METADATA", "r+b") as f:  # no checksums here: orbax's own error, said as a CheckpointError
+        f.truncate(20)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        restore_checkpoint(saved, params)
 
 
 def test_finetune_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):

@@ -101,7 +101,8 @@ class FinetuneConfig:
             (None: nothing saved).
         export: write the final weights as a Hugging Face safetensors directory.
         seed: seed of noise and prompt sampling.
-        reward: for ``task="python"``: ``"file.py:function"``.
+        reward: ``"file.py:function"``, needed for ``task="python"``; with another task, it scores that task's
+            prompts (see :func:`eggroll.problems.tasks.make_task`).
         resume: continue from the newest checkpoint in ``out_dir/checkpoints`` (same settings;
             only ``generations``, ``time_budget``, ``eval_every``, ``eval_prompts``,
             ``checkpoint_every`` and ``export`` may change).
@@ -152,6 +153,12 @@ class FinetuneConfig:
             raise ValueError(f"--sigma must be > 0, got {self.sigma}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.prompts_per_generation < 1:
+            raise ValueError(f"--prompts (prompts_per_generation) must be >= 1, got {self.prompts_per_generation}")
+        if self.eval_prompts < 1:
+            raise ValueError(f"--eval-prompts must be >= 1 (held-out prompts), got {self.eval_prompts}")
+        if not self.temperature >= 0:
+            raise ValueError(f"--temperature must be >= 0 (0: greedy decoding), got {self.temperature}")
         n, prompts = self.population, self.prompts_per_generation
         g = self.group_size or max(n // prompts, 1)
         unit = max(1, round(n / (2 * prompts)))
@@ -629,24 +636,46 @@ def restore_checkpoint(path: str, like: Any) -> Any:
 
     Returns:
         The weights, laid out like ``like`` (the evolved mean, for a run's checkpoint).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        eggroll.run.checkpoint.CheckpointError: ``path`` is not a readable checkpoint (e.g. a run's folder rather
+            than one of its checkpoints, or damaged files).
+        ValueError: the weights are not those of the model of ``like`` (another layout, or a leaf of another shape).
     """
     import orbax.checkpoint as ocp
+
+    from eggroll.run.checkpoint import CheckpointError, verify_step
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     path = os.path.abspath(path)
     items = os.path.join(path, "items")
-    with ocp.StandardCheckpointer() as ckpt:
-        if not os.path.isdir(items):  # weights written by save_checkpoint: restored with the shapes of `like`
-            return ckpt.restore(path, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like))
-        mean = ckpt.restore(items)["carry"]["state"]["mean"]
-    layers = mean["layers"]
-    if isinstance(layers, dict) and all(k.isdigit() for k in layers):  # the segments of a partial selection
-        layers = [layers[k] for k in sorted(layers, key=int)]
-    merged = merge_layers({**mean, "layers": layers})
-    if jax.tree.structure(like) != jax.tree.structure(merged):
+    hint = "point at a run's <out>/checkpoints/<generation> or at a folder written by save_checkpoint"
+    damage = verify_step(path)  # a run's checkpoint carries checksums
+    if damage:
+        raise CheckpointError(f"checkpoint {path!r} is damaged: {damage}; {hint}")
+    try:
+        with ocp.StandardCheckpointer() as ckpt:
+            if not os.path.isdir(items):  # weights written by save_checkpoint
+                weights = ckpt.restore(path)
+            else:
+                mean = ckpt.restore(items)["carry"]["state"]["mean"]
+                layers = mean["layers"]
+                if isinstance(layers, dict) and all(k.isdigit() for k in layers):  # segments of a partial selection
+                    layers = [layers[k] for k in sorted(layers, key=int)]
+                weights = merge_layers({**mean, "layers": layers})
+    except Exception as err:  # orbax's missing metadata, truncated JSON or arrays, another run's state...
+        raise CheckpointError(f"cannot read checkpoint {path!r} ({type(err).__name__}: {err}); {hint}") from err
+    if jax.tree.structure(like) != jax.tree.structure(weights):
         raise ValueError(f"checkpoint {path!r} holds weights of another model layout than `like`")
-    return jax.tree.map(np.asarray, merged)
+    for (key, got), want in zip(jax.tree_util.tree_flatten_with_path(weights)[0], jax.tree.leaves(like), strict=True):
+        if np.shape(got) != np.shape(want):
+            raise ValueError(
+                f"checkpoint {path!r} holds {jax.tree_util.keystr(key)} of shape {np.shape(got)}, but `like` has "
+                f"{np.shape(want)}: pass the params of the model the checkpoint was written for"
+            )
+    return jax.tree.map(lambda x, w: np.asarray(x, dtype=w.dtype), weights, like)
 
 
 def plot_history(result: FinetuneResult, path: str, title: str = "EGGROLL fine-tuning") -> None:

@@ -47,7 +47,10 @@ def finetune(
     ),
     eval_prompts: int = typer.Option(32, min=1, help="Held-out prompts."),
     export: bool = typer.Option(True, help="Export the result as safetensors (Hugging Face layout)."),
-    reward: str = typer.Option(None, help="For --task python: file.py:function(completion, prompt) -> float."),
+    reward: str = typer.Option(
+        None,
+        help="file.py:function(completion, prompt) -> float (for --task python; another task: scores its prompts).",
+    ),
     seed: int = common.SEED,
     out: str = common.out_option("runs/finetune"),
     checkpoint_every: int | None = common.CHECKPOINT_EVERY,

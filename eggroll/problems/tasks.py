@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import importlib.util
@@ -30,6 +31,43 @@ import numpy as np
 
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
 ANSWER_INSTRUCTION = "Put your final answer inside <answer></answer> tags, for example <answer>42</answer>."
+MAX_ANSWER_CHARS = 1000  # a longer answer is scored as an empty one (some verifiers parse it: a huge one could hang)
+# Verifiers that evaluate the answer with sympy (Python's eval underneath) only see plain arithmetic: digits,
+# + - * / ( ) and spaces, no power (9**9**9 would hang), at most 200 characters; anything else is scored as empty.
+_ARITHMETIC = re.compile(r"(?!.*\*\*)[0-9+\-*/() ]{1,200}")
+SAFE_ANSWERS = {"countdown": _ARITHMETIC, "puzzle24": _ARITHMETIC}
+_MATH_CALLS = frozenset(
+    ["sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "exp", "log", "ln", "sqrt"]
+)
+_PLAIN = (ast.Expression, ast.Constant, ast.Name, ast.Load, ast.BinOp, ast.UnaryOp, ast.Compare, ast.List, ast.Tuple)
+_PLAIN += (ast.operator, ast.unaryop, ast.cmpop)
+
+
+def could_run_code(answer: str) -> bool:
+    """Whether a verifier that evaluates ``answer`` (Python's ``eval``, sympy's ``parse_expr``; several
+    reasoning-gym datasets do) could run code: a ``__`` anywhere (the way to builtins, even in text sympy
+    rewrites), or, read as Python, a call of anything but a math function, an attribute, a subscript, a lambda, or a
+    power whose exponent is not small (``9**9**9`` would hang). Plain text and arithmetic are not code."""
+    if "__" in answer:
+        return True
+    try:
+        tree = ast.parse(answer.strip(), mode="eval")
+    except (SyntaxError, ValueError):
+        return False  # not Python: an eval of it fails before anything runs
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            if not (isinstance(node.func, ast.Name) and node.func.id in _MATH_CALLS) or node.keywords:
+                return True
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+            small = all(
+                not isinstance(n, ast.Constant) or (isinstance(n.value, int | float) and abs(n.value) <= 100)
+                for n in ast.walk(node.right)
+            )
+            if not small or any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow) for n in ast.walk(node.right)):
+                return True
+        elif not isinstance(node, _PLAIN):
+            return True
+    return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +131,10 @@ class ReasoningGymTask(Task):
     tags are present + the dataset's score of the tagged answer (1.0 when right;
     some datasets give partial credit). Without tags the last line is scored,
     so a right but untagged answer still counts (without the format bonus).
+    The model's answer is untrusted: one longer than ``MAX_ANSWER_CHARS``, one that could run code if a
+    verifier evaluated it (:func:`could_run_code`; several reasoning-gym verifiers call ``eval`` or
+    sympy), or for ``countdown`` and ``puzzle24`` anything but plain arithmetic, is scored as an empty
+    answer (the dataset's score of a malformed one).
 
     Args:
         dataset: reasoning-gym dataset name (``"countdown"``, ``"chain_sum"`` ...).
@@ -131,6 +173,10 @@ class ReasoningGymTask(Task):
         if answer is None:
             lines = [ln.strip() for ln in completion.strip().splitlines() if ln.strip()]
             answer = lines[-1] if lines else ""
+        safe = SAFE_ANSWERS.get(self.dataset)
+        unsafe = (safe is not None and not safe.fullmatch(answer)) or could_run_code(answer)
+        if len(answer) > MAX_ANSWER_CHARS or unsafe:
+            answer = ""  # never handed to the verifier
         try:
             score = float(self._scorer.score_answer(answer, example.data))
         except Exception:  # a malformed answer must never crash a run
@@ -154,7 +200,7 @@ class FormatTask(ReasoningGymTask):
     (use ``chain_sum`` for that). An easy reward a small model learns quickly.
     """
 
-    _exact = re.compile(r"\s*<answer>\s*-?\d+(\.\d+)?\s*</answer>\s*")
+    _exact = re.compile(r"\s*<answer>\s*-?[0-9]+(\.[0-9]+)?\s*</answer>\s*")  # ASCII digits only
 
     def __init__(self, max_new_tokens: int = 24):
         super().__init__("chain_sum", format_weight=0.0, max_new_tokens=max_new_tokens)
@@ -172,7 +218,7 @@ class FormatTask(ReasoningGymTask):
             return 1.0
         if extract_answer(completion) is not None:
             return 0.5
-        short = len(completion.split()) <= 4 and re.search(r"\d", completion) is not None
+        short = len(completion.split()) <= 4 and re.search(r"[0-9]", completion) is not None
         return 0.25 if short else 0.0
 
     def correct(self, completion: str, example: Example) -> bool:
@@ -270,18 +316,27 @@ class PythonTask(Task):
 
 
 def load_reward_fn(spec: str) -> Callable[[str, str], float]:
-    """Load ``"path/to/file.py:function"`` or ``"package.module:function"``."""
+    """Load ``"path/to/file.py:function"`` or ``"package.module:function"``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a malformed ``spec``, a file or module that fails to import (naming it and the error),
+            or no callable of that name in it.
+    """
     if ":" not in spec:
         raise ValueError(f"reward function {spec!r} must look like 'file.py:function' or 'module:function'")
     where, name = spec.rsplit(":", 1)
-    if where.endswith(".py"):
-        if not os.path.isfile(where):
-            raise FileNotFoundError(f"reward file {where!r} does not exist")
-        mod_spec = importlib.util.spec_from_file_location(f"_eggroll_reward_{abs(hash(where))}", where)
-        module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(where)
+    if where.endswith(".py") and not os.path.isfile(where):
+        raise FileNotFoundError(f"reward file {where!r} does not exist")
+    try:
+        if where.endswith(".py"):
+            mod_spec = importlib.util.spec_from_file_location(f"_eggroll_reward_{abs(hash(where))}", where)
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except Exception as err:  # a syntax error, or one its code raises: the user's file, not eggroll
+        raise ValueError(f"reward {where!r} failed to import: {type(err).__name__}: {err}; fix it and retry") from err
     fn = getattr(module, name, None)
     if not callable(fn):
         raise ValueError(f"{where!r} has no callable {name!r}")
@@ -307,14 +362,19 @@ def make_task(name: str, reward: str | None = None, prompts: Sequence[str] | Non
 
     Args:
         name: a key of ``TASKS``, or any reasoning-gym dataset name, or ``"python"``.
-        reward: for ``"python"``: ``"file.py:function"`` computing ``fn(completion, prompt) -> float``.
+        reward: ``"file.py:function"`` computing ``fn(completion, prompt) -> float``; needed for ``"python"``.
+            With another ``name``, that task's prompts (and generation budget) are scored by this function.
         prompts: for ``"python"``: the prompt pool (default: the prompts of ``chain_sum``).
     """
     if name == "python" or reward is not None:
         if reward is None:
             raise ValueError("task 'python' needs reward='file.py:function'")
-        pool: Sequence[str] | Task = list(prompts) if prompts else make_task("chain_sum")
-        return PythonTask(load_reward_fn(reward), pool)
+        if name == "python":
+            return PythonTask(load_reward_fn(reward), list(prompts) if prompts else make_task("chain_sum"))
+        if prompts:
+            raise ValueError(f"prompts= is for task 'python'; task {name!r} brings its own prompts")
+        pool = make_task(name)
+        return PythonTask(load_reward_fn(reward), pool, pool.max_new_tokens, name=f"{pool.name} scored by {reward}")
     if name in TASKS:
         return TASKS[name]()
     try:
