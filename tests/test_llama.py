@@ -9,7 +9,9 @@ orders) and 1e-4 on the tiny model; greedy generations agree token for token.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -313,6 +315,84 @@ def test_missing_and_corrupt_model_files(tmp_path):
         load_model(str(bad))
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_model(str(tmp_path))
+
+
+def _tiny_model(tmp_path):
+    tokens, merges, types = _tiny_vocab()
+    config = LlamaConfig(vocab_size=len(tokens), dim=16, n_layers=2, n_heads=2, n_kv_heads=1, hidden_dim=32)
+    params = init_params(config, jax.random.PRNGKey(0))
+    gguf_io.write_gguf(str(tmp_path / "t.gguf"), config, params, tokens, merges, token_types=types)
+    return config, params, load_model(str(tmp_path / "t.gguf"))[2]
+
+
+def _set_config(**changes):  # None removes an entry
+    def damage(d):
+        cfg = {**json.loads((d / "config.json").read_text()), **changes}
+        (d / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}))
+
+    return damage
+
+
+_DAMAGES = {  # how a Hugging Face directory is damaged -> what the error must name
+    "config_without_vocab_size": (_set_config(vocab_size=None), r"config\.json' has no 'vocab_size'"),
+    "config_is_a_list": (lambda d: (d / "config.json").write_text("[]"), r"config\.json' must hold a JSON object"),
+    "index_without_weight_map": (
+        lambda d: (d / "model.safetensors.index.json").write_text("{}"),
+        r"model\.safetensors\.index\.json' has no 'weight_map'",
+    ),
+    "broken_tokenizer_json": (lambda d: (d / "tokenizer.json").write_text("{}"), r"tokenizer\.json' is not a readable"),
+    "broken_tokenizer_config": (
+        lambda d: (d / "tokenizer_config.json").write_text("{not json"),
+        r"tokenizer_config\.json' is not valid JSON",
+    ),
+    "fewer_layers_in_config": (_set_config(num_hidden_layers=1), r"layer 1 but .*num_hidden_layers=1"),
+    "wider_hidden_size_in_config": (
+        _set_config(hidden_size=32, head_dim=16),
+        r"'model\.layers\.0\.input_layernorm\.weight' .* has shape \(16,\), but .*config\.json' implies \(32,\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(_DAMAGES))
+def test_damaged_hf_directory_is_refused_naming_the_file(tmp_path, damage):
+    config, params, tok = _tiny_model(tmp_path)
+    good = tmp_path / "good"
+    hf.save_hf(str(good), config, params, tok)
+    assert load_model(str(good))[0] == config
+    bad = tmp_path / "bad"
+    shutil.copytree(good, bad)
+    mutate, message = _DAMAGES[damage]
+    mutate(bad)
+    with pytest.raises(ValueError, match=message):
+        load_model(str(bad))
+
+
+def test_generate_refuses_ids_outside_the_vocabulary():
+    config = LlamaConfig(vocab_size=100, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=32)
+    params = init_params(config, jax.random.PRNGKey(0))
+    for bad in (10**6, -5, 100):
+        with pytest.raises(ValueError, match=f"token id {bad} is outside the vocabulary of 100 ids"):
+            generate(config, params, [[1, 2], [1, 2, bad]], max_new_tokens=2)
+    assert len(generate(config, params, [[1, 2, 99]], max_new_tokens=2)[0]) == 2
+
+
+def test_generate_refuses_no_prompts_and_negative_or_nan_temperatures():
+    config = LlamaConfig(vocab_size=100, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, hidden_dim=32)
+    params = init_params(config, jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="no prompts given"):
+        generate(config, params, [], max_new_tokens=2)
+    for temperature in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="temperature must be >= 0"):
+            generate(config, params, [[1, 2]], max_new_tokens=2, temperature=temperature)
+
+
+def test_decode_refuses_negative_ids_and_drops_ids_past_the_vocabulary(tmp_path):
+    """-1 raised an OverflowError from inside tokenizers; an id past the vocabulary (a padded embedding's row, which a
+    model may sample) decodes to nothing, as before."""
+    _, _, tok = _tiny_model(tmp_path)
+    with pytest.raises(ValueError, match=f"token id -1 is negative: ids run from 0 to {tok.vocab_size - 1}"):
+        tok.decode([5, -1])
+    assert tok.decode([5, 10**6]) == tok.decode([5]) and tok.decode([]) == ""
 
 
 def test_truncated_gguf_is_a_clear_error(tmp_path):

@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -90,3 +91,15 @@ def test_short_training_run_lowers_validation_bits(split):
     polls = []
     carry2, history2 = text.train_lm(task, carry, generations=40, stop=lambda: polls.append(1) or True)
     assert int(carry2.generation) == 31 and len(polls) == 1 and "valid_bpb" in history2[-1]
+
+
+def test_train_lm_leaves_the_passed_carry_usable(split):
+    train, valid = split
+    task = text.make_task(text.LMConfig(width=16, depth=1, population=8, chunk=8, generations=4), train, valid)
+    carry, _ = text.train_lm(task, generations=2, validate_first=False)
+    first, _ = text.train_lm(task, carry, generations=4, validate_first=False)
+    assert not any(x.is_deleted() for x in jax.tree.leaves(carry))  # the step donated a copy, not these
+    assert float(task.validate(carry.es_state.mean)) > 0  # still readable
+    second, _ = text.train_lm(task, carry, generations=4, validate_first=False)
+    assert int(first.generation) == int(second.generation) == 4
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), first, second))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from eggroll import parallel
 from eggroll.models import egg
@@ -129,7 +130,8 @@ class LMTrainTask(Task):
         self._t0 = time.perf_counter()
         if self.verbose:
             self._announce()
-        carry = self.problem.init() if self._start is None else self._start
+        # the jitted step donates its carry: a carry given to start from is copied, so the caller's stays usable
+        carry = self.problem.init() if self._start is None else jax.tree.map(jnp.copy, self._start)
         if self.sample_length > 0:  # compile the sampler now: at the end its compile would overrun --time-budget
             self._sample(carry)
         return carry

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eggroll import lowrank
+from eggroll.models.tokenizer import check_ids
 
 Params = dict[str, Any]
 
@@ -643,11 +644,23 @@ def generate_population(
     return jax.tree.map(lambda x: x.reshape(n, *x.shape[2:]), out)
 
 
-def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0, multiple: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def pad_prompts(
+    prompts: Sequence[Sequence[int]], pad_id: int = 0, multiple: int = 8, vocab_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Left-pad lists of token ids to one length (rounded up to ``multiple`` to limit recompiles).
+
+    Args:
+        prompts: lists of token ids, each with at least one.
+        pad_id: id written on the padding.
+        multiple: the padded length is a multiple of this.
+        vocab_size: if given, every id must lie in ``0 .. vocab_size - 1`` (the model would
+            silently embed others as NaN or wrap them around).
 
     Returns:
         ``(ids, mask)``: int32 ``(batch, P)`` and bool ``(batch, P)``.
+
+    Raises:
+        ValueError: no prompts, an empty prompt, or an id outside the vocabulary.
     """
     if len(prompts) == 0:
         raise ValueError("no prompts given")
@@ -655,12 +668,14 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0, multiple: int
     if min(lengths) == 0:
         raise ValueError("every prompt needs at least one token")
     width = -(-max(lengths) // multiple) * multiple
-    ids = np.full((len(prompts), width), pad_id, np.int32)
+    ids = np.full((len(prompts), width), pad_id, np.int64)
     mask = np.zeros((len(prompts), width), bool)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = np.asarray(p, np.int32)
+        ids[i, width - len(p) :] = np.asarray(p, np.int64)
         mask[i, width - len(p) :] = True
-    return ids, mask
+    if vocab_size is not None:
+        check_ids(ids[mask].tolist(), vocab_size)
+    return ids.astype(np.int32), mask
 
 
 def prompt_bucket(length: int, smallest: int = 16) -> int:
@@ -694,7 +709,7 @@ def generate(
         params: params pytree.
         prompts: a list of token-id lists, or of strings (then ``tokenizer`` is required).
         max_new_tokens: maximum number of generated tokens per prompt.
-        temperature: 0 for greedy decoding, otherwise the sampling temperature.
+        temperature: 0 for greedy decoding, otherwise the sampling temperature (> 0).
         key: PRNG key for sampling (defaults to ``PRNGKey(0)``).
         stop_ids: ids that end a continuation; defaults to the tokenizer's stop ids
             (none if no tokenizer is given).
@@ -706,6 +721,10 @@ def generate(
         For token-id prompts: the generated ids of each prompt (stop token
         excluded). For string prompts: the decoded texts.
 
+    Raises:
+        ValueError: no prompts, an empty prompt, a token id outside ``0 .. config.vocab_size - 1``,
+            or a negative or NaN temperature.
+
     Example:
         >>> config, params, tok = load_model()  # doctest: +SKIP
         >>> generate(config, params, ["What is 2+2?"], tokenizer=tok, chat=True)  # doctest: +SKIP
@@ -713,6 +732,8 @@ def generate(
     """
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list; wrap a single prompt as [prompt]")
+    if not float(temperature) >= 0:  # also refuses NaN
+        raise ValueError(f"temperature must be >= 0 (0 = greedy decoding), got {temperature}")
     texts = len(prompts) > 0 and isinstance(prompts[0], str)
     if texts:
         if tokenizer is None:
@@ -723,7 +744,8 @@ def generate(
     if stop_ids is None:
         stop_ids = tokenizer.stop_ids if tokenizer is not None else ()
     pad_id = tokenizer.pad_id if tokenizer is not None else 0
-    ids, mask = pad_prompts(ids_list, pad_id, multiple=prompt_bucket(max(len(p) for p in ids_list)))
+    width = prompt_bucket(max((len(p) for p in ids_list), default=0))
+    ids, mask = pad_prompts(ids_list, pad_id, multiple=width, vocab_size=config.vocab_size)
     key = jax.random.PRNGKey(0) if key is None else key
     out = generate_ids(
         config,

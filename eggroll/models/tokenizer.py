@@ -58,8 +58,16 @@ class Tokenizer:
         return ids
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
-        """Text of ``ids`` (special tokens dropped unless ``skip_special=False``)."""
-        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+        """Text of ``ids`` (special tokens dropped unless ``skip_special=False``). Ids past the tokenizer's
+        vocabulary decode to nothing: a model whose embedding is padded (more rows than tokens) may sample them.
+
+        Raises:
+            ValueError: a negative id.
+        """
+        ids = [int(i) for i in ids]
+        if ids and min(ids) < 0:
+            raise ValueError(f"token id {min(ids)} is negative: ids run from 0 to {self.vocab_size - 1}")
+        return self.backend.decode(ids, skip_special_tokens=skip_special)
 
     def token(self, i: int) -> str:
         """The vocabulary string of id ``i``."""
@@ -100,6 +108,13 @@ class Tokenizer:
             {"role": "user", "content": prompt}
         ]
         return self.encode(self.apply_chat_template(messages), add_bos=self.add_bos)
+
+
+def check_ids(ids: list[int], vocab_size: int) -> None:
+    """Raise a ValueError naming the first of ``ids`` outside ``0 .. vocab_size - 1`` (cheap: a min and a max)."""
+    if ids and (min(ids) < 0 or max(ids) >= vocab_size):
+        bad = next(i for i in ids if not 0 <= i < vocab_size)
+        raise ValueError(f"token id {bad} is outside the vocabulary of {vocab_size} ids (0 .. {vocab_size - 1})")
 
 
 def _pre_tokenizer(name: str):

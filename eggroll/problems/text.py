@@ -344,10 +344,12 @@ def train_lm(task: LMTask, carry: Carry | None = None, **options: Any) -> tuple[
 
     The same call as :func:`eggroll.apps.lm.train_lm` (options: ``generations``, ``time_budget``,
     ``valid_every``, ``callback``, ``validate_first``, ``stop``); returns ``(carry, history)``.
+    The jitted step donates its carry, so a ``carry`` passed in is copied once first: it stays
+    usable, and continuing it twice gives the same result.
     """
     from eggroll.apps.lm import train_lm as run_lm
 
-    return run_lm(task, carry, **options)
+    return run_lm(task, carry, **options)  # (it copies the carry)
 
 
 def plot_learning_curve(history: list[dict], baselines: dict[str, float], path: str | Path, title: str = "") -> Path:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 
-from eggroll.models.llama import LlamaConfig, unstack_layers
+from eggroll.models.llama import LlamaConfig, init_params, unstack_layers
 from eggroll.models.tokenizer import Tokenizer
 
 _LAYER_NAMES = {
@@ -30,36 +31,49 @@ _LAYER_NAMES = {
 }
 
 
+def _read_json(file: str) -> dict:
+    """The JSON object in ``file``, or a ValueError naming the file."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            data = json.load(f)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{file!r} is not valid JSON ({e}); restore the file from the model's source") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{file!r} must hold a JSON object, not a {type(data).__name__}")
+    return data
+
+
 def read_config(path: str):
     """A :class:`~eggroll.models.llama.LlamaConfig` from a directory's ``config.json``."""
 
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise FileNotFoundError(f"{path!r} has no config.json: not a Hugging Face model directory")
-    with open(cfg_path) as f:
-        try:
-            cfg = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path!r} is not valid JSON: {e}") from e
+    cfg = _read_json(cfg_path)
     mtype = cfg.get("model_type")
     if mtype not in ("llama", "mistral"):
         raise ValueError(f"model_type {mtype!r} in {cfg_path!r} is not supported; eggroll reads Llama-family models")
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise ValueError("models with attention / MLP biases are not supported")
-    rope_theta = cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
-    return LlamaConfig(
-        vocab_size=int(cfg["vocab_size"]),
-        dim=int(cfg["hidden_size"]),
-        n_layers=int(cfg["num_hidden_layers"]),
-        n_heads=int(cfg["num_attention_heads"]),
-        n_kv_heads=int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]),
-        hidden_dim=int(cfg["intermediate_size"]),
-        head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]),
-        norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-        rope_theta=float(rope_theta),
-        max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-    )
+    try:
+        rope_theta = cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+        return LlamaConfig(
+            vocab_size=int(cfg["vocab_size"]),
+            dim=int(cfg["hidden_size"]),
+            n_layers=int(cfg["num_hidden_layers"]),
+            n_heads=int(cfg["num_attention_heads"]),
+            n_kv_heads=int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]),
+            hidden_dim=int(cfg["intermediate_size"]),
+            head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]),
+            norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+            rope_theta=float(rope_theta),
+            max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        )
+    except KeyError as e:
+        raise ValueError(f"{cfg_path!r} has no {e.args[0]!r} entry, which a Llama config needs") from None
+    except (AttributeError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise ValueError(f"{cfg_path!r} does not describe a valid Llama model ({e})") from e
 
 
 def _read_tensors(path: str) -> dict[str, np.ndarray]:
@@ -67,8 +81,11 @@ def _read_tensors(path: str) -> dict[str, np.ndarray]:
 
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+        weight_map = _read_json(index).get("weight_map")
+        files = list(weight_map.values()) if isinstance(weight_map, dict) else []
+        if not files or not all(isinstance(v, str) for v in files):
+            raise ValueError(f"{index!r} has no 'weight_map' object of weight name -> file name")
+        files = sorted(set(files))
     else:
         files = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
     if not files:
@@ -87,33 +104,50 @@ def load_hf(path: str, dtype=None):
 
     Raises:
         FileNotFoundError: config.json, weights or tokenizer.json missing.
-        ValueError: unsupported model type, corrupt or incomplete weights.
+        ValueError: unsupported model type, a damaged JSON or tokenizer file, corrupt or incomplete
+            weights, or weights whose shapes or layer count differ from config.json.
     """
+    import jax
     import jax.numpy as jnp
 
     dtype = jnp.float32 if dtype is None else dtype
     config = read_config(path)
     tensors = _read_tensors(path)
+    cfg_path = os.path.join(path, "config.json")
+    layer_ids = {int(m.group(1)) for n in tensors if (m := re.match(r"model\.layers\.(\d+)\.", n))}
+    if layer_ids and max(layer_ids) >= config.n_layers:
+        raise ValueError(
+            f"{path!r} holds weights of layer {max(layer_ids)} but {cfg_path!r} says num_hidden_layers="
+            f"{config.n_layers}: config.json does not match the weights"
+        )
+    # the shapes config.json implies, in this module's layout (HF matrices are the transposes)
+    want = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
 
-    def get(name):
+    def get(name, shape):
         if name not in tensors:
             raise ValueError(f"weight {name!r} missing in {path!r}")
-        return np.asarray(tensors[name], np.float32)
+        w = tensors[name]
+        if tuple(w.shape) != tuple(shape):
+            raise ValueError(
+                f"weight {name!r} in {path!r} has shape {tuple(w.shape)}, but {cfg_path!r} implies "
+                f"{tuple(shape)}: config.json does not match the weights"
+            )
+        return np.asarray(w, np.float32)
 
     layers = []
     for i in range(config.n_layers):
         layer = {}
         for ename, hname in _LAYER_NAMES.items():
-            w = get(f"model.layers.{i}.{hname}")
+            w = get(f"model.layers.{i}.{hname}", want["layers"][ename].shape[:0:-1])
             layer[ename] = w.T if w.ndim == 2 else w
         layers.append(layer)
     params = {
-        "embed": jnp.asarray(get("model.embed_tokens.weight"), dtype),
+        "embed": jnp.asarray(get("model.embed_tokens.weight", want["embed"].shape), dtype),
         "layers": {k: jnp.asarray(np.stack([layer[k] for layer in layers]), dtype) for k in _LAYER_NAMES},
-        "norm": jnp.asarray(get("model.norm.weight"), dtype),
+        "norm": jnp.asarray(get("model.norm.weight", want["norm"].shape), dtype),
     }
     if not config.tie_embeddings:
-        params["lm_head"] = jnp.asarray(get("lm_head.weight").T, dtype)
+        params["lm_head"] = jnp.asarray(get("lm_head.weight", want["lm_head"].shape[::-1]).T, dtype)
     return config, params, tokenizer_from_dir(path)
 
 
@@ -188,12 +222,12 @@ def tokenizer_from_dir(path: str) -> Tokenizer:
     tj = os.path.join(path, "tokenizer.json")
     if not os.path.isfile(tj):
         raise FileNotFoundError(f"{path!r} has no tokenizer.json; eggroll needs a 'fast' tokenizer file")
-    backend = HFTokenizer.from_file(tj)
-    cfg = {}
+    try:
+        backend = HFTokenizer.from_file(tj)
+    except Exception as e:  # the tokenizers library raises a bare Exception
+        raise ValueError(f"{tj!r} is not a readable tokenizer file ({e}); restore it from the model's source") from e
     cj = os.path.join(path, "tokenizer_config.json")
-    if os.path.isfile(cj):
-        with open(cj) as f:
-            cfg = json.load(f)
+    cfg = _read_json(cj) if os.path.isfile(cj) else {}
 
     def tok_id(name):
         v = cfg.get(name)
