@@ -54,6 +54,9 @@ def main_options(
             parallel.init_distributed(coordinator, num_processes, process_id, peer_timeout_s=peer_timeout)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from e
+        from eggroll.run.checkpoint import interrupt_early
+
+        interrupt_early()  # again: jax.distributed's preemption notifier took SIGTERM over
 
 
 @app.command()

@@ -220,6 +220,8 @@ def init_distributed(
             "EGGROLL_NUM_PROCESSES=<total> and EGGROLL_PROCESS_ID=<0..total-1> on every process "
             "(or pass them as arguments / CLI options)."
         )
+    if num_processes < 1:
+        raise ValueError(f"--num-processes must be >= 1 (the processes of the run), got {num_processes}.")
     if not 0 <= process_id < num_processes:
         raise ValueError(f"process_id={process_id} must be in [0, {num_processes}).")
     if cpu_collectives is not None:
@@ -227,6 +229,8 @@ def init_distributed(
     peer_timeout_s = float(os.environ.get("EGGROLL_PEER_TIMEOUT", 60)) if peer_timeout_s is None else peer_timeout_s
     if not peer_timeout_s > 0:
         raise ValueError(f"the peer timeout must be a positive number of seconds, got {peer_timeout_s}")
+    if process_id == 0:  # it serves the coordinator: a port in use crashed inside jax.distributed (SIGSEGV)
+        _check_port_free(coordinator)
     others = f"the other {num_processes - 1} process{'es' if num_processes > 2 else ''}"
     message = f"process {process_id}: waiting for {others} at {coordinator} (up to {timeout_s} s)..."
     waiting = threading.Timer(3.0, lambda: print(message, file=sys.stderr, flush=True))
@@ -241,10 +245,34 @@ def init_distributed(
             initialization_timeout=timeout_s,
             heartbeat_timeout_seconds=int(peer_timeout_s) + 30,  # JAX's own abort comes after the watch's message
         )
+    except jax.errors.JaxRuntimeError as err:  # e.g. process 0 cannot listen on the coordinator's port
+        what = "listen on" if process_id == 0 else "join the run at"
+        raise ValueError(
+            f"process {process_id} could not {what} {coordinator} ({str(err).splitlines()[0]}); is the port free "
+            "(or another run's coordinator)? Choose another --coordinator port for every process"
+        ) from err
     finally:
         waiting.cancel()
     _PeerWatch(process_id, num_processes, peer_timeout_s).start()
     return True
+
+
+def _check_port_free(coordinator: str) -> None:
+    """Raise a ValueError when the coordinator's port is taken on this host (process 0 listens on it)."""
+    import socket
+
+    port = coordinator.rsplit(":", 1)[-1]
+    if not port.isdigit():
+        raise ValueError(f"--coordinator {coordinator!r} must be host:port")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # refused by a listener, not by TIME_WAIT
+        try:
+            probe.bind(("0.0.0.0", int(port)))
+        except OSError as err:
+            raise ValueError(
+                f"process 0 cannot listen on port {port} of --coordinator {coordinator} ({err.strerror}): another "
+                "program (or run) uses it; choose another port for every process"
+            ) from None
 
 
 class _PeerWatch(threading.Thread):

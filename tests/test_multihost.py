@@ -153,9 +153,10 @@ def test_two_processes_run_the_rl_command_together_like_one(tmp_path):
     from eggroll.rl_train import build, load_policy
 
     port = _free_port()
-    args = ["rl", "--env", "Pendulum-v1", "--generations", "3", "--population", "16", "--horizon", "30"]
+    args = ["rl", "--env", "Pendulum-v1", "--generations", "5", "--population", "16", "--horizon", "30"]
     args += ["--rollouts", "1", "--hidden", "4", "--eval-every", "3", "--eval-episodes", "1", "--quiet"]
-    args += ["--checkpoint-every", "2", "--sigma", "0.2"]
+    # a checkpoint every generation: older steps are pruned, a collective in orbax (it hung with 2 processes)
+    args += ["--checkpoint-every", "1", "--sigma", "0.2"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EGGROLL_", "JAX_"))}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     procs = [
@@ -185,7 +186,7 @@ def test_two_processes_run_the_rl_command_together_like_one(tmp_path):
         [json.loads(line) for line in (tmp_path / d / "metrics" / "metrics.jsonl").read_text().splitlines()]
         for d in ("multi", "single")
     ]
-    assert [r["generation"] for r in rows[0]] == [0, 1, 2, 3]  # 0: the initial policy's evaluation
+    assert [r["generation"] for r in rows[0]] == [0, 1, 2, 3, 4, 5]  # 0: the initial policy's evaluation
     assert rows[0][0]["eval_return"] == rows[1][0]["eval_return"]  # the same initial policy and episodes
     rows = [rs[1:] for rs in rows]
     assert rows[0][0]["mean_return"] == rows[1][0]["mean_return"]  # generation 1: the same episodes exactly
@@ -195,8 +196,31 @@ def test_two_processes_run_the_rl_command_together_like_one(tmp_path):
     assert not np.array_equal(jax.tree.leaves(p_single)[0], jax.tree.leaves(initial)[0])
     for a, b in zip(jax.tree.leaves((p_multi, s_multi)), jax.tree.leaves((p_single, s_single)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    with Checkpointer(tmp_path / "multi" / "checkpoints") as ck:  # one shared, complete checkpoint series
-        assert ck.steps() == [2, 3]
+    with Checkpointer(tmp_path / "multi" / "checkpoints") as ck:  # one shared series, pruned to the newest two
+        assert ck.steps() == [4, 5]
+
+
+def test_processes_started_with_different_settings_are_refused(tmp_path):
+    """Another --seed on process 1 ran a silently wrong run (each process perturbed its own mean)."""
+    port = _free_port()
+    args = ["rl", "--env", "Pendulum-v1", "--generations", "3", "--population", "16", "--horizon", "30", "--quiet"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EGGROLL_", "JAX_"))}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "eggroll.cli", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+            + ["--process-id", str(i), *args, "--out", str(tmp_path / "run2"), "--seed", str(7 * i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], outputs
+    for _, err in outputs:
+        assert "process(es) 1 were started with other settings than process 0 (seed)" in err, err[-2000:]
 
 
 if __name__ == "__main__":
@@ -290,3 +314,26 @@ def test_a_process_waiting_for_its_peers_says_so(tmp_path):
         alone.kill()
         alone.wait(timeout=60)
     assert "process 0: waiting for the other 1 process at 127.0.0.1:" in log.read_text(), log.read_text()[-2000:]
+
+
+def test_a_taken_coordinator_port_and_a_bad_process_count_are_one_line():
+    """A port in use crashed process 0 inside jax.distributed (SIGSEGV here, a traceback elsewhere); a negative
+    --num-processes blamed the process id."""
+    import socket
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EGGROLL_", "JAX_"))}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = (("2", f"process 0 cannot listen on port {port}"), ("-1", "--num-processes must be >= 1"))
+        for count, message in cases:
+            r = subprocess.run(
+                [sys.executable, "-m", "eggroll.cli", "--coordinator", f"127.0.0.1:{port}", "--num-processes", count]
+                + ["--process-id", "0", "version"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=env,
+            )
+            assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]

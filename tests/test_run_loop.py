@@ -207,7 +207,7 @@ def test_ctrl_c_while_a_command_loads_exits_130_and_saves_nothing(tmp_path):
     import sys
     import textwrap
 
-    def command(presses: int, out) -> subprocess.CompletedProcess:
+    def command(presses: int, out, sig: str = "SIGINT") -> subprocess.CompletedProcess:
         code = textwrap.dedent(
             f"""
             import os, signal, sys
@@ -215,7 +215,7 @@ def test_ctrl_c_while_a_command_loads_exits_130_and_saves_nothing(tmp_path):
             build = rl.RLTask.__init__
             def loading(self, *args, **kwargs):
                 for _ in range({presses}):
-                    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the command loads
+                    os.kill(os.getpid(), signal.{sig})  # Ctrl-C (or a scheduler's SIGTERM) while the command loads
                 build(self, *args, **kwargs)
             rl.RLTask.__init__ = loading
             sys.argv = ["eggroll", "rl", "--generations", "2", "--population", "8", "--hidden", "4"]
@@ -243,6 +243,13 @@ def test_ctrl_c_while_a_command_loads_exits_130_and_saves_nothing(tmp_path):
         "stopped by Ctrl-C (SIGINT); what was saved before it is kept (a checkpoint: continue with "
         "the same command plus --resume)"
     ], twice.stderr[-2000:]
+
+    # a SIGTERM while loading (a preempted job) is kept the same way (it was the default action: killed at once)
+    term = command(1, tmp_path / "term", "SIGTERM")
+    text = " ".join((term.stdout + term.stderr).split())
+    assert term.returncode == 143, text[-2000:]
+    assert "SIGTERM: the run stops before its first generation" in text, text[-2000:]
+    assert "stopped by SIGTERM before the run began: nothing was saved" in text and "Traceback" not in text
 
 
 def test_log_every_keeps_every_kth_row_and_the_last(tmp_path):

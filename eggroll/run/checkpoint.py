@@ -303,13 +303,16 @@ class Checkpointer:
         """Wait for background saves; write the checksum of every finished step that has none (process 0;
         written after the data, atomically); then delete steps older than the newest ``max_to_keep`` sealed."""
         self._manager.wait_until_finished()
-        if jax.process_index() != 0:
-            return
         steps = self.steps()
-        for step in steps:
-            folder = self.directory / str(step)
-            if folder.is_dir() and not self.sealed(step):
-                write_json(folder / CHECKSUM_FILE, {"step": step, "sha256": step_checksums(folder)})  # atomically
+        if jax.process_index() == 0:
+            for step in steps:
+                folder = self.directory / str(step)
+                if folder.is_dir() and not self.sealed(step):
+                    write_json(folder / CHECKSUM_FILE, {"step": step, "sha256": step_checksums(folder)})  # atomically
+        if jax.process_count() > 1:  # orbax's delete is a collective: every process prunes, after the sealing
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("eggroll-checkpoints-sealed")
         keep = [s for s in steps if self.sealed(s)][-self.max_to_keep :]
         for step in steps:
             if keep and step < keep[0]:
@@ -447,10 +450,15 @@ _EARLY: dict[str, Any] = {"signal": None, "armed": False}
 
 
 def _early_handler(signum, frame):
+    if signum == signal.SIGTERM and not _EARLY["armed"]:  # the default action: end the process now
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     if not _EARLY["armed"] or _EARLY["signal"] is not None:
         raise KeyboardInterrupt
     _EARLY["signal"] = signum
-    sys.stderr.write("\nCtrl-C: the run stops before its first generation (Ctrl-C again: at once)\n")
+    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    sys.stderr.write(f"\n{name}: the run stops before its first generation (Ctrl-C again: at once)\n")
 
 
 def interrupt_early() -> None:
@@ -465,11 +473,17 @@ def interrupt_early() -> None:
     raises :class:`KeyboardInterrupt` at once. Unarmed (``eggroll evollm serve``, ``lm sample``, after the
     loop) it raises :class:`KeyboardInterrupt` as Python's own handler does. A handler of the program's own
     is left in place; an ignored SIGINT (a background job's) is replaced, as :class:`GracefulInterrupt`
-    replaces it.
+    replaces it. SIGTERM (a scheduler's preemption while the run loads) is kept the same way; unarmed it
+    ends the process as its default action does. The CLI calls this again after ``jax.distributed.initialize``,
+    whose preemption notifier would otherwise swallow a SIGTERM that arrives before the loop.
     """
-    ours = signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_IGN, signal.SIG_DFL)
-    if ours and threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_IGN, signal.SIG_DFL):
         signal.signal(signal.SIGINT, _early_handler)
+    # SIGTERM too (a scheduler's preemption while the run loads): kept for the loop, or, unarmed, the default
+    # exit. Called again after jax.distributed.initialize, whose preemption notifier would swallow it.
+    signal.signal(signal.SIGTERM, _early_handler)
 
 
 def defer_interrupts() -> None:

@@ -42,9 +42,11 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import statistics
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -369,6 +371,29 @@ def _clean(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _same_on_every_process(settings: Mapping[str, Any]) -> None:
+    """Refuse processes started with different settings: each would run its own run, silently wrong (another
+    seed), or fail in a collective or hang (another population or --out)."""
+    from jax.experimental import multihost_utils
+
+    def code(value: Any) -> int:
+        return zlib.crc32(json.dumps(value, sort_keys=True, default=str).encode()) & 0x7FFFFFFF
+
+    keys = sorted(settings)
+    whole = multihost_utils.process_allgather(np.array([code(keys), code(settings)], np.int32))
+    if (whole == whole[0]).all():
+        return
+    differ = "another command or eggroll version"
+    if (whole[:, 0] == whole[0, 0]).all():  # the same keys: name the values that differ
+        each = multihost_utils.process_allgather(np.array([code(settings[k]) for k in keys], np.int32))
+        differ = ", ".join(k for j, k in enumerate(keys) if not (each[:, j] == each[0, j]).all())
+    others = [i for i in range(len(whole)) if not (whole[i] == whole[0]).all()]
+    raise ValueError(
+        f"process(es) {', '.join(map(str, others))} were started with other settings than process 0 ({differ}); "
+        "start every process with the same command, only --process-id differs"
+    )
+
+
 def _refuse_other_rows(metrics_dir: Path) -> None:
     """A fresh run would truncate ``metrics_dir``'s rows: refuse when they are another run's."""
     from eggroll.run.logging import read_jsonl
@@ -432,6 +457,8 @@ def run(
         out = Path(options.out) if options.out is not None else None
         main = jax.process_index() == 0
         settings = task.settings()
+        if jax.process_count() > 1:
+            _same_on_every_process({**settings, "--out": None if out is None else str(out)})
         if checkpoint_dir is None and out is not None and options.checkpoints:
             checkpoint_dir = out / "checkpoints"
         own_metrics_dir = metrics_dir is not None  # given apart from --out: it may hold another run's rows
