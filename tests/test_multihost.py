@@ -202,21 +202,7 @@ def test_two_processes_run_the_rl_command_together_like_one(tmp_path):
 
 def test_processes_started_with_different_settings_are_refused(tmp_path):
     """Another --seed on process 1 ran a silently wrong run (each process perturbed its own mean)."""
-    port = _free_port()
-    args = ["rl", "--env", "Pendulum-v1", "--generations", "3", "--population", "16", "--horizon", "30", "--quiet"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EGGROLL_", "JAX_"))}
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "eggroll.cli", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
-            + ["--process-id", str(i), *args, "--out", str(tmp_path / "run2"), "--seed", str(7 * i)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for i in range(2)
-    ]
+    procs = _rl_processes(tmp_path, "run", "--generations", "3", per_process=lambda i: ["--seed", str(7 * i)])
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [2, 2], outputs
     for _, err in outputs:
@@ -227,7 +213,7 @@ if __name__ == "__main__":
     worker(Path(sys.argv[1]))
 
 
-def _rl_processes(tmp_path, out: str, *extra: str, env_extra: dict | None = None, count: int = 2):
+def _rl_processes(tmp_path, out: str, *extra: str, env_extra: dict | None = None, count: int = 2, per_process=None):
     port = _free_port()
     args = ["rl", "--env", "Pendulum-v1", "--generations", "400", "--population", "16", "--horizon", "30"]
     args += ["--rollouts", "1", "--hidden", "4", "--eval-every", "50", "--eval-episodes", "1", "--quiet"]
@@ -236,7 +222,8 @@ def _rl_processes(tmp_path, out: str, *extra: str, env_extra: dict | None = None
     return [
         subprocess.Popen(
             [sys.executable, "-m", "eggroll.cli", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
-            + ["--process-id", str(i), *args, "--out", str(tmp_path / out), *extra],
+            + ["--process-id", str(i), *args, "--out", str(tmp_path / out), *extra]
+            + (per_process(i) if per_process else []),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
