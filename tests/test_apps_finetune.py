@@ -188,6 +188,19 @@ def test_weights_saved_alone_restore_too(tmp_path):
         restore_checkpoint(str(tmp_path / "nowhere"), params)
 
 
+def test_a_tokenizer_with_ids_past_the_models_vocabulary_is_refused(tmp_path):
+    """Prompt ids the embedding does not have would be embedded as garbage: evaluation names the first one."""
+    from eggroll.apps.finetune import evaluate_model
+    from eggroll.problems.tasks import make_task
+
+    model, reward = _model_and_reward(tmp_path)
+    _, _, tok = load_model(str(model))
+    small = LlamaConfig(vocab_size=20, dim=16, n_layers=2, n_heads=2, n_kv_heads=1, hidden_dim=24)
+    task = make_task("python", f"{reward}:digits")
+    with pytest.raises(ValueError, match="token id .* is outside the vocabulary of 20 ids"):
+        evaluate_model(small, init_params(small, jax.random.PRNGKey(1)), tok, task, task.examples(1, seed=0), 2)
+
+
 def test_restore_checkpoint_refuses_other_shapes_and_unreadable_folders(tmp_path):
     """Weights of another model size are refused naming a leaf; a folder that is no checkpoint is a CheckpointError."""
     from eggroll.finetune import save_checkpoint

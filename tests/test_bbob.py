@@ -47,6 +47,23 @@ def test_a_point_holding_nan_is_nan_as_in_cocoex() -> None:
     assert np.all(np.isnan(np.asarray(traced)))
 
 
+def test_a_point_holding_inf_is_inf_as_in_cocoex() -> None:
+    """COCO gives +inf at a point with an infinite coordinate (checked before NaN); rotations gave NaN (inf - inf)."""
+    d = 3
+    points = np.array([[np.inf, 0.5, 0.5], [0.5, -np.inf, 0.5], [np.inf, np.nan, 0.5]])
+    for fid in range(1, 25):
+        problem = cocoex.BareProblem("bbob", fid, d, 1)
+        assert all(problem(x) == np.inf for x in points)
+    suite = bbob.BBOBSuite("1-24", "1", d)
+    data = jax.tree.map(jnp.asarray, suite.data)
+    for x in points:
+        values = suite.evaluate(jnp.broadcast_to(x, (24, d)), subtract_fopt=True)
+        assert np.all(np.asarray(values) == np.inf), np.asarray(values)
+        traced = jax.vmap(bbob.evaluate, in_axes=(0, None))(data, jnp.asarray(x))  # lax.switch on a traced id
+        assert np.all(np.asarray(traced) == np.inf), np.asarray(traced)
+    assert float(bbob.bbob_function(5, 1, d)(jnp.asarray(points[0]))) == np.inf  # f5 gave a finite value
+
+
 @pytest.mark.parametrize("dimension", DIMENSIONS)
 def test_matches_cocoex_all_functions_instances_1_to_15(dimension: int) -> None:
     rng = np.random.default_rng(dimension)

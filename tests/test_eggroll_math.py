@@ -336,6 +336,13 @@ def test_group_size_shaping_is_used(build):
     assert not np.allclose(np.asarray(t1.mean), np.asarray(t2.mean), rtol=1e-3)
 
 
+@pytest.mark.parametrize("build", [eggroll.eggroll, eggroll.open_es])
+def test_an_explicit_centered_rank_with_group_size_is_refused_not_switched(build):
+    # group_size's default shaping is z-score; asking for centered ranks as well used to switch to z-score silently
+    with pytest.raises(ValueError, match="group_size=4 uses group-wise z-scores.*got 'centered_rank'"):
+        build(population_size=8, solution=jnp.zeros(3), group_size=4, fitness_shaping="centered_rank")
+
+
 # --------------------------------------------------------------------------- an MLP learns
 
 

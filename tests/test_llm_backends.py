@@ -236,6 +236,11 @@ def test_a_cache_file_that_is_not_utf8_json_is_a_clear_error(tmp_path):
         CachedBackend(FunctionBackend(echo), path)
 
 
+def test_a_cache_path_that_is_a_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="is a folder; give a JSON file's path"):
+        CachedBackend(FunctionBackend(echo), tmp_path)
+
+
 def test_client_rejects_bad_configuration():
     with pytest.raises(ValueError, match="http"):
         OpenAIBackend("127.0.0.1:8000/v1", "m")

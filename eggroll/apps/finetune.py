@@ -309,7 +309,7 @@ def evaluate_model(config, params, tokenizer, task, examples, max_new_tokens: in
     ids_all = _encode(tokenizer, task, examples)
     width = _width([len(x) for x in ids_all])
     for s in range(0, len(ids_all), batch_size):
-        ids, mask = pad_prompts(ids_all[s : s + batch_size], tokenizer.pad_id, multiple=width)
+        ids, mask = pad_prompts(ids_all[s : s + batch_size], tokenizer.pad_id, width, config.vocab_size)
         toks, lens, done = parallel.to_host(generate_ids(config, params, ids, mask, jax.random.PRNGKey(0), **decoding))
         texts += [tokenizer.decode(toks[i, : lens[i] - int(done[i])]) for i in range(len(ids))]
     rewards = task.rewards(texts, examples)
@@ -424,7 +424,7 @@ class FinetuneTask(Task):
         examples = self.reward_task.examples(cfg.prompts_per_generation, seed=cfg.seed * 7919 + generation)
         encoded = _encode(self.tok, self.reward_task, examples)
         width = max(width, _width([len(ids) for ids in encoded]))
-        prompt_ids, prompt_mask = pad_prompts(encoded, self.tok.pad_id, multiple=width)
+        prompt_ids, prompt_mask = pad_prompts(encoded, self.tok.pad_id, width, self.config.vocab_size)
         rows = np.array(assign_prompts(range(len(examples)), cfg.population, self.group_size))
         return key, examples, rows, prompt_ids[rows], prompt_mask[rows], width
 

@@ -58,6 +58,10 @@ class CachedBackend(Backend):
         self.path = Path(path) if path is not None else None
         self.entries: dict[str, str] = {}
         self.hits = self.misses = 0
+        if self.path is not None and self.path.is_dir():
+            raise ValueError(
+                f"the cache path {self.path} is a folder; give a JSON file's path, e.g. {self.path / 'cache.json'}"
+            )
         if self.path is not None and self.path.exists():
             try:
                 loaded = json.loads(self.path.read_text(encoding="utf-8"))

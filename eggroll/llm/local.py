@@ -140,7 +140,7 @@ class LocalBackend(Backend):
             raise LLMError("an empty prompt cannot be continued; give the model at least one token")
         rows = 1 << (len(ids_list) - 1).bit_length()  # pad the batch to a power of two
         padded = ids_list + [ids_list[0]] * (rows - len(ids_list))
-        ids, mask = pad_prompts(padded, tok.pad_id, multiple=self.length_bucket)
+        ids, mask = pad_prompts(padded, tok.pad_id, self.length_bucket, config.vocab_size)
         out = generate_ids(
             config,
             params,

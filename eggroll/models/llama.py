@@ -54,7 +54,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from eggroll import lowrank
-from eggroll.models.tokenizer import check_ids
 
 Params = dict[str, Any]
 
@@ -644,6 +643,13 @@ def generate_population(
     return jax.tree.map(lambda x: x.reshape(n, *x.shape[2:]), out)
 
 
+def _check_ids(ids: list[int], vocab_size: int) -> None:
+    """Raise a ValueError naming the first of ``ids`` outside ``0 .. vocab_size - 1`` (cheap: a min and a max)."""
+    if ids and (min(ids) < 0 or max(ids) >= vocab_size):
+        bad = next(i for i in ids if not 0 <= i < vocab_size)
+        raise ValueError(f"token id {bad} is outside the vocabulary of {vocab_size} ids (0 .. {vocab_size - 1})")
+
+
 def pad_prompts(
     prompts: Sequence[Sequence[int]], pad_id: int = 0, multiple: int = 8, vocab_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -674,7 +680,7 @@ def pad_prompts(
         ids[i, width - len(p) :] = np.asarray(p, np.int64)
         mask[i, width - len(p) :] = True
     if vocab_size is not None:
-        check_ids(ids[mask].tolist(), vocab_size)
+        _check_ids(ids[mask].tolist(), vocab_size)
     return ids.astype(np.int32), mask
 
 

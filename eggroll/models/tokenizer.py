@@ -110,13 +110,6 @@ class Tokenizer:
         return self.encode(self.apply_chat_template(messages), add_bos=self.add_bos)
 
 
-def check_ids(ids: list[int], vocab_size: int) -> None:
-    """Raise a ValueError naming the first of ``ids`` outside ``0 .. vocab_size - 1`` (cheap: a min and a max)."""
-    if ids and (min(ids) < 0 or max(ids) >= vocab_size):
-        bad = next(i for i in ids if not 0 <= i < vocab_size)
-        raise ValueError(f"token id {bad} is outside the vocabulary of {vocab_size} ids (0 .. {vocab_size - 1})")
-
-
 def _pre_tokenizer(name: str):
     from tokenizers import Regex, pre_tokenizers
 

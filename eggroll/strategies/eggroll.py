@@ -32,7 +32,7 @@ def eggroll(
     optimizer: optax.GradientTransformation | None = None,
     sigma_init: float = 0.05,
     antithetic: bool = True,
-    fitness_shaping: str | Callable = "centered_rank",
+    fitness_shaping: str | Callable | None = None,
     group_size: int | None = None,
     maximize: bool = False,
     noise_reuse: int = 1,
@@ -62,8 +62,8 @@ def eggroll(
         optimizer: any optax transformation; default ``optax.adam(0.01)``.
         sigma_init: default initial perturbation scale (``params.sigma_init``).
         antithetic: members ``2k`` and ``2k + 1`` share factors, sign flipped.
-        fitness_shaping: ``"centered_rank"`` (default), ``"z_score"``,
-            ``"identity"`` or a callable ``fitness -> weights``.
+        fitness_shaping: ``"centered_rank"`` (default), ``"z_score"`` (the default
+            with ``group_size``), ``"identity"`` or a callable ``fitness -> weights``.
         group_size: members ``[g*G, (g+1)*G)`` share an input; their fitness is
             centred per group and divided by the pooled within-group std (needs ``"z_score"``).
         maximize: fitness is a reward to maximise (default: minimise).
@@ -87,8 +87,8 @@ def eggroll(
     Returns:
         A :class:`~eggroll.types.Strategy`.
     """
-    if group_size is not None and fitness_shaping == "centered_rank":
-        fitness_shaping = "z_score"
+    if fitness_shaping is None:
+        fitness_shaping = "centered_rank" if group_size is None else "z_score"
     cfg = _core.make_config(
         population_size=population_size,
         solution=solution,

@@ -25,7 +25,7 @@ def open_es(
     optimizer: optax.GradientTransformation | None = None,
     sigma_init: float = 0.05,
     antithetic: bool = True,
-    fitness_shaping: str | Callable = "centered_rank",
+    fitness_shaping: str | Callable | None = None,
     group_size: int | None = None,
     maximize: bool = False,
     noise_reuse: int = 1,
@@ -52,8 +52,8 @@ def open_es(
         optimizer: any optax transformation; default ``optax.adam(0.01)``.
         sigma_init: default initial perturbation scale (``params.sigma_init``).
         antithetic: mirrored pairs ``(+eps, -eps)``.
-        fitness_shaping: ``"centered_rank"`` (default), ``"z_score"``,
-            ``"identity"`` or a callable ``fitness -> weights``.
+        fitness_shaping: ``"centered_rank"`` (default), ``"z_score"`` (the default
+            with ``group_size``), ``"identity"`` or a callable ``fitness -> weights``.
         group_size: members ``[g*G, (g+1)*G)`` share an input (a prompt, say); their
             fitness is centred per group and divided by the pooled within-group std
             (``"z_score"``; as in :func:`eggroll.eggroll`).
@@ -77,8 +77,8 @@ def open_es(
         >>> pop.shape
         (8, 3)
     """
-    if group_size is not None and fitness_shaping == "centered_rank":
-        fitness_shaping = "z_score"
+    if fitness_shaping is None:
+        fitness_shaping = "centered_rank" if group_size is None else "z_score"
     cfg = _core.make_config(
         population_size=population_size,
         solution=solution,

@@ -343,20 +343,22 @@ def delta(p: BBOBInstance, x: Array) -> Array:
     """
     p = jax.tree.map(lambda a: jnp.asarray(a, _float_dtype(x)) if jnp.issubdtype(a.dtype, jnp.floating) else a, p)
     index = jnp.asarray(_INDEX)[jnp.clip(jnp.asarray(p.fid, jnp.int32), 0, 130)]
-    return nan_if_nan(x, jax.lax.switch(index, _ALL, p, x))
+    return coco_nonfinite(x, jax.lax.switch(index, _ALL, p, x))
 
 
 def delta_static(fid: int, p: BBOBInstance, x: Array) -> Array:
     """Like :func:`delta` for a function id known at trace time (no switch, one branch traced)."""
     p = jax.tree.map(lambda a: jnp.asarray(a, _float_dtype(x)) if jnp.issubdtype(a.dtype, jnp.floating) else a, p)
     fid = int(fid)
-    return nan_if_nan(x, NOISE_FREE[fid](p, x) if fid > 100 else BRANCHES[fid - 1](p, x))
+    return coco_nonfinite(x, NOISE_FREE[fid](p, x) if fid > 100 else BRANCHES[fid - 1](p, x))
 
 
-def nan_if_nan(x: Array, value: Array) -> Array:
-    """``value``, or NaN where the point ``x`` (last axis) holds a NaN: COCO's rule (``coco_evaluate_function``).
+def coco_nonfinite(x: Array, value: Array) -> Array:
+    """``value``, or COCO's answer where the point ``x`` (last axis) is not finite (``coco_evaluate_function``).
 
-    Without it a NaN point could score as the optimum: ``tosz`` and the ``where`` of f5 and f6 map NaN to a
-    finite value (0 on f2, f3, f5, f6, f10, f11 and f15).
+    COCO gives ``inf`` at a point holding an infinite coordinate, else ``NaN`` at a point holding a NaN. Without
+    this rule a NaN point could score as the optimum (``tosz`` and the ``where`` of f5 and f6 map NaN to a finite
+    value: 0 on f2, f3, f5, f6, f10, f11 and f15), and an infinite one gave NaN (``inf - inf`` in a rotation), or
+    a finite value on f5.
     """
-    return jnp.where(jnp.any(jnp.isnan(x), axis=-1), jnp.nan, value)
+    return jnp.where(jnp.any(jnp.isinf(x), -1), jnp.inf, jnp.where(jnp.any(jnp.isnan(x), -1), jnp.nan, value))

@@ -80,12 +80,12 @@ def _delta_points(p: Any, x: jax.Array, fid: int | None, kind: str = "bbob") -> 
     if kind in ("bbob-largescale", "bbob-mixint"):
         if fid is None:
             raise ValueError(f"{kind} instances need a concrete function id (no traced dispatch).")
-        vals = jax.vmap(_point_delta(kind, fid), in_axes=(None, 0))(p, flat)
-    elif fid is None:
+        vals = _fn.coco_nonfinite(flat, jax.vmap(_point_delta(kind, fid), in_axes=(None, 0))(p, flat))
+    elif fid is None:  # delta and delta_static apply COCO's rule for non-finite points
         vals = jax.vmap(_fn.delta, in_axes=(None, 0))(p, flat)
     else:
         vals = jax.vmap(functools.partial(_fn.delta_static, fid), in_axes=(None, 0))(p, flat)
-    return _fn.nan_if_nan(flat, vals).reshape(x.shape[:-1])  # (largescale and mixint too)
+    return vals.reshape(x.shape[:-1])
 
 
 def evaluate(instance: BBOBInstance, x: jax.Array, *, subtract_fopt: bool = False) -> jax.Array:
