@@ -7,6 +7,7 @@ from the site's ``objects.inv``, the inventory mkdocstrings writes of what it re
 """
 
 import os
+import re
 import shutil
 import subprocess
 import zlib
@@ -52,6 +53,17 @@ def test_site_builds_strict_with_guides_reference_and_notebooks(site):
     with open(os.path.join(ROOT, "mkdocs.yml")) as f:
         nav = f.read()
     assert all(f"notebooks/{n}.ipynb" in nav for n in notebooks), "every notebook is in the nav"
+
+
+def test_every_link_of_a_notebook_page_opens_a_page(site):
+    """mkdocs checks no link of a notebook page: each notebook's link to its guide gave a 404 on the site."""
+    checked = 0
+    for page in sorted((site / "notebooks").glob("*/index.html")):
+        for href in re.findall(r'href="([^"#:]+)(?:#[^"]*)?"', page.read_text()):
+            target = (page.parent / href).resolve()
+            assert target.is_file() or (target / "index.html").is_file(), f"{page.parent.name}: {href}"
+            checked += href.startswith("../../")
+    assert checked >= 6, "each notebook links its guide"
 
 
 def test_every_public_name_has_a_reference_entry(site):

@@ -7,6 +7,7 @@ temporary folder and is read back with its own client.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import struct
@@ -153,3 +154,14 @@ def test_missing_tracker_packages_are_clear_errors(tmp_path, monkeypatch):
         monkeypatch.delitem(sys.modules, "mlflow")
         monkeypatch.delitem(sys.modules, "mlflow.tracking")
         MetricsLogger(tmp_path, tensorboard=False, mlflow={"uri": "x"})
+
+
+def test_a_tracking_store_mlflow_cannot_open_is_one_clear_error(tmp_path):
+    """A store MLflow cannot open (docs/scaling.md's sqlite:// under mlflow-skinny) was a 15-frame traceback."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db" if importlib.util.find_spec("sqlalchemy") is None else "nosuchstore://x"
+    with pytest.raises(
+        ValueError, match="could not open the tracking store '(sqlite|nosuchstore).*needs the full mlflow"
+    ):
+        MetricsLogger(tmp_path, tensorboard=False, mlflow={"tracking_uri": uri})
+    with pytest.raises(ValueError, match="could not open the tracking store 'nosuchstore://x'"):
+        MetricsLogger(tmp_path, tensorboard=False, mlflow={"tracking_uri": "nosuchstore://x"})

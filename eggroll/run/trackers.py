@@ -86,6 +86,7 @@ class MlflowTracker:
 
     Raises:
         ImportError: mlflow (or mlflow-skinny) is not installed.
+        ValueError: an unknown option, or a tracking store MLflow cannot open.
     """
 
     def __init__(self, options: Mapping[str, Any], config: Mapping[str, Any] | None = None):
@@ -98,9 +99,18 @@ class MlflowTracker:
         if unknown:
             known = "tracking_uri, experiment_name, run_name, tags"
             raise ValueError(f"unknown mlflow options {sorted(unknown)}: use {known}")
-        self.client = MlflowClient(tracking_uri=options.get("tracking_uri"))
         name = options.get("experiment_name", "eggroll")
-        experiment = self.client.get_experiment_by_name(name)
+        try:
+            self.client = MlflowClient(tracking_uri=options.get("tracking_uri"))
+            experiment = self.client.get_experiment_by_name(name)
+        except Exception as err:  # MLflow raises its own classes, one per store kind
+            from mlflow.tracking import get_tracking_uri
+
+            raise ValueError(
+                f"MLflow could not open the tracking store {options.get('tracking_uri') or get_tracking_uri()!r} "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:300]}); a sqlite:// store needs the full "
+                "mlflow package, a file:// store on MLflow 3 needs MLFLOW_ALLOW_FILE_STORE=true"
+            ) from err
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
         tags = {str(k): str(v) for k, v in dict(options.get("tags") or {}).items()}
         self.run_id = self.client.create_run(experiment_id, run_name=options.get("run_name"), tags=tags).info.run_id
