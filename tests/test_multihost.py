@@ -283,6 +283,27 @@ def test_a_killed_process_stops_the_other_with_one_line_within_the_peer_timeout(
     assert "Check failure" not in err and "*** " not in err  # no glog abort, no C++ stack
 
 
+def test_a_killed_coordinator_ends_the_other_process_at_once_and_its_checkpoint_resumes(tmp_path):
+    """kill -9 of process 0 (it serves JAX's coordination service): JAX aborts process 1 within a second (a C++
+    stack; its missed_heartbeat_callback cannot call Python, docs/reliability.md), so no process hangs, and the
+    newest checkpoint is intact for --resume."""
+    import time
+
+    from eggroll.run.checkpoint import Checkpointer, verify_step
+
+    procs = _rl_processes(tmp_path, "run", "--checkpoint-every", "2")
+    _wait_for_rows(tmp_path / "run" / "metrics" / "metrics.jsonl", 6, procs)
+    procs[0].kill()
+    start = time.monotonic()
+    procs[1].communicate(timeout=120)
+    procs[0].communicate()
+    assert time.monotonic() - start < 30 and procs[1].returncode != 0, "process 1 must not go on alone"
+    with Checkpointer(tmp_path / "run" / "checkpoints") as ck:
+        step = ck.latest_step()
+    assert step is not None and step >= 2
+    assert verify_step(tmp_path / "run" / "checkpoints" / str(step)) is None  # intact: what --resume reads
+
+
 def test_a_process_waiting_for_its_peers_says_so(tmp_path):
     import time
 
