@@ -105,6 +105,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2-D sphere, 1 seed, 10 generations")
     parser.add_argument("--out", default=str(RESULTS / "evollm_bbob"))
     parser.add_argument("--report-only", action="store_true", help="rebuild table and plot from the saved JSON")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="rerun only these (comma-separated); the other methods' runs are kept from the saved JSON, which must "
+        "hold the same settings (e.g. --methods OpenAI-ES after a change to open_es)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.functions, args.dims, args.seeds, args.generations = "1", "2", 1, 10
@@ -113,6 +119,16 @@ def main() -> None:
     out = Path(args.out)
     if args.report_only:
         return report(json.loads(out.with_suffix(".json").read_text())["runs"], out, args)
+    methods = [m.strip() for m in args.methods.split(",")]
+    if not methods or set(methods) - set(METHODS):
+        parser.error(f"--methods takes names among {METHODS}, got {args.methods!r}")
+    kept = []
+    if set(methods) != set(METHODS):
+        saved = json.loads(out.with_suffix(".json").read_text())
+        same = {k: saved["config"].get(k) for k in ("functions", "dims", "seeds", "population", "generations")}
+        if same != {k: getattr(args, k) for k in same}:
+            parser.error(f"the saved runs were made with {same}: give the same settings to rerun some methods")
+        kept = [r for r in saved["runs"] if r["method"] not in methods]
 
     from rich.console import Console
     from rich.progress import Progress
@@ -121,11 +137,12 @@ def main() -> None:
 
     console = Console()
     backend = LocalBackend()
-    t0 = time.perf_counter()
-    backend.load()
-    console.print(f"SmolLM2-135M-Instruct loaded in {time.perf_counter() - t0:.1f} s")
-    results = []
-    total = len(functions) * len(dims) * args.seeds * len(METHODS)
+    if METHODS[-1] in methods:
+        t0 = time.perf_counter()
+        backend.load()
+        console.print(f"SmolLM2-135M-Instruct loaded in {time.perf_counter() - t0:.1f} s")
+    results = list(kept)
+    total = len(functions) * len(dims) * args.seeds * len(methods)
     with Progress(console=console) as progress:
         task = progress.add_task("BBOB runs", total=total)
         for dim in dims:
@@ -135,7 +152,7 @@ def main() -> None:
                     key = jax.random.key(1000 * fid + 10 * dim + seed)
                     start = jax.random.uniform(jax.random.fold_in(key, 1), (dim,), minval=-4.0, maxval=4.0)
                     hc_params = evollm(args.population, start, backend).default_params
-                    for method in METHODS:
+                    for method in methods:
                         progress.update(task, description=f"f{fid} {dim}-D seed {seed}: {method}")
                         t = time.perf_counter()
                         if method == "random search":
@@ -166,12 +183,15 @@ def main() -> None:
                             highlight=False,
                         )
                     save(results, out, args)  # partial results survive an interrupted run
+    order = {m: i for i, m in enumerate(METHODS)}  # the saved file keeps one order however it was made
+    results.sort(key=lambda r: (dims.index(r["dim"]), functions.index(r["function"]), r["seed"], order[r["method"]]))
+    save(results, out, args)
     report(results, out, args)
 
 
 def save(results, out: Path, args) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    config = {k: v for k, v in vars(args).items() if k != "report_only"}
+    config = {k: v for k, v in vars(args).items() if k not in ("report_only", "methods")}
     config["evaluations"] = args.population * args.generations
     out.with_suffix(".json").write_text(json.dumps({"config": config, "runs": results}, indent=1))
 
