@@ -123,7 +123,9 @@ class MetricsLogger:
         wandb: also log to Weights & Biases: ``True`` with W&B's defaults, or
             the keyword arguments of ``wandb.init`` (e.g. ``{"project": "es",
             "mode": "offline"}``); files go under ``directory`` unless ``dir`` is given.
-        mlflow: also log to MLflow: ``True`` with MLflow's defaults, or
+        mlflow: also log to MLflow: ``True`` with MLflow's defaults (``MLFLOW_TRACKING_URI``;
+            without it MLflow 3 uses a sqlite store, which needs the full ``mlflow`` package,
+            not ``mlflow-skinny``), or
             ``{"tracking_uri": ..., "experiment_name": ..., "run_name": ..., "tags": ...}``.
         config: the run's settings, recorded as W&B config and MLflow params.
 
@@ -132,10 +134,11 @@ class MetricsLogger:
             ``wandb`` / ``mlflow`` requested but not installed.
 
     Example:
-        Offline W&B and a local MLflow store beside the files (not run here)::
+        Offline W&B and a local MLflow file store beside the files (MLflow 3 wants
+        ``MLFLOW_ALLOW_FILE_STORE=true`` for a file store; not run here)::
 
             MetricsLogger("runs/a/metrics", wandb={"project": "es", "mode": "offline"},
-                          mlflow={"tracking_uri": "sqlite:///runs/mlflow.db"})
+                          mlflow={"tracking_uri": "file:runs/mlruns"})
     """
 
     def __init__(
