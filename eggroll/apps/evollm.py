@@ -19,6 +19,7 @@ error and the generation on disk, so ``resume`` loses nothing.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -262,6 +263,13 @@ class BBOBTask(EvoLLMTask):
             raise ValueError(f"--temperature must be >= 0 (0: greedy), got {strategy_options['temperature']}")
         if not timeout > 0:  # NaN too
             raise ValueError(f"--timeout must be a positive number of seconds, got {timeout!r}")
+        given = {k: p.default for k, p in inspect.signature(evollm).parameters.items()} | strategy_options
+        elites, archive = given["elites_per_generation"], given["archive_size"]
+        if elites > min(archive, population):  # the strategy's own check, in the command's option names
+            raise ValueError(
+                f"--archive-size ({archive}) and --population ({population}) must each be >= {elites}: EvoLLM adds "
+                f"the {elites} best members of every generation to the archive"
+            )
         settings = {"function": fid, "dim": dim, "instance": instance, "population": population, "seed": seed}
         settings.update(strategy_options)
         settings["model"] = f"{model} ({api})" if base_url else (model_path or "smollm2-135m-instruct")

@@ -60,7 +60,8 @@ class LLMBackend(Protocol):
             seed: seed for sampling (ignored when greedy): the same prompts with
                 the same seed give the same answers. The HTTP client sends
                 ``seed + i`` for prompt ``i``; the local model samples the batch
-                from one key.
+                from one key, so a prompt's sample depends on its batch (such a
+                backend sets ``seeds_per_prompt = False``, see :class:`Backend`).
 
         Returns:
             One completion per prompt, without the prompt itself.
@@ -74,9 +75,17 @@ class LLMBackend(Protocol):
 
 class Backend:
     """What eggroll's own backends share: :meth:`generate` checks the arguments, asks the subclass's
-    ``_complete`` for the texts and cuts each at its first stop string (the contract: :class:`LLMBackend`)."""
+    ``_complete`` for the texts and cuts each at its first stop string (the contract: :class:`LLMBackend`).
+
+    Attributes:
+        name: see :class:`LLMBackend`.
+        seeds_per_prompt: ``True`` when prompt ``i`` of a batch is sampled from ``seed + i`` alone, so its
+            answer does not depend on the rest of the batch; ``False`` for a backend that samples the whole
+            batch from one key (:class:`eggroll.llm.local.LocalBackend`). The response cache reads it.
+    """
 
     name: str
+    seeds_per_prompt: bool = True
 
     def generate(
         self,

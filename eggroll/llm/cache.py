@@ -12,7 +12,14 @@ answer does not depend on it. Repeating a run with the same seeds therefore
 costs no model calls, and a sampled retry (new seed) is never served a cached
 failure. Prompts not in the cache go to the wrapped backend: when greedy as one
 batch, when sampling one batch per contiguous run of them, started at that run's
-seed, so every answer equals what an uncached call would have given.
+seed. A backend that samples a batch from one key (``seeds_per_prompt = False``,
+e.g. :class:`~eggroll.llm.local.LocalBackend`) gives a prompt a sample that
+depends on its whole batch, so a sampled batch with any prompt missing is asked
+whole, at its seed, and all its answers are stored (replacing those its cached
+prompts had from other batches). Either way every answer of a batch that was not
+fully cached equals what an uncached call would have given, and repeating a call
+returns the same answers; with a one-key backend a fully cached batch whose
+answers were stored by other batches returns those.
 
 The JSON file is read when the cache is created and rewritten atomically
 (temporary file + rename) after every batch that added answers.
@@ -50,11 +57,13 @@ class CachedBackend(Backend):
     Attributes:
         hits: answers served from the cache.
         misses: answers asked from the wrapped backend.
+        seeds_per_prompt: the wrapped backend's (``True`` when it does not say).
     """
 
     def __init__(self, backend: LLMBackend, path: str | os.PathLike | None = None):
         self.backend = backend
         self.name = backend.name
+        self.seeds_per_prompt = bool(getattr(backend, "seeds_per_prompt", True))
         self.path = Path(path) if path is not None else None
         self.entries: dict[str, str] = {}
         self.hits = self.misses = 0
@@ -80,10 +89,12 @@ class CachedBackend(Backend):
         """Answers from the cache where possible, asks the wrapped backend for the rest."""
         keys = [cache_key(self.name, p, temperature, max_tokens, stop, seed + i) for i, p in enumerate(prompts)]
         missing = [i for i, k in enumerate(keys) if k not in self.entries]
-        self.hits += len(prompts) - len(missing)
-        self.misses += len(missing)
-        runs = [missing] if missing else []
-        if temperature > 0:  # prompt i is sampled with seed + i, so each contiguous run starts at its own seed
+        whole = bool(missing) and temperature > 0 and not self.seeds_per_prompt  # a sample depends on its batch
+        asked = list(range(len(prompts))) if whole else missing
+        self.hits += len(prompts) - len(asked)
+        self.misses += len(asked)
+        runs = [asked] if asked else []
+        if temperature > 0 and not whole:  # prompt i is sampled with seed + i: each contiguous run at its own seed
             runs = [[i for _, i in run] for _, run in itertools.groupby(enumerate(missing), lambda t: t[1] - t[0])]
         for run in runs:
             texts = self.backend.generate(

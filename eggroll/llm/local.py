@@ -64,8 +64,12 @@ class LocalBackend(Backend):
     The weights are loaded on the first ``generate`` call (or by :meth:`load`),
     once per process and file: backends of the same ``model_path`` share one
     read-only copy (see :func:`load_shared`). The same batch with the same seed
-    gives the same answers.
+    gives the same answers; a sampled batch is drawn from one key, so a prompt's
+    answer depends on its row and the rest of the batch (``seeds_per_prompt`` is
+    ``False``).
     """
+
+    seeds_per_prompt = False
 
     def __init__(
         self,

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import re
+import types
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -51,6 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
+from eggroll import noise as nz
+from eggroll.strategies import _checks
 from eggroll.types import Strategy
 
 _RAISED: collections.deque[BaseException] = collections.deque(maxlen=8)  # the backends' recent errors (host side)
@@ -135,7 +138,9 @@ class EvoLLMState(NamedTuple):
     fallbacks: jax.Array  # () int32, blocks that kept the best-so-far coordinates
 
 
-_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")  # 12, -3.5, 1e3
+# parsed values are clipped to +-this before the cast to int64 (no overflow; decode then clips them to the range)
+_INT_LIMIT = 2.0**53
 
 
 def encode(x: np.ndarray, lower: np.ndarray, upper: np.ndarray, resolution: int) -> np.ndarray:
@@ -193,8 +198,10 @@ def parse_answer(text: str, n: int, fmt: PromptFormat = PromptFormat()) -> np.nd
     """Reads ``n`` integers from a completion of the query line.
 
     The answer is cut at the first newline and at the fitness marker of
-    ``fmt.line`` (what separates ``{x}`` from ``{f}``, e.g. ``f:``); decimals are
-    rounded. Extra numbers after the first ``n`` are ignored.
+    ``fmt.line`` (what separates ``{x}`` from ``{f}``, e.g. ``f:``). Numbers may have
+    decimals and an exponent (``1e3`` is 1000); they are rounded, and a value beyond
+    ``+-2**53`` is clipped to it (:func:`decode` then clips it to the range). Extra
+    numbers after the first ``n`` are ignored.
 
     Returns:
         An int array of shape ``(n,)``, or ``None`` when fewer than ``n`` numbers
@@ -207,7 +214,8 @@ def parse_answer(text: str, n: int, fmt: PromptFormat = PromptFormat()) -> np.nd
     numbers = _NUMBER.findall(text)
     if len(numbers) < n:
         return None
-    return np.rint(np.array([float(v) for v in numbers[:n]])).astype(np.int64)
+    values = np.clip(np.array([float(v) for v in numbers[:n]]), -_INT_LIMIT, _INT_LIMIT)  # no int64 overflow
+    return np.rint(values).astype(np.int64)
 
 
 def _fitness_marker(fmt: PromptFormat) -> str:
@@ -293,7 +301,11 @@ def evollm(
         if int(given[name]) < 1:
             raise ValueError(f"{name} must be a positive integer, got {given[name]}")
     if elites_per_generation > min(archive_size, population_size):
-        raise ValueError("elites_per_generation must be <= archive_size and <= population_size")
+        raise ValueError(
+            f"elites_per_generation={elites_per_generation} must be <= archive_size={archive_size} and <= "
+            f"population_size={population_size} (the best members of each generation join the archive); lower "
+            "elites_per_generation or raise the others"
+        )
     if on_backend_error not in ("raise", "fallback"):
         raise ValueError(f"on_backend_error must be 'raise' or 'fallback', got {on_backend_error!r}")
     if "{x}" not in prompt_format.line or "{f}" not in prompt_format.line:
@@ -305,6 +317,9 @@ def evollm(
     stop = ("\n", _fitness_marker(prompt_format)) if _fitness_marker(prompt_format) else ("\n",)
     lower_j, upper_j = jnp.asarray(lower, dtype), jnp.asarray(upper, dtype)
     sign = -1.0 if maximize else 1.0
+    cfg = types.SimpleNamespace(  # what eggroll.strategies._checks reads: the same errors as open_es
+        population_size=population_size, treedef=jax.tree.structure(solution), specs=tuple(nz.leaf_specs(solution))
+    )
     holder: dict[str, Any] = {"backend": backend}
 
     def get_backend():
@@ -383,7 +398,7 @@ def evollm(
 
     def init(key, mean=None, params=None):
         del key, params
-        mean = solution if mean is None else jnp.asarray(mean, dtype).reshape(dim)
+        mean = solution if mean is None else _checks.check_mean(cfg, jnp.asarray(mean))[0]
         mean = jnp.clip(mean, lower_j, upper_j)
         zero = jnp.zeros((), jnp.int32)
         return EvoLLMState(
@@ -404,8 +419,10 @@ def evollm(
         return jnp.clip(state.mean[None, :] + sigma * eps, lower_j[None, :], upper_j[None, :]), state
 
     def tell(key, population, fitness, state, params):
-        f = sign * jnp.asarray(fitness, dtype).reshape(population_size)
-        f = jnp.where(jnp.isnan(f), jnp.inf, f)
+        _checks.read_population(cfg, population)
+        _checks.check_fitness(cfg, fitness)
+        f = sign * jnp.asarray(fitness, dtype)
+        f = jnp.where(jnp.isfinite(f), f, jnp.inf)  # NaN and +-inf rank worst (in the minimisation sign)
         order = jnp.argsort(f)[:elites_per_generation]
         archive_x = jnp.concatenate([population[order], state.archive_x])[:archive_size]
         archive_f = jnp.concatenate([f[order], state.archive_f])[:archive_size]
