@@ -67,7 +67,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("revision", nargs="?", default=None, help="a git revision (default: the working tree)")
     args = ap.parse_args()
-    app = {name: src for name, src in sources(args.revision).items() if not NOT_APP.search(name)}
+    try:
+        found = sources(args.revision)
+    except subprocess.CalledProcessError as e:  # one line, not git's traceback
+        git = e.stderr.strip().splitlines() or [f"exit {e.returncode}"]
+        ap.exit(2, f"error: git cannot read revision {args.revision!r} ({git[-1]}); give a commit, branch or tag\n")
+    app = {name: src for name, src in found.items() if not NOT_APP.search(name)}
     sizes = {name: code_lines(src) for name, src in app.items()}
     for name, n in sorted(sizes.items(), key=lambda kv: kv[1]):
         print(f"{n:6d}  {name}")

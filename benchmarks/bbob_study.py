@@ -1,10 +1,11 @@
 """A small BBOB study: OpenAI-ES, EGGROLL, evosax CMA-ES and evosax Open_ES on f1-f24, 10-D, instances 1-5.
 
-Run: ``python benchmarks/bbob_study.py [--budget 1000] [--dims 10] [--instances 1-5]``.
+Run: ``python benchmarks/bbob_study.py [--budget 1000] [--dims 10] [--instances 1-5] [--out DIR]``.
 
 Writes the runner's outputs to benchmarks/results/bbob_study/ (CSV, markdown,
 runtimes, ECDF), copies the figures to docs/img/bbob_study_*.png and puts the
-summary table into docs/bbob.md (between the ``study`` markers).
+summary table into docs/bbob.md (between the ``study`` markers). With ``--out``
+elsewhere (a small or trial run) or ``--no-docs``, docs/ are left alone.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ def main() -> None:
     ap.add_argument("--instances", default="1-5")
     ap.add_argument("--budget", type=float, default=1000.0, help="evaluations per dimension")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-docs", action="store_true", help="do not touch docs/")
+    ap.add_argument("--out", type=Path, default=OUT, help="output folder (default benchmarks/results/bbob_study)")
+    ap.add_argument("--no-docs", action="store_true", help="do not touch docs/ (implied by --out elsewhere)")
     args = ap.parse_args()
+    out = args.out.resolve()
     t0 = time.perf_counter()
     result = run_benchmark(
         args.strategies,
@@ -41,17 +44,17 @@ def main() -> None:
         dimensions=args.dims,
         instances=args.instances,
         budget_multiplier=args.budget,
-        out_dir=OUT,
+        out_dir=out,
         seed=args.seed,
     )
     dims = sorted(result.problems)
     for d in dims:
-        report.plot_ecdf_groups(result, d, OUT / f"bbob_ecdf_groups_{d}D.png")
+        report.plot_ecdf_groups(result, d, out / f"bbob_ecdf_groups_{d}D.png")
     total = time.perf_counter() - t0
     summary = report.summary_markdown(result)
     print(summary)
-    print(f"total wall time {total:.0f} s; outputs in {OUT}")
-    if args.no_docs:
+    print(f"total wall time {total:.0f} s; outputs in {out}")
+    if args.no_docs or out != OUT:  # docs/ show the committed study only
         return
     IMG.mkdir(parents=True, exist_ok=True)
     shutil.copy(OUT / "bbob_ecdf.png", IMG / "bbob_study_ecdf.png")

@@ -251,6 +251,9 @@ def main() -> None:
         "sample_step": best["sample_step"],
         "ratios": {
             "population_over_plain": {m: best["plain"][m] / best["population"][m] for m in ("wall", "cpu")},
+            "population_over_plain_unrolled": {
+                m: best["plain_unrolled"][m] / best["population"][m] for m in ("wall", "cpu")
+            },
         },
     }
     if hf_model is not None:

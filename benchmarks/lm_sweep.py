@@ -15,14 +15,21 @@ Run::
     python benchmarks/lm_sweep.py --only 0 1 --tokens 5e6
     python benchmarks/lm_sweep.py --paper-shape-only    # one timed generation of 6 x 256
 
-Writes ``benchmarks/results/lm_sweep.{json,md}`` (merging with runs already there).
+Writes ``benchmarks/results/lm_sweep.{json,md}`` (merging with runs already there). Each run,
+the paper-shape timing and the side-by-side runs keep the command that made them, and the
+markdown states only what the runs present show.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import inspect
 import json
 import os
+import re
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -107,24 +114,71 @@ def paper_shape(population: int = 128, chunk: int = 32) -> dict:
     }
 
 
+def commands(record: dict) -> str:
+    """The commands behind the record, in order: each run and section keeps its own (an older record has one
+    line, ``command``, for those without)."""
+    found = [r.get("command") for r in record["runs"]]
+    if record.get("paper_shape"):
+        found.append(record["paper_shape"].get("command"))
+    if record.get("ten_minutes"):
+        found.append(record.get("ten_minutes_command"))
+    cmds = list(dict.fromkeys(c for c in found if c))
+    if None in found and record.get("command"):
+        cmds.insert(0, record["command"])
+    return ", then ".join(f"`{c}`" for c in cmds)
+
+
+def describe(setting: dict) -> str:
+    """``population 2048, chunk 8``: a setting in words."""
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in setting.items())
+
+
+def budget_minutes(run: dict) -> float:
+    """An lm_train.py run's budget (older entries: read from its command; lm_train.py's default is 10)."""
+    found = re.search(r"--minutes[ =](\S+)", run.get("command", ""))
+    return run.get("minutes") or (float(found.group(1)) if found else 10.0)
+
+
+def header(record: dict) -> str:
+    """The paragraph above the table: the commands, the tokens, what the runs share, and their notes."""
+    runs = record["runs"]
+    if not runs:
+        return f"{commands(record)}."
+    by_tokens = collections.defaultdict(list)
+    for i, r in enumerate(runs):
+        by_tokens[r["tokens"]].append(str(i))
+    each = "; ".join(f"{t:,.0f} for run{'s' * (len(ids) > 1)} {', '.join(ids)}" for t, ids in by_tokens.items())
+    tokens = (
+        f"Every run trains on the same number of tokens (population x chunk x generations = {runs[0]['tokens']:,.0f})"
+        if len(by_tokens) == 1
+        else f"The runs train on different numbers of tokens (population x chunk x generations: {each}): compare "
+        "bits/byte between runs of equal tokens only"
+    )
+
+    def shared(key: str) -> str:  # a setting's values over the runs
+        return " / ".join(dict.fromkeys(f"{r['setting'][key]:g}" for r in runs))
+
+    missing = [describe(s) for s in SETTINGS if {**BASE, **s} not in [r["setting"] for r in runs]]
+    return (
+        f"{commands(record)}. {tokens}, from the same seed; model 2 x 64 unless noted, rank {shared('rank')}, "
+        f"z-test level {shared('alpha_start')} -> alpha_end over each run's generations. Other jobs may share the "
+        "CPU: the load average is recorded with each run, and settings are compared by validation bits/byte at "
+        "equal tokens and by seconds per generation (the median step; its minimum is the least-loaded one)."
+        + "".join(f" Run {i}: {r['note']}." for i, r in enumerate(runs) if r.get("note"))
+        + (f" Not in the table (no finished run recorded): {'; '.join(missing)}." if missing else "")
+    )
+
+
 def markdown(record: dict) -> str:
     runs = record["runs"]
-    tokens = runs[0]["tokens"] if runs else record["tokens"]
-    lines = [
-        "# Integer EGG LM: settings sweep at equal training tokens",
-        "",
-        f"`{record['command']}`. Every run trains on the same number of tokens (population x chunk x generations "
-        f"= {tokens:,.0f}), from the same seed; model 2 x 64 unless noted, rank 1, z-test level 1 -> "
-        "alpha_end over each run's generations. The CPU (2 cores) was shared with other jobs: the load average "
-        "is recorded with each run, and settings are compared by validation bits/byte at equal tokens and by "
-        "seconds per generation (the median step; its minimum is the least-loaded one). Run 0 shared the CPU "
-        "with a second copy of itself for most of its time (its wall time is not comparable); a chunk-8 run was "
-        "stopped unfinished for lack of time and is not listed.",
-        "",
-        "| # | population | chunk | width x depth | mlp ratio | sigma | alpha end | generations | valid bits/byte "
-        "| median s/gen | min s/gen | wall s | load before / after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = ["# Integer EGG LM: settings sweep at equal training tokens", "", header(record)]
+    if runs:
+        lines += [
+            "",
+            "| # | population | chunk | width x depth | mlp ratio | sigma | alpha end | generations | valid bits/byte "
+            "| median s/gen | min s/gen | wall s | load before / after |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
     for i, r in enumerate(runs):
         s = r["setting"]
         lines.append(
@@ -153,12 +207,16 @@ def markdown(record: dict) -> str:
         ]
     ten = record.get("ten_minutes")
     if ten:
+        minutes = " / ".join(dict.fromkeys(f"{budget_minutes(t):g}" for t in ten))
+        many = len(ten) > 1
         lines += [
             "",
-            "## 10 minutes side by side",
+            f"## {minutes} minutes side by side" if many else f"## {minutes} minutes",
             "",
-            "Two `benchmarks/lm_train.py` runs started together (so under the same load), 10 minutes each, "
-            "compile included:",
+            f"{len(ten)} `benchmarks/lm_train.py` runs started together (so under the same load), {minutes} minutes "
+            "each, compile included:"
+            if many
+            else f"One `benchmarks/lm_train.py` run, {minutes} minutes, compile included:",
             "",
             "| population | chunk | mlp ratio | schedule length | generations done | valid bits/byte "
             "| load before / after |",
@@ -179,14 +237,19 @@ def markdown(record: dict) -> str:
 
 
 def reading(record: dict) -> list[str]:
-    """Statements drawn from the table (nothing typed by hand)."""
+    """Statements drawn from the table (nothing typed by hand), each made only where the runs show it; among runs
+    of several token counts, those of the most common one."""
     runs = record["runs"]
     if not runs:
         return []
+    tokens, n = collections.Counter(r["tokens"] for r in runs).most_common(1)[0]
+    out = [f"- Read among the {n} runs of {tokens:,.0f} tokens (the others trained on other amounts)."]
+    out = out if n < len(runs) else []
+    runs = [r for r in runs if r["tokens"] == tokens]
     best = min(runs, key=lambda r: r["valid_final"])
     base = next((r for r in runs if r["setting"]["population"] == 2048 and r["setting"]["chunk"] == 64), None)
     s = best["setting"]
-    out = [
+    out += [
         f"- Best at equal tokens: population {s['population']}, chunk {s['chunk']}, mlp ratio {s['mlp_ratio']}: "
         f"{best['valid_final']:.3f} bits/byte after {best['generations']} generations."
     ]
@@ -203,20 +266,44 @@ def reading(record: dict) -> list[str]:
             f"- Per second: population {c['population']}, chunk {c['chunk']}, mlp ratio {c['mlp_ratio']} reached "
             f"{cheap['valid_final']:.3f} with {cheap['min_step_s'] * cheap['generations']:.0f} s of least-loaded "
             f"steps, against {best['min_step_s'] * best['generations']:.0f} s for the best at equal tokens: the "
-            "better use of a fixed time, and the setting of the 10-minute runs and of `eggroll lm`'s defaults."
+            f"better use of a fixed time{uses(c, record)}."
         )
-    out.append(
-        "- Shorter chunks with more members win: every generation moves each weight by at most one int8 step, so "
-        "many cheap generations from many members beat few generations from long chunks; the hidden state is "
-        "carried across chunks, so a short chunk does not shorten the context the model learns from."
-    )
+    chunks, populations = ({r["setting"][k] for r in runs} for k in ("chunk", "population"))
+    if (
+        len(chunks) > 1
+        and best["setting"]["chunk"] == min(chunks)
+        and best["setting"]["population"] == max(populations)
+    ):
+        out.append(
+            "- Shorter chunks with more members win: every generation moves each weight by at most one int8 step, "
+            "so many cheap generations from many members beat few generations from long chunks; the hidden state "
+            "is carried across chunks, so a short chunk does not shorten the context the model learns from."
+        )
     b = record.get("baselines")
     if b and best["valid_final"] > b["bigram_valid"]:
         out.append(
             f"- None of these short runs reaches the bigram baseline ({b['bigram_valid']:.3f}); they compare settings "
-            "at about 10 M tokens. See `lm_train.md` for the 10-minute run with the best setting."
+            f"at about {tokens / 1e6:.2g} M tokens. See `lm_train.md` for a longer run."
         )
     return out
+
+
+def uses(setting: dict, record: dict) -> str:
+    """Where else ``setting`` (population, chunk, mlp ratio) is used: the side-by-side runs, `eggroll lm`'s
+    defaults."""
+    from eggroll.commands import lm
+
+    keys = ("population", "chunk", "mlp_ratio")
+    defaults = inspect.signature(lm.train).parameters
+    where = []
+    ten = [t for t in record.get("ten_minutes") or [] if all(t["config"][k] == setting[k] for k in keys)]
+    if ten:
+        where.append(
+            f"the setting of the {' / '.join(dict.fromkeys(f'{budget_minutes(t):g}' for t in ten))}-minute run"
+        )
+    if all(defaults[k].default.default == setting[k] for k in keys):
+        where.append("of `eggroll lm`'s defaults")
+    return ", and " + " and ".join(where) if where else ""
 
 
 def main() -> None:
@@ -225,6 +312,7 @@ def main() -> None:
     parser.add_argument("--only", type=int, nargs="*", help="indices into SETTINGS")
     parser.add_argument("--paper-shape-only", action="store_true")
     parser.add_argument("--ten-minutes", type=Path, nargs="*", help="lm_train.json files run side by side")
+    parser.add_argument("--note", help="a remark kept with each run of this invocation (e.g. what shared the CPU)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     from eggroll.problems import text
@@ -236,28 +324,27 @@ def main() -> None:
         "unigram_valid": text.unigram_bits(train, valid),
         "bigram_valid": text.bigram_bits(train, valid),
     }
-    record["tokens"] = args.tokens
     # the sweep an earlier session ran (4 minutes per setting, chunk 64, idle machine), copied once into the
     # record from the lm_train.md of commit ad7fd1a; kept as it is, so a rerun does not lose it
     record.setdefault("earlier_sweep", [])
-    record["command"] = (
-        "python benchmarks/lm_sweep.py --tokens 10485760 --only 1 0 4 3 5`, then `--paper-shape-only`, then "
-        "`--ten-minutes A/lm_train.json B/lm_train.json"
-    )
+    command = shlex.join(["python", "benchmarks/lm_sweep.py", *sys.argv[1:]])
     if args.ten_minutes:
-        keep = ("config", "generations_done", "valid_final", "wall_seconds", "machine", "command")
+        keep = ("config", "minutes", "generations_done", "valid_final", "wall_seconds", "machine", "command")
         record["ten_minutes"] = [
             {k: v for k, v in json.loads(f.read_text()).items() if k in keep} for f in args.ten_minutes
         ]
+        record["ten_minutes_command"] = command
+    args.out.mkdir(parents=True, exist_ok=True)
     if args.paper_shape_only:
-        record["paper_shape"] = paper_shape()
+        record["paper_shape"] = {**paper_shape(), "command": command}
         print(record["paper_shape"], flush=True)
     elif not args.ten_minutes:
         for i in args.only if args.only is not None else range(len(SETTINGS)):
-            res = run_one(SETTINGS[i], args.tokens, train, valid)
+            res = {**run_one(SETTINGS[i], args.tokens, train, valid), "command": command}
+            if args.note:
+                res["note"] = args.note
             print(json.dumps({k: v for k, v in res.items() if k != "valid_curve"}), flush=True)
             record["runs"] = [r for r in record["runs"] if r["setting"] != res["setting"]] + [res]
-            args.out.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(record, indent=1))
     path.write_text(json.dumps(record, indent=1))
     (args.out / "lm_sweep.md").write_text(markdown(record))

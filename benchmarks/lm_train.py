@@ -2,12 +2,14 @@
 
 Trains on Python's ``pydoc_data.topics`` (90/10 split) and records the
 validation bits/byte of the mean model against the unigram and bigram
-baselines of the same split. Writes ``benchmarks/results/lm_train.{json,md,png}``.
+baselines of the same split. Writes ``OUT/NAME.{json,md,png}`` (default
+``benchmarks/results/lm_train.*``).
 
 Run::
 
     python benchmarks/lm_train.py                   # 10 minutes, default settings
     python benchmarks/lm_train.py --minutes 2 --width 32
+    python benchmarks/lm_train.py --minutes 60 --generations 27000 --name lm_train_60min
 """
 
 from __future__ import annotations
@@ -40,12 +42,15 @@ def main() -> None:
     parser.add_argument("--valid-every", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--report-only", action="store_true", help="re-render md/png from OUT/lm_train.json")
+    parser.add_argument("--name", default="lm_train", help="file stem of the results: OUT/NAME.{json,md,png}")
+    parser.add_argument("--report-only", action="store_true", help="re-render md/png from OUT/NAME.json")
     args = parser.parse_args()
+    if not args.name or Path(args.name).name != args.name:
+        parser.error(f"--name is a file stem without a folder, got {args.name!r}: give the folder as --out")
     if args.report_only:
-        result = json.loads((args.out / "lm_train.json").read_text())
+        result = json.loads((args.out / f"{args.name}.json").read_text())
         result.setdefault("command", "python benchmarks/lm_train.py --minutes 10 --generations 800")
-        print(write_report(result, args.out))
+        print(write_report(result, args.out, args.name))
         return
 
     import jax
@@ -116,12 +121,12 @@ def main() -> None:
     }
     result["command"] = "python benchmarks/lm_train.py " + " ".join(sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "lm_train.json").write_text(json.dumps(result, indent=1))
-    print(write_report(result, args.out))
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    print(write_report(result, args.out, args.name))
 
 
-def write_report(result: dict, out: Path) -> str:
-    """Write ``lm_train.md`` and ``lm_train.png`` from a result record; return the markdown."""
+def write_report(result: dict, out: Path, name: str = "lm_train") -> str:
+    """Write ``name.md`` and ``name.png`` from a result record; return the markdown."""
     from eggroll.problems import text
 
     c, b = result["config"], result["baselines"]
@@ -129,7 +134,7 @@ def write_report(result: dict, out: Path) -> str:
     history += [{"generation": g, "train_bpb": v} for g, v in result["train_curve"]]
     history.sort(key=lambda r: r["generation"])
     text.plot_learning_curve(
-        history, b, out / "lm_train.png",
+        history, b, out / f"{name}.png",
         title=f"EGG {c['depth']}x{c['width']}, N={c['population']}, rank {c['rank']}, "
         f"sigma 2^-{c['sigma_shift']}, {result['minutes']:g} min budget",
     )  # fmt: skip
@@ -168,7 +173,7 @@ def write_report(result: dict, out: Path) -> str:
         f"- Below the bigram baseline: {when(result['below_bigram'])}.",
         f"- Median throughput: {result['median_tokens_per_s'] or 0:,.0f} tokens/s across the population.",
         "",
-        "![learning curve](lm_train.png)",
+        f"![learning curve]({name}.png)",
         "",
         "Sample from the final mean model (temperature 0.8, prompt `The `):",
         "",
@@ -180,7 +185,7 @@ def write_report(result: dict, out: Path) -> str:
         "16-byte chunks and MLP ratio 2 gave the best bits/byte per second).",
     ]
     text_md = "\n".join(md) + "\n"
-    (out / "lm_train.md").write_text(text_md)
+    (out / f"{name}.md").write_text(text_md)
     return text_md
 
 

@@ -29,10 +29,11 @@ with the fitted C / r line.
 
 Run::
 
-    python benchmarks/lowrank_estimator.py            # ~2-4 minutes on 2 CPU cores
-    python benchmarks/lowrank_estimator.py --quick    # seconds, smaller grid
+    python benchmarks/lowrank_estimator.py            # ~11 minutes on 2 shared CPU cores (669 s, load ~9)
+    python benchmarks/lowrank_estimator.py --quick    # ~2 minutes, smaller grid
 
-Writes ``benchmarks/results/lowrank_estimator.{json,md,png}``.
+Writes ``benchmarks/results/lowrank_estimator.{json,md,png}`` (``--quick``: ``lowrank_estimator_quick.*``;
+``--out DIR`` for another folder).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -257,7 +259,7 @@ def plot(results: list[dict], path: Path, ranks=RANKS) -> None:
     plt.close(fig)
 
 
-def markdown(record: dict) -> str:
+def markdown(record: dict, image: str) -> str:
     m = record["machine"]
     lines = [
         "# Low-rank (EGGROLL) vs full-rank (OpenAI-ES) gradient estimates",
@@ -309,7 +311,7 @@ def markdown(record: dict) -> str:
             + (" 0 |" if res["gap_exact"] else "")
             + f" {res['cos_mean_to_reference'][FULL]:.4f} |"
         )
-    lines += ["", "![cosines and gap](lowrank_estimator.png)", "", "## Reading", ""]
+    lines += ["", f"![cosines and gap]({image})", "", "## Reading", ""]
     lines += record["reading"]
     return "\n".join(lines) + "\n"
 
@@ -343,8 +345,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--ref-seeds", type=int, default=32, help="seeds x N_max members per rank for the gap")
     parser.add_argument("--populations", type=int, nargs="+", default=[64, 256, 1024, 4096])
-    parser.add_argument("--quick", action="store_true", help="small grid (seconds), for a smoke run")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--quick", action="store_true", help="small grid (~2 minutes), for a smoke run")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="output folder (default benchmarks/results)")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.ref_seeds, args.populations = 3, 8, [256, 4096]
@@ -358,7 +360,7 @@ def main() -> None:
         print(f"{problem.name}: {res['seconds']} s; gap {res['gap']}", flush=True)
         results.append(res)
     record = {
-        "command": "python benchmarks/lowrank_estimator.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python benchmarks/lowrank_estimator.py", *sys.argv[1:]]),
         "ranks": list(RANKS),
         "populations": args.populations,
         "seeds": args.seeds,
@@ -375,11 +377,12 @@ def main() -> None:
             "jax": jax.__version__,
         },
     }
+    path = args.out / ("lowrank_estimator_quick.json" if args.quick else "lowrank_estimator.json")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "lowrank_estimator.json").write_text(json.dumps(record, indent=1))
-    plot(results, args.out / "lowrank_estimator.png")
-    md = markdown(record)
-    (args.out / "lowrank_estimator.md").write_text(md)
+    path.write_text(json.dumps(record, indent=1))
+    plot(results, path.with_suffix(".png"))
+    md = markdown(record, path.with_suffix(".png").name)
+    path.with_suffix(".md").write_text(md)
     print(md)
 
 

@@ -24,11 +24,12 @@ Every run is :func:`eggroll.apps.rl.train` (the code ``eggroll rl`` runs). JAX's
 compilation cache is on, so the seeds of one setting compile once.
 
     python benchmarks/rl_study.py                         # the whole study (long: see the md for times)
-    python benchmarks/rl_study.py --tasks CartPole-v1,Pendulum-v1 --seeds 3
+    python benchmarks/rl_study.py --tasks CartPole-v1,Pendulum-v1 --seeds 3 --out /tmp/rl_study
     python benchmarks/rl_study.py --quick                 # two tasks, two seeds, no sweep (minutes)
 
-Writes ``benchmarks/results/rl_study.{json,md,png}``; a rerun with ``--tasks`` merges its tasks into
-the existing JSON (the other tasks' results stay).
+Writes ``benchmarks/results/rl_study.{json,md,png}`` (``--quick``: ``rl_study_quick.*``; ``--out DIR``
+for another folder); a rerun with ``--tasks`` merges its tasks into the existing JSON (the other tasks'
+results stay). A run with other seeds or sweep than the JSON there is refused: it would replace it.
 """
 
 from __future__ import annotations
@@ -156,9 +157,10 @@ def study_task(env: str, seeds: list[int], sweep: bool, say) -> dict:
     return out
 
 
-def write(record: dict) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "rl_study.json").write_text(json.dumps(record, indent=1))
+def write(record: dict, path: Path) -> None:
+    """``path`` (the JSON) and the markdown and plot beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
     tasks = record["tasks"]
     lines = [
         "# RL study: EGGROLL vs OpenAI-ES vs SNES (evosax) at this machine's scale",
@@ -188,15 +190,15 @@ def write(record: dict) -> None:
         "Seconds are the mean wall time of one run (compilation included) on a CPU shared with other jobs: "
         "compare them within a row only.",
         "",
-        "![learning curves](rl_study.png)",
+        f"![learning curves]({path.stem}.png)",
         "",
         f"Reproduce: `{record['command']}`",
     ]
-    (RESULTS / "rl_study.md").write_text("\n".join(lines) + "\n")
-    plot(tasks)
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    plot(tasks, path.with_suffix(".png"))
 
 
-def plot(tasks: dict) -> None:
+def plot(tasks: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,7 +224,7 @@ def plot(tasks: dict) -> None:
     axes[0][0].set_ylabel("eval return (mean, min-max over seeds)")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "rl_study.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -233,7 +235,8 @@ def main() -> None:
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names (default: all)")
     ap.add_argument("--seeds", type=int, default=5, help="reported seeds per method (0..N-1)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the tuning sweep (first setting of SWEEP)")
-    ap.add_argument("--quick", action="store_true", help="CartPole and Pendulum, 2 seeds, no sweep")
+    ap.add_argument("--quick", action="store_true", help="CartPole and Pendulum, 2 seeds, no sweep (rl_study_quick.*)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="output folder (default benchmarks/results)")
     args = ap.parse_args()
     import jax
 
@@ -245,10 +248,13 @@ def main() -> None:
         ap.error(f"unknown tasks {unknown}; choose from {', '.join(TASKS)}")
     seeds = 2 if args.quick else args.seeds
     sweep = not (args.quick or args.no_sweep)
-    path = RESULTS / "rl_study.json"
-    record = json.loads(path.read_text()) if path.exists() else {}
-    if record.get("seeds") != seeds or record.get("sweep") != sweep:
-        record = {}  # another protocol: start the table afresh
+    path = args.out / ("rl_study_quick.json" if args.quick else "rl_study.json")
+    record = json.loads(path.read_text()) if path.exists() else {"seeds": seeds, "sweep": sweep}
+    if (record.get("seeds"), record.get("sweep")) != (seeds, sweep):
+        ap.error(
+            f"{path} holds a study with {record.get('seeds')} seeds and sweep {record.get('sweep')}, this run has "
+            f"{seeds} and sweep {sweep}: it would replace that study; pass --out DIR (or delete {path.name} there)"
+        )
     record.update(seeds=seeds, sweep=sweep, command=" ".join(["python benchmarks/rl_study.py", *sys.argv[1:]]))
     record.setdefault("tasks", {})
     for env in tasks:
@@ -256,7 +262,7 @@ def main() -> None:
         record["tasks"][env] = study_task(env, list(range(seeds)), sweep, print)
         record["tasks"][env]["study_seconds"] = time.perf_counter() - t0
         record["tasks"] = {k: record["tasks"][k] for k in TASKS if k in record["tasks"]}
-        write(record)  # after every task: a long study that stops keeps what it finished
+        write(record, path)  # after every task: a long study that stops keeps what it finished
 
 
 if __name__ == "__main__":

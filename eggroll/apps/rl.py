@@ -143,7 +143,7 @@ class RLResult:
         best_eval_return: that evaluation's mean return.
         final_params: the mean policy at the end.
         final_obs_stats: the observation statistics at the end.
-        compile_seconds: time of the first generation (compilation included).
+        compile_seconds: seconds to compile a generation (done before the first one, in this process).
         generation: generations completed (counting those before a resume).
         interrupted: the signal that stopped the run early (``"SIGTERM"``, ``"SIGINT"``), else ``""``.
         resumed_from: the checkpoint generation the run continued from (``None``: a fresh run).
@@ -266,7 +266,9 @@ class RLTask(Task):
         self._generation, self._evaluate_mean = generation, evaluate_mean
         self._built = first = self.init()  # the loop's first init() takes it: built once
         # compile now (the first step reuses it) and refuse a generation the memory cannot hold
+        started = time.perf_counter()
         compiled = generation.lower(first["key"], first["es_state"], first["fit_state"]).compile()
+        self.compile_seconds = time.perf_counter() - started
         what = f"a generation of {config.population_size} members x {config.num_rollouts} episodes"
         parallel.check_fits(compiled, what, "use a smaller --population or --rollouts, or more devices (--devices)")
 
@@ -344,7 +346,7 @@ class RLTask(Task):
             best_eval_return=self.best_return,
             final_params=parallel.to_host(self.es.get_mean(carry["es_state"])),
             final_obs_stats=parallel.to_host(carry["fit_state"].obs_stats),
-            compile_seconds=next((r["seconds"] for r in run.history if r.get("seconds") is not None), 0.0),
+            compile_seconds=self.compile_seconds,
             generation=run.generation,
             interrupted=run.stopped_by if run.stopped_by in ("SIGTERM", "SIGINT") else "",
             resumed_from=run.resumed_from,
